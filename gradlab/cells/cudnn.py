@@ -1,0 +1,109 @@
+"""torch.nn.RNN/GRU/LSTM behind the cell interface, with the exact map to and from the scratch layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .scratch import State
+
+# Scratch gate names in torch.nn's chunk order: GRU (r, z, n), LSTM (i, f, g, o).
+TORCH_ORDER: dict[str, tuple[str, ...]] = {"rnn": ("h",), "gru": ("r", "z", "h"), "lstm": ("i", "f", "c", "o")}
+MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def backend_of(output: torch.Tensor) -> str:
+    """Which fused kernel produced `output`, read off its autograd node (the truth, not a guess)."""
+    node = type(output.grad_fn).__name__ if output.grad_fn is not None else ""
+    if "Cudnn" in node:
+        return "cudnn"
+    if "Mkldnn" in node:
+        return "onednn"
+    if output.is_cuda:
+        return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "cuda"
+    return "aten-cpu" if node else "cpu-fused"  # without autograd the CPU kernel cannot be told apart
+
+
+class FusedCell(nn.Module):
+    """A one-layer torch.nn recurrent module: cuDNN on CUDA, PyTorch's fused kernels on CPU."""
+
+    impl = "cudnn"
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, variant: str | None = None):
+        super().__init__()
+        self.cell = cell
+        self.variant = variant
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.rnn = MODULES[cell](input_size, hidden_size)
+        self.last_backend = "not run yet"
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.long:  # (T, B) token ids -> one-hot (T, B, I): the fused kernels take floats
+            return nn.functional.one_hot(x, self.input_size).to(self.rnn.weight_hh_l0.dtype)
+        return x
+
+    def _to_torch(self, state: State) -> State:
+        if state is None:
+            return None
+        return (state[0][None], state[1][None]) if self.cell == "lstm" else state[None]
+
+    def _from_torch(self, state: State) -> State:
+        return (state[0][0], state[1][0]) if self.cell == "lstm" else state[0]
+
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self._inputs(x), None
+
+    def step(self, inp: torch.Tensor, state: State, ctx: None = None) -> State:
+        """One step through the fused kernel (a sequence of length 1)."""
+        _, state = self.rnn(inp[None], self._to_torch(state))
+        return self._from_torch(state)
+
+    def init_state(self, batch_size: int) -> State:
+        h = self.rnn.weight_hh_l0.new_zeros(batch_size, self.hidden_size)
+        return (h, h.clone()) if self.cell == "lstm" else h
+
+    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
+        outputs, state = self.rnn(self._inputs(x), self._to_torch(state))
+        self.last_backend = backend_of(outputs)
+        return outputs, self._from_torch(state)
+
+
+def load_scratch_layout(module: FusedCell, params: dict[str, torch.Tensor]) -> None:
+    """Copy scratch-layout parameters in; the scratch bias goes to bias_ih, bias_hh stays 0
+    except the GRU candidate's, which is b_hh (it sits inside r * (.))."""
+    order = TORCH_ORDER[module.cell]
+    hidden = module.hidden_size
+    rnn = module.rnn
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.cat([params[f"W_x{g}"].T for g in order]))
+        rnn.weight_hh_l0.copy_(torch.cat([params[f"W_h{g}"].T for g in order]))
+        rnn.bias_ih_l0.copy_(torch.cat([params[f"b_{g}"] for g in order]))
+        rnn.bias_hh_l0.zero_()
+        if module.cell == "gru":
+            rnn.bias_hh_l0[2 * hidden :].copy_(params["b_hh"])
+
+
+def scratch_layout(module: FusedCell, grad: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters (or, with grad=True, their gradients) in the scratch layout.
+
+    A scratch bias b equals bias_ih + bias_hh, so its gradient equals either one's; bias_ih's is used.
+    """
+    rnn = module.rnn
+
+    def get(name: str) -> torch.Tensor:
+        p = getattr(rnn, name)
+        return p.grad if grad else p.detach()
+
+    order = TORCH_ORDER[module.cell]
+    w_ih, w_hh = get("weight_ih_l0").chunk(len(order)), get("weight_hh_l0").chunk(len(order))
+    b_ih, b_hh = get("bias_ih_l0").chunk(len(order)), get("bias_hh_l0").chunk(len(order))
+    out: dict[str, torch.Tensor] = {}
+    for k, g in enumerate(order):
+        out[f"W_x{g}"] = w_ih[k].T
+        out[f"W_h{g}"] = w_hh[k].T
+        gru_candidate = module.cell == "gru" and g == "h"
+        out[f"b_{g}"] = b_ih[k] if (grad or gru_candidate) else b_ih[k] + b_hh[k]
+    if module.cell == "gru":
+        out["b_hh"] = b_hh[2]
+    return out

@@ -1,0 +1,34 @@
+"""Shared fixtures: devices to test on, and the lyrics corpus from the shared copy when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")  # tests draw figures headless
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def corpus_zip() -> Path:
+    """The real corpus: $GRADLAB_DATA (a zip, or a folder holding it); skipped when not supplied."""
+    from gradlab.tasks.corpus import locate
+
+    path = locate(None, download=False)
+    if path is None:
+        pytest.skip("lyrics corpus not supplied (set GRADLAB_DATA to the zip or its folder)")
+    return path
+
+
+def slow_enabled() -> bool:
+    return os.environ.get("GRADLAB_SLOW") == "1"
