@@ -1,0 +1,84 @@
+"""The gradlab command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+def _friendly(fn):
+    """Library ValueErrors (bad names, bad combinations) become usage errors, not tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .tasks.corpus import CorpusError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, CorpusError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here. Use --device cpu or auto.")
+    return device
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gradlab")
+def main() -> None:
+    """gradlab: how gradients flow through recurrent networks, and how fast those networks run."""
+
+
+@main.command()
+@click.option("--cell", default="gru", show_default=True, help="rnn, gru or lstm (linear too, in scratch).")
+@click.option("--impl", default="scratch", show_default=True, help="scratch or cudnn.")
+@click.option("--variant", default=None, help="GRU: reset_after (default) or reset_before.")
+@click.option("--hidden-size", default=256, show_default=True)
+@click.option("--epochs", default=160, show_default=True)
+@click.option("--num-steps", default=35, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--optimizer", default="sgd", show_default=True, help="sgd or adam.")
+@click.option("--lr", default=1e2, show_default=True)
+@click.option("--clip", "clip_method", default="norm", show_default=True, help="none, norm or value.")
+@click.option("--clip-threshold", default=1e-2, show_default=True)
+@click.option("--sampling", default="consecutive", show_default=True, help="consecutive or random.")
+@click.option("--init", default="normal", show_default=True, help="normal (the seed's N(0, 0.01)), xavier, orthogonal.")
+@click.option("--setting", default="book", show_default=True, help="book (first 10,000 characters) or full.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share of the corpus's lines held out.")
+@click.option("--oov", default="drop", show_default=True, help="Held-out characters outside the vocabulary: drop or unk.")
+@click.option("--eval-every", default=10, show_default=True, help="Epochs between metric rows.")
+@click.option("--prefix", "prefixes", multiple=True, default=("分开", "不分开"), show_default=True)
+@click.option("--pred-len", default=50, show_default=True)
+@click.option("--temperature", "sample_temperature", default=1.0, show_default=True, help="Sampling temperature (greedy samples are drawn too).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--corpus", type=click.Path(path_type=Path), default=None, help="The corpus zip or its folder (else $GRADLAB_DATA, then the user cache, then a download).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write history.csv, samples.csv, steps.csv, meta.json here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, prefixes: tuple[str, ...], clip_method: str, **options) -> None:
+    """Train the character language model on the Jay Chou lyrics (the book's GRU/LSTM chapter)."""
+    from .lyrics_run import run_lyrics
+
+    from .train import LyricsConfig
+
+    cfg = LyricsConfig(device=resolve_device(device), prefixes=tuple(prefixes), clip=clip_method, **options)
+    cfg.validate()
+    run_lyrics(cfg, corpus, out, progress=not quiet, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

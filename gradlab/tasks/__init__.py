@@ -1,0 +1,1 @@
+"""What the networks learn: the lyrics corpus and synthetic long-range tasks."""

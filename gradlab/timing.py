@@ -1,0 +1,57 @@
+"""Synchronised timing, the matmul peak measured on the spot, and FLOP counts of recurrent models."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+GATE_COUNT = {"linear": 1, "rnn": 1, "gru": 3, "lstm": 4}
+
+
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], device: str | torch.device = "cpu", repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() over `repeats` synchronised runs, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None) -> float:
+    """FLOP/s of an n x n x n matmul on this device now: the ceiling utilisation is measured against."""
+    n = n or (8192 if torch.device(device).type == "cuda" else 1024)  # big enough to be compute-bound
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, device, repeats=5, warmup=2)
+    return 2 * n**3 / seconds
+
+
+def lm_epoch_flops(style: str, cell: str, batches: int, num_steps: int, batch_size: int, vocab: int, hidden: int) -> int:
+    """Matmul FLOPs of one training epoch (forward + backward) of a character LM.
+
+    'gradlab': inputs by row lookup (no FLOPs), h @ [W_h*] and the output layer once per step.
+    'book': the seed's code, one-hot x_t @ W_x* per gate too. Backward counts 2x forward for a
+    matmul whose both operands need gradients and 1x when only the weight does (one-hot inputs, lookups).
+    """
+    g, b, v, h = GATE_COUNT[cell], batch_size, vocab, hidden
+    recurrent = 2 * b * h * g * h * 3  # forward + grads of h and W_h
+    output = 2 * b * h * v * 3
+    per_step = recurrent + output
+    if style == "book":
+        per_step += 2 * b * v * g * h * 2  # forward + weight grad; the one-hot input needs none
+    elif style != "gradlab":
+        raise ValueError(f"Unknown style {style!r}. Known: gradlab, book.")
+    return per_step * num_steps * batches
