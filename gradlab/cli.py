@@ -80,5 +80,25 @@ def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, pref
     run_lyrics(cfg, corpus, out, progress=not quiet, echo=click.echo)
 
 
+@main.command("lyrics-speed")
+@click.option("--cell", default="gru", show_default=True, help="gru or lstm (the book's chapter).")
+@click.option("--epochs", default=3, show_default=True, help="Timed epochs of each, alternating, after one warm-up each.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--corpus", type=click.Path(path_type=Path), default=None)
+@_friendly
+def lyrics_speed(cell: str, epochs: int, device: str, corpus: Path | None) -> None:
+    """Seconds per epoch at the book's settings: gradlab's scratch model against the book's style of code."""
+    from .speed import compare_epoch_speed
+    from .tasks.corpus import locate, read_text
+    from .tasks.lyrics import prepare
+    from .train import LyricsConfig
+
+    cfg = LyricsConfig(cell=cell, device=resolve_device(device))
+    cfg.validate()
+    result = compare_epoch_speed(cfg, prepare(read_text(locate(corpus)), cfg.setting), epochs)
+    for key, value in result.items():
+        click.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -21,7 +21,8 @@ class ClipResult:
 def global_norm(grads: list[torch.Tensor]) -> float:
     if not grads:
         return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])))
+    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads]).double()  # per tensor, then combined in float64
+    return float(torch.linalg.vector_norm(norms))
 
 
 def clip(params: Iterable[torch.nn.Parameter], method: str, threshold: float) -> ClipResult:

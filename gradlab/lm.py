@@ -27,7 +27,8 @@ class CharLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         out, state = self.cell(tokens, state)  # (T, B, H)
-        return out @ self.W_hq + self.b_q, state  # (T, B, V)
+        logits = torch.addmm(self.b_q, out.reshape(-1, out.shape[-1]), self.W_hq)  # (T*B, V), bias fused
+        return logits.view(*out.shape[:-1], -1), state  # (T, B, V)
 
 
 def build_lm(cell: str, impl: str, vocab_size: int, hidden_size: int, *, seed: int = 0, **options) -> CharLM:

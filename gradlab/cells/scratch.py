@@ -32,42 +32,53 @@ class ScratchCell(nn.Module):
 
     # --- the step protocol shared with the fused cell (probes drive it one step at a time) ---
 
-    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input projections for all steps in one matmul (a row lookup for token ids)."""
+    def prepare(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Input projections for all steps in one matmul (a row lookup for token ids), unbound per step.
+
+        unbind, not indexing: its backward stacks the T step gradients once, where indexing step by
+        step would allocate a (T, B, G*H) gradient per step.
+        """
         w_x = torch.cat([getattr(self, f"W_x{g}") for g in self.gates], dim=1)  # (I, G*H)
         b = torch.cat([getattr(self, f"b_{g}") for g in self.gates])  # (G*H,)
         if x.dtype == torch.long:  # (T, B) token ids: one_hot(x) @ w_x is row x of w_x
             inputs = w_x[x] + b
         else:  # (T, B, I)
             inputs = torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)
-        recurrent = [getattr(self, f"W_h{g}") for g in self.gates]
-        if self.cell == "gru" and self.variant == "reset_before":
-            w_h = torch.cat(recurrent[:2], dim=1)  # (H, 2H): z, r; W_hh multiplies r * h
-        else:
-            w_h = torch.cat(recurrent, dim=1)  # (H, G*H)
-        return inputs, w_h  # (T, B, G*H), (H, *)
+        if self.cell == "gru":  # the candidate's input part stays apart: r acts between the two
+            x_zr, x_h = inputs.split([2 * self.hidden_size, self.hidden_size], dim=2)
+            inputs = tuple(zip(x_zr.unbind(0), x_h.unbind(0)))
+            if self.variant == "reset_before":  # W_hh multiplies r * h: its own product
+                return inputs, (torch.cat([self.W_hz, self.W_hr], dim=1), self.W_hh)  # (H, 2H), (H, H)
+            bias = torch.cat([torch.zeros_like(self.b_hh).repeat(2), self.b_hh])  # (3H,): b_hh on the candidate only
+            return inputs, (torch.cat([self.W_hz, self.W_hr, self.W_hh], dim=1), bias)  # (H, 3H)
+        w_h = torch.cat([getattr(self, f"W_h{g}") for g in self.gates], dim=1)  # (H, G*H)
+        return inputs.unbind(0), (w_h,)
 
-    def step(self, inp: torch.Tensor, state: State, w_h: torch.Tensor) -> State:
-        """One time step from the projected input inp (B, G*H)."""
+    def step(self, inp, state: State, weights: tuple[torch.Tensor, ...]) -> State:
+        """One time step from this step's projected input (B, G*H) (a pair (x_zr, x_h) for the GRU)."""
         if self.cell == "lstm":
             h, c = state
-            i, f, o, g = (inp + h @ w_h).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            return torch.sigmoid(o) * torch.tanh(c), c
+            gates = inp + h @ weights[0]  # (B, 4H): i, f, o, c
+            ifo = torch.sigmoid(gates[:, : 3 * self.hidden_size])
+            i, f, o = ifo.chunk(3, dim=1)
+            c = f * c + i * torch.tanh(gates[:, 3 * self.hidden_size :])
+            return o * torch.tanh(c), c
         h = state
         if self.cell == "linear":
-            return inp + h @ w_h
+            return inp + h @ weights[0]
         if self.cell == "rnn":
-            return torch.tanh(inp + h @ w_h)
-        x_z, x_r, x_h = inp.chunk(3, dim=1)
-        hp = h @ w_h  # (B, 3H) reset_after, (B, 2H) reset_before
-        z = torch.sigmoid(x_z + hp[:, : self.hidden_size])
-        r = torch.sigmoid(x_r + hp[:, self.hidden_size : 2 * self.hidden_size])
+            return torch.tanh(inp + h @ weights[0])
+        x_zr, x_h = inp
         if self.variant == "reset_before":  # Cho et al. 2014: the reset gate acts on h before W_hh
-            cand = torch.tanh(x_h + (r * h) @ self.W_hh)
+            w_zr, w_hh = weights
+            z, r = torch.sigmoid(x_zr + h @ w_zr).chunk(2, dim=1)  # (B, H) each
+            cand = torch.tanh(x_h + (r * h) @ w_hh)
         else:  # torch.nn.GRU / cuDNN: the reset gate acts on (h W_hh + b_hh)
-            cand = torch.tanh(x_h + r * (hp[:, 2 * self.hidden_size :] + self.b_hh))
-        return z * h + (1 - z) * cand
+            w_h, bias = weights
+            h_zr, h_h = torch.addmm(bias, h, w_h).split([2 * self.hidden_size, self.hidden_size], dim=1)
+            z, r = torch.sigmoid(x_zr + h_zr).chunk(2, dim=1)  # (B, H) each
+            cand = torch.tanh(x_h + r * h_h)
+        return cand + z * (h - cand)  # = z * h + (1 - z) * cand
 
     def init_state(self, batch_size: int) -> State:
         ref = self.W_hh if hasattr(self, "W_hh") else self.W_hc
@@ -76,11 +87,11 @@ class ScratchCell(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
-        inputs, w_h = self.prepare(x)
+        inputs, weights = self.prepare(x)
         if state is None:
             state = self.init_state(x.shape[1])
         outputs = []
         for inp in inputs:
-            state = self.step(inp, state, w_h)
+            state = self.step(inp, state, weights)
             outputs.append(state[0] if self.cell == "lstm" else state)
         return torch.stack(outputs), state
