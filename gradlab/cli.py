@@ -80,6 +80,73 @@ def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, pref
     run_lyrics(cfg, corpus, out, progress=not quiet, echo=click.echo)
 
 
+@main.command()
+@click.argument("study")
+@click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/STUDY-PROFILE); rerunning resumes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel processes.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
+@_friendly
+def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str, workers: int, quiet: bool, no_report: bool) -> None:
+    """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
+
+    Exits 1 when some points failed (each is recorded with its error; the rest of the study ran)."""
+    from .report import render
+    from .runner import run_study
+
+    summary = run_study(
+        study, profile, list(overrides), out, resolve_device(device), workers,
+        progress=not quiet, argv=sys.argv, render=None if no_report else render,
+    )
+    click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed, {len(summary.failed)} failed; {summary.rows} rows")
+    click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
+    for fail in summary.failed[:5]:
+        click.echo(f"failed {fail['key']}: {fail['error'].splitlines()[0]}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command("list")
+def list_things() -> None:
+    """Studies (with profiles), cells, impls, tasks and measures."""
+    from .cells import CELLS, IMPLS
+    from .config import builtin_studies, load_study
+    from .measures import MEASURES
+
+    click.echo("studies:")
+    for name in sorted(builtin_studies()):
+        study = load_study(name)
+        profiles = ", ".join(study.profiles) or "-"
+        click.echo(f"  {name:16} measure {study.measure}; profiles: {profiles}")
+    click.echo("cells:")
+    for name, text in CELLS.items():
+        click.echo(f"  {name:16} {text}")
+    click.echo("impls:")
+    for name, text in IMPLS.items():
+        click.echo(f"  {name:16} {text}")
+    click.echo("tasks:")
+    click.echo(f"  {'lyrics':16} Jay Chou lyrics, character level (the book's GRU/LSTM chapter)")
+    click.echo("measures:")
+    for name, text in MEASURES.items():
+        click.echo(f"  {name:16} {text}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@_friendly
+def report(run_dir: Path) -> None:
+    """Re-render RUN_DIR's figures and report.html from its tables alone."""
+    from .report import render
+
+    try:
+        click.echo(f"wrote {render(run_dir)}")
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command("lyrics-speed")
 @click.option("--cell", default="gru", show_default=True, help="gru or lstm (the book's chapter).")
 @click.option("--epochs", default=3, show_default=True, help="Timed epochs of each, alternating, after one warm-up each.")

@@ -36,3 +36,92 @@ def write_json_atomic(obj: object, path: Path) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+class PointStore:
+    """DIR/points/KEY.TABLE.parquet per finished point, then DIR/points/KEY.json as its commit marker:
+    a point whose marker is missing did not finish and runs again; one whose marker says ok never does."""
+
+    def __init__(self, out: Path):
+        self.dir = Path(out) / "points"
+
+    def _meta(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def read_meta(self, key: str) -> dict | None:
+        path = self._meta(key)
+        if not path.exists():
+            return None
+        try:
+            return read_json(path)
+        except (OSError, ValueError):  # unreadable marker: treat the point as unfinished
+            return None
+
+    def done(self, key: str) -> bool:
+        meta = self.read_meta(key)
+        return bool(meta and meta["status"] == "ok" and all((self.dir / f"{key}.{t}.parquet").exists() for t in meta["tables"]))
+
+    def write(self, outcome) -> None:
+        meta = {"key": outcome.key, "config": outcome.config, "seconds": outcome.seconds, "env": outcome.env}
+        if outcome.error is None:
+            for name, rows in outcome.tables.items():
+                write_table_atomic(pd.DataFrame(rows), self.dir / f"{outcome.key}.{name}.parquet")
+            meta |= {"status": "ok", "tables": sorted(outcome.tables), "error": None}
+        else:
+            meta |= {"status": "failed", "tables": [], "error": outcome.error}
+        write_json_atomic(meta, self._meta(outcome.key))
+
+    def tables(self, key: str) -> dict[str, pd.DataFrame]:
+        meta = self.read_meta(key) or {"tables": []}
+        return {t: pd.read_parquet(self.dir / f"{key}.{t}.parquet") for t in meta["tables"]}
+
+
+def _cell(value: object) -> object:
+    return str(value) if isinstance(value, (tuple, list, dict)) else value
+
+
+def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra: dict) -> dict:
+    """Long-form tables from the finished points (grid coordinates as leading columns), the measure's
+    derived tables, and manifest.json. Returns the failures and the row count."""
+    from .env import environment
+
+    store = PointStore(out)
+    parts: dict[str, list[pd.DataFrame]] = {}
+    points, failed = [], []
+    for key in keys:
+        meta = store.read_meta(key)
+        if meta is None:
+            continue
+        coords = {a: _cell(meta["config"].get(a)) for a in axes}
+        points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords})
+        if meta["status"] != "ok":
+            failed.append({"key": key, **coords, "error": meta["error"]})
+            continue
+        for name, df in store.tables(key).items():
+            df = df.copy()
+            for pos, (axis, value) in enumerate(coords.items()):
+                df.insert(pos, axis, [value] * len(df))
+            df.insert(len(coords), "point", key)
+            parts.setdefault(name, []).append(df)
+    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
+    tables.setdefault("results", pd.DataFrame(columns=[*axes, "point"]))
+    for name, df in tables.items():
+        write_table_atomic(df, Path(out) / f"{name}.parquet")
+    derived = module.derive(tables, axes) if len(tables["results"]) else {}
+    for name, df in derived.items():
+        write_table_atomic(df, Path(out) / f"{name}.parquet")
+    write_table_atomic(pd.DataFrame(failed, columns=["key", *axes, "error"]), Path(out) / "failures.parquet")
+    results = tables["results"]
+    device = str(manifest_extra.get("resolved", {}).get("device", ["cpu"])[0])
+    manifest = manifest_extra | {
+        "environment": environment(device),
+        "backends": sorted(map(str, results["backend"].dropna().unique())) if "backend" in results else [],
+        "tables": {name: len(df) for name, df in tables.items()},
+        "derived": sorted(derived), "row_count": len(results), "points": points, "failed": len(failed),
+    }
+    write_json_atomic(manifest, Path(out) / "manifest.json")
+    return {"failed": failed, "rows": len(results)}

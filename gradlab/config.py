@@ -1,0 +1,224 @@
+"""Study files: TOML grids with fixed settings and profiles, `--set` overrides, typed and checked up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import itertools
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .registry import suggest
+
+TOP_KEYS = ("name", "measure", "description", "grid", "settings", "exclude", "profiles")
+PROFILE_KEYS = ("description", "grid", "settings", "exclude")
+
+
+class StudyError(ValueError):
+    """A study file, profile or override that cannot be run; the message says what and where."""
+
+
+@dataclass
+class Study:
+    name: str
+    measure: str
+    description: str
+    grid: dict[str, list]
+    settings: dict[str, Any]
+    exclude: list[dict[str, Any]]
+    profiles: dict[str, dict]
+    source: str  # where it was read from, for messages and the manifest
+
+
+@dataclass
+class Resolved:
+    """A study made concrete: every key of the measure's config with its list of values."""
+
+    study: Study
+    profile: str
+    values: dict[str, list]  # key -> values (one value: fixed)
+    axes: list[str]  # keys that are grid coordinates (declared as grid, or given several values)
+    exclude: list[dict[str, list]] = field(default_factory=list)
+
+
+def builtin_studies() -> dict[str, Path]:
+    folder = importlib.resources.files("gradlab") / "studies"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_study(ref: str | Path) -> Study:
+    """A study by name (shipped with gradlab) or by path to a TOML file."""
+    path = Path(ref)
+    if not (path.suffix == ".toml" or path.exists()):
+        known = builtin_studies()
+        if str(ref) not in known:
+            raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")
+        path = known[str(ref)]
+    if not path.is_file():
+        raise StudyError(f"study file {path} does not exist.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"study file {path} is not valid TOML: {exc}") from None
+    return parse_study(data, str(path))
+
+
+def _expect_table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise StudyError(f"{where} must be a table, got {type(value).__name__}.")
+    return value
+
+
+def _check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise StudyError(f"{where}: unknown key {key!r}. {suggest(key, list(allowed))}")
+
+
+def _check_grid(grid: dict, where: str) -> dict[str, list]:
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise StudyError(f"{where}.{key} must be a non-empty list of values, got {values!r}.")
+    return grid
+
+
+def parse_study(data: dict, source: str) -> Study:
+    _check_keys(data, TOP_KEYS, f"study file {source}")
+    for key in ("name", "measure"):
+        if not isinstance(data.get(key), str):
+            raise StudyError(f"study file {source}: '{key}' (a string) is required.")
+    profiles = _expect_table(data.get("profiles", {}), f"{source}: profiles")
+    for pname, prof in profiles.items():
+        _check_keys(_expect_table(prof, f"{source}: profiles.{pname}"), PROFILE_KEYS, f"{source}: profiles.{pname}")
+        _check_grid(_expect_table(prof.get("grid", {}), f"{source}: profiles.{pname}.grid"), f"profiles.{pname}.grid")
+        _expect_table(prof.get("settings", {}), f"{source}: profiles.{pname}.settings")
+    exclude = data.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
+        raise StudyError(f"{source}: exclude must be a list of tables like {{cell = 'linear', impl = 'cudnn'}}.")
+    return Study(
+        name=data["name"], measure=data["measure"], description=str(data.get("description", "")),
+        grid=_check_grid(_expect_table(data.get("grid", {}), f"{source}: grid"), "grid"),
+        settings=_expect_table(data.get("settings", {}), f"{source}: settings"),
+        exclude=exclude, profiles=profiles, source=source,
+    )
+
+
+# --- typing of values: from the measure's config dataclass ---
+
+def _allowed_types(tp: Any) -> tuple[type, ...]:
+    if isinstance(tp, str):
+        raise TypeError("config dataclasses must not use string annotations")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(tp) for t in _allowed_types(arg))
+    if tp is type(None):
+        return (type(None),)
+    return (origin or tp,)
+
+
+def field_types(config_cls: type) -> dict[str, tuple[type, ...]]:
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: _allowed_types(hints[f.name]) for f in dataclasses.fields(config_cls)}
+
+
+def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
+    """A value of an allowed type (ints widen to floats; strings from --set are parsed), or an error."""
+    names = "/".join("none" if t is type(None) else t.__name__ for t in allowed)
+    if isinstance(value, str) and type(None) in allowed and value.strip().lower() in ("none", "null"):
+        return None
+    if isinstance(value, str) and str not in allowed:
+        text = value.strip().lower()
+        for t in (bool, int, float):
+            if t in allowed:
+                try:
+                    if t is bool:
+                        if text in ("true", "false"):
+                            return text == "true"
+                        continue
+                    return t(value)
+                except ValueError:
+                    continue
+        raise StudyError(f"{where}: {key}={value!r} is not a {names}.")
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        return float(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    elif isinstance(value, list) and (tuple in allowed or list in allowed):
+        return tuple(value)
+    raise StudyError(f"{where}: {key}={value!r} is not a {names}.")
+
+
+def parse_override(text: str) -> tuple[str, list[str]]:
+    """'KEY=V1,V2' -> ('KEY', ['V1', 'V2'])."""
+    if "=" not in text:
+        raise StudyError(f"--set {text!r} must read KEY=VALUE or KEY=V1,V2,...")
+    key, _, raw = text.partition("=")
+    values = [v.strip() for v in raw.split(",")]
+    if not key.strip() or any(v == "" for v in values):
+        raise StudyError(f"--set {text!r} must read KEY=VALUE or KEY=V1,V2,... with no empty value.")
+    return key.strip(), values
+
+
+def resolve(study: Study, config_cls: type, profile: str | None = None, overrides: list[str] = ()) -> Resolved:
+    """Defaults < study settings and grid < profile < --set; every key checked against config_cls."""
+    types_of = field_types(config_cls)
+    values: dict[str, list] = {}
+    axes: list[str] = []
+    exclude = list(study.exclude)
+
+    def put(table: dict, where: str, is_grid: bool) -> None:
+        for key, value in table.items():
+            if key not in types_of:
+                raise StudyError(f"{where}: unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
+            vals = value if is_grid else [value]
+            values[key] = [coerce(key, v, types_of[key], where) for v in vals]
+            if (is_grid or len(vals) > 1) and key not in axes:
+                axes.append(key)
+
+    put(study.settings, f"{study.source}: settings", False)
+    put(study.grid, f"{study.source}: grid", True)
+    if profile is not None:
+        if profile not in study.profiles:
+            raise StudyError(f"Study {study.name!r} has no profile {profile!r}. {suggest(profile, study.profiles)}")
+        prof = study.profiles[profile]
+        put(prof.get("settings", {}), f"profile {profile!r} settings", False)
+        put(prof.get("grid", {}), f"profile {profile!r} grid", True)
+        exclude += prof.get("exclude", [])
+    for text in overrides:
+        key, raw = parse_override(text)
+        put({key: raw}, "--set", True)
+    rules = []
+    for rule in exclude:
+        for key in rule:
+            if key not in types_of:
+                raise StudyError(f"{study.source}: exclude names unknown key {key!r}. {suggest(key, types_of)}")
+        rules.append({k: [coerce(k, v, types_of[k], "exclude") for v in (rule[k] if isinstance(rule[k], list) else [rule[k]])] for k in rule})
+    return Resolved(study, profile or "default", values, axes, rules)
+
+
+def expand(resolved: Resolved, config_cls: type) -> list:
+    """Every grid point as a config_cls instance, excluded combinations left out, in grid order."""
+    keys = list(resolved.values)
+    points = []
+    for combo in itertools.product(*(resolved.values[k] for k in keys)):
+        point = dict(zip(keys, combo))
+        if any(all(point.get(k) in vals for k, vals in rule.items()) for rule in resolved.exclude):
+            continue
+        points.append(config_cls(**point))
+    return points

@@ -1,0 +1,103 @@
+"""How BPTT gradients decay or explode with distance in time, per cell, impl, init and init_scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..cells import check, create
+from ..probes import hidden_grad_norms, input_grad_norms, jacobian_norms
+
+PROBES = ("hidden", "input", "jacobian")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FLOOR_RATIO = 1e-6  # "vanished": the norm falls below this fraction of its value at distance 0
+
+
+@dataclass
+class Config:
+    cell: str = "rnn"
+    impl: str = "scratch"
+    variant: str | None = None
+    seq_len: int = 100
+    init: str = "orthogonal"
+    init_scale: float | None = 1.0  # spectral norm of each recurrent matrix
+    forget_bias: float = 0.0
+    seed: int = 0
+    probe: str = "hidden"
+    dtype: str = "float64"  # float32 underflows near 1e-38: about 126 steps at a factor of 0.5
+    hidden_size: int = 64
+    input_size: int = 16
+    batch_size: int = 16
+    input_std: float = 1.0
+    jacobian_batch: int = 2  # a Jacobian costs D backward passes and T*B*D*D memory: a few sequences do
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        check(self.cell, self.impl, self.variant)
+        if self.probe not in PROBES:
+            raise ValueError(f"Unknown probe {self.probe!r}. Known: {', '.join(PROBES)}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {self.dtype!r}. Known: {', '.join(DTYPES)}.")
+        if self.forget_bias and self.cell != "lstm":
+            raise ValueError(f"forget_bias applies to the LSTM only, not to cell {self.cell!r}.")
+        for name in ("seq_len", "hidden_size", "input_size", "batch_size", "jacobian_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+def run(cfg: Config) -> dict[str, list[dict]]:
+    """One backward pass (hidden, input) or D batched ones (jacobian) on a fresh cell; rows per (t, wrt)."""
+    dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
+    cell = create(
+        cfg.cell, cfg.impl, cfg.input_size, cfg.hidden_size, variant=cfg.variant, init=cfg.init,
+        init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, seed=cfg.seed, dtype=dtype, device=device,
+    )
+    gen = torch.Generator().manual_seed(cfg.seed + 7)  # data drawn apart from the weights
+    x = (torch.randn(cfg.seq_len, cfg.batch_size, cfg.input_size, generator=gen, dtype=torch.float64) * cfg.input_std).to(device, dtype)  # (T, B, I)
+    direction = torch.randn(cfg.batch_size, cfg.hidden_size, generator=gen, dtype=torch.float64)
+    direction = (direction / direction.norm(dim=1, keepdim=True)).to(device, dtype)  # (B, H), unit rows: ||dL/dh_{T-1}|| = 1
+    if cfg.probe == "hidden":
+        norms = hidden_grad_norms(cell, x, direction)
+    elif cfg.probe == "input":
+        norms = {"x": input_grad_norms(cell, x, direction)}
+    else:
+        norms = {"h" if cfg.cell != "lstm" else "h,c": jacobian_norms(cell, x[:, : cfg.jacobian_batch])}
+    backend = getattr(cell, "last_backend", "")
+    rows = []
+    T = cfg.seq_len
+    for wrt, values in norms.items():
+        for t, value in enumerate(values.cpu().tolist()):
+            rows.append({"wrt": wrt, "t": t, "distance": T - 1 - t, "grad_norm": value, "backend": backend})
+    return {"results": rows}
+
+
+def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per group: slope of log10 grad_norm against distance (as a factor per step), the fit's r^2,
+    and the first distance where the median norm (over seeds) is below 1e-6 of its value nearest the loss."""
+    rows = []
+    for key, g in df.groupby(by, dropna=False, sort=True):
+        curve = g.groupby("distance")["grad_norm"].median().sort_index()  # (distance,) median over seeds
+        ok = curve[(curve > 0) & np.isfinite(curve)]
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        if len(ok) >= 2:
+            d, y = ok.index.to_numpy(float), np.log10(ok.to_numpy(float))
+            slope, intercept = np.polyfit(d, y, 1)
+            resid = y - (slope * d + intercept)
+            ss = ((y - y.mean()) ** 2).sum()
+            row |= {"log10_rate_per_step": slope, "factor_per_step": 10**slope, "r2": 1 - (resid**2).sum() / ss if ss > 0 else 1.0}
+        else:
+            row |= {"log10_rate_per_step": np.nan, "factor_per_step": np.nan, "r2": np.nan}
+        ref = ok.iloc[0] if len(ok) else np.nan  # the nearest positive norm (dL/dc at distance 0 is exactly 0)
+        below = curve[(curve.index > ok.index[0]) & (curve < FLOOR_RATIO * ref)] if len(ok) else curve.iloc[:0]
+        row |= {"fit_points": len(ok), "vanish_distance": float(below.index[0]) if len(below) else np.nan, "max_distance": float(curve.index.max())}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def derive(tables: dict[str, pd.DataFrame], axes: list[str]) -> dict[str, pd.DataFrame]:
+    results = tables["results"]
+    by = [a for a in axes if a != "seed" and a in results.columns] + ["wrt"]  # seeds pooled by the median
+    return {"decay_rates": decay_rates(results, by)}

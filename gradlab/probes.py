@@ -1,0 +1,92 @@
+"""Gradient-flow instruments: ||dL/dh_t|| (and dL/dc_t), ||dL/dx_t||, and the spectral norm of ds_T/ds_t.
+
+The loss sits on the last step only, L = sum_b <g_b, h_{T-1,b}>, so every gradient at step t is the
+long-range part. State gradients are taken at the interface between steps: w.r.t. the state handed
+to step t+1, its parts (h_t, c_t) independent. Norms are RMS over the batch of per-sequence norms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cells import Cell, hidden_of
+
+
+def run_steps(cell: Cell, x: torch.Tensor) -> tuple[list, list[list[torch.Tensor]]]:
+    """Drive the cell one step at a time (the fused kernel with T=1 for cudnn), adding a zero "tap"
+    to each state tensor after each step. The gradient w.r.t. a tap is the gradient w.r.t. the state
+    handed on: the same quantity in both impls, whatever each computes inside a step.
+    Returns the states and the taps, T lists of ([h] or [h, c]) tensors (B, H)."""
+    inputs, ctx = cell.prepare(x)
+    state = cell.init_state(x.shape[1])
+    states, taps = [], []
+    for inp in inputs:
+        parts = cell.step(inp, state, ctx)
+        parts = list(parts) if isinstance(parts, tuple) else [parts]
+        tap = [torch.zeros_like(p, requires_grad=True) for p in parts]
+        parts = [p + e for p, e in zip(parts, tap)]
+        state = tuple(parts) if len(parts) == 2 else parts[0]
+        states.append(state)
+        taps.append(tap)
+    return states, taps
+
+
+def _rms_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """(T,) RMS over the batch of per-sequence L2 norms; grads are T tensors (B, D)."""
+    g = torch.stack(grads).double()  # (T, B, D)
+    return g.pow(2).sum(-1).mean(-1).sqrt()
+
+
+def last_step_loss(state, direction: torch.Tensor) -> torch.Tensor:
+    return (hidden_of(state) * direction).sum()
+
+
+def hidden_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """||dL/dh_t|| for every t (and ||dL/dc_t|| for the LSTM) from ONE backward pass."""
+    states, taps = run_steps(cell, x)
+    names = ("h", "c")[: len(taps[0])]
+    targets = [tap[k] for k in range(len(names)) for tap in taps]  # all h taps, then all c taps
+    grads = torch.autograd.grad(last_step_loss(states[-1], direction), targets, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]  # no path: exactly 0
+    T = len(taps)
+    return {name: _rms_norms(grads[k * T : (k + 1) * T]) for k, name in enumerate(names)}
+
+
+def input_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """||dL/dx_t|| for every t from a single call of the cell (one fused kernel for cudnn)."""
+    x = x.detach().requires_grad_()
+    _, state = cell(x)
+    (grad,) = torch.autograd.grad(last_step_loss(state, direction), x)
+    return _rms_norms(list(grad.unbind(0)))
+
+
+def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], grad_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Vector-Jacobian products for a batch of cotangents (leading dim D) in one vectorised backward;
+    one backward per cotangent where a kernel cannot be vectorised (cuDNN's backward)."""
+    try:
+        return list(torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, is_grads_batched=True, allow_unused=True))
+    except RuntimeError:
+        rows = [torch.autograd.grad(outputs, inputs, [g[j] for g in grad_outputs], retain_graph=True, allow_unused=True) for j in range(grad_outputs[0].shape[0])]
+        return [None if r[0] is None else torch.stack(r) for r in zip(*rows)]
+
+
+def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
+    """(T,) spectral norm of d s_{T-1} / d s_t, s the full state ((h, c) for the LSTM), RMS over the batch.
+
+    Row j of every Jacobian at once: backpropagate the basis vector e_j from s_{T-1} to all s_t.
+    """
+    states, taps = run_steps(cell, x)
+    final = list(states[-1]) if isinstance(states[-1], tuple) else [states[-1]]
+    B, H = final[0].shape
+    D = H * len(final)
+    eye = torch.eye(D, dtype=final[0].dtype, device=final[0].device)  # (D, D)
+    basis = eye[:, None, :].expand(D, B, D)  # (D, B, D): cotangent j is e_j for every sequence
+    cotangents = [basis[..., k * H : (k + 1) * H] for k in range(len(final))]
+    inputs = [e for tap in taps for e in tap]
+    grads = _batched_grad(final, inputs, cotangents)
+    grads = [torch.zeros((D, *t.shape), dtype=t.dtype, device=t.device) if g is None else g for t, g in zip(inputs, grads)]
+    k = len(final)
+    jac = torch.stack([torch.cat(grads[t * k : (t + 1) * k], dim=-1) for t in range(len(states))])  # (T, D, B, D)
+    jac = jac.double().transpose(1, 2)  # (T, B, D rows, D cols)
+    sigma = torch.linalg.matrix_norm(jac, ord=2)  # (T, B)
+    return sigma.pow(2).mean(-1).sqrt()

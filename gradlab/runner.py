@@ -1,0 +1,186 @@
+"""Runs a study: grid expansion, checks before work, seeding, cache by config hash, resume, executors, progress."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from . import measures
+from .config import Resolved, StudyError, expand, load_study, resolve
+from .store import PointStore, assemble
+
+
+@dataclass
+class PointOutcome:
+    key: str
+    config: dict
+    tables: dict[str, list[dict]] | None
+    error: str | None
+    seconds: float
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    points: int
+    cached: int
+    computed: int
+    failed: list[dict]
+    rows: int
+    report: Path | None
+
+
+def point_key(measure: str, config: dict) -> str:
+    """A hash of the resolved config: the cache key of a point."""
+    text = json.dumps({"measure": measure, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def execute_point(measure_name: str, config: dict, threads: int | None = None) -> PointOutcome:
+    """Run one point (in this process or a worker). Its failure is returned, never raised."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    module = measures.load(measure_name)
+    cfg = module.Config(**config)
+    seed_everything(int(config.get("seed", 0)))
+    start = time.perf_counter()
+    key = point_key(measure_name, config)
+    env = {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
+    try:
+        tables = module.run(cfg)
+        return PointOutcome(key, config, tables, None, time.perf_counter() - start, env)
+    except Exception as exc:  # a failing point is a result: record it, go on with the study
+        error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=-3))
+        return PointOutcome(key, config, None, error, time.perf_counter() - start, env)
+
+
+class InlineExecutor(cf.Executor):
+    """Runs each submitted call at once in this process: the executor for --workers 1."""
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+
+def make_executor(workers: int) -> cf.Executor:
+    if workers <= 1:
+        return InlineExecutor()
+    # spawn: a clean interpreter per worker (fork and torch's thread pools do not mix)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def plan(study_ref: str | Path, profile: str | None, overrides: list[str], device: str | None) -> tuple[Resolved, list, object]:
+    """Load, resolve and expand a study, and check every point before any work."""
+    study = load_study(study_ref)
+    module = measures.load(study.measure)
+    if device is not None and "device" in {f.name for f in dataclasses.fields(module.Config)}:
+        overrides = [*overrides, f"device={device}"]
+    resolved = resolve(study, module.Config, profile, overrides)
+    points = expand(resolved, module.Config)
+    if not points:
+        raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions.")
+    problems: dict[str, list] = {}
+    for cfg in points:
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            problems.setdefault(str(exc), []).append({a: getattr(cfg, a) for a in resolved.axes})
+    if problems:
+        lines = [f"  {msg} (e.g. {cfgs[0]}; {len(cfgs)} points)" for msg, cfgs in problems.items()]
+        n_bad = sum(len(c) for c in problems.values())
+        raise StudyError(
+            f"{n_bad} of {len(points)} points of study {study.name!r} cannot run:\n" + "\n".join(lines)
+            + "\nChange the --set values, or add an 'exclude' rule to the study file."
+        )
+    return resolved, points, module
+
+
+def run_study(
+    study_ref: str | Path,
+    profile: str | None = None,
+    overrides: list[str] = (),
+    out: Path | None = None,
+    device: str | None = None,
+    workers: int = 1,
+    executor: cf.Executor | None = None,
+    progress: bool = True,
+    argv: list[str] | None = None,
+    render: Callable[[Path], Path] | None = None,
+) -> RunSummary:
+    """Run every point not already finished in `out`, then write the tables, manifest and report."""
+    resolved, points, module = plan(study_ref, profile, list(overrides), device)
+    study = resolved.study
+    out = Path(out) if out is not None else Path("reports") / f"{study.name}-{resolved.profile}"
+    store = PointStore(out)
+    started = datetime.now(timezone.utc).isoformat()
+    configs = [dataclasses.asdict(p) for p in points]
+    keys = [point_key(study.measure, c) for c in configs]
+    todo = [(k, c) for k, c in zip(keys, configs) if not store.done(k)]
+    cached = len(points) - len(todo)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    own_executor = executor is None
+    executor = executor or make_executor(workers)
+    in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
+    bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
+    failed_now = 0
+    try:
+        queue = iter(todo)
+        in_flight: dict[cf.Future, str] = {}
+        while True:
+            while len(in_flight) < in_flight_max and (item := next(queue, None)) is not None:
+                in_flight[executor.submit(execute_point, study.measure, item[1], threads)] = item[0]
+            if not in_flight:
+                break
+            done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                in_flight.pop(future)
+                outcome: PointOutcome = future.result()
+                store.write(outcome)
+                failed_now += outcome.error is not None
+                bar.update(1)
+                bar.set_postfix(failed=failed_now) if failed_now else None
+    finally:
+        bar.close()
+        if own_executor:
+            executor.shutdown(wait=True, cancel_futures=True)
+    ended = datetime.now(timezone.utc).isoformat()
+    manifest_extra = {
+        "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
+        "profile": resolved.profile, "argv": argv if argv is not None else sys.argv, "overrides": list(overrides),
+        "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes, "exclude": resolved.exclude,
+        "seeds": resolved.values.get("seed", []), "workers": workers, "started": started, "ended": ended,
+        "points_cached": cached, "points_computed": len(todo),
+    }
+    summary = assemble(out, keys, resolved.axes, module, manifest_extra)
+    report = render(out) if render is not None else None
+    return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report)
