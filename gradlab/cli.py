@@ -85,12 +85,12 @@ def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, pref
 @click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/STUDY-PROFILE); rerunning resumes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
 @_friendly
-def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str, workers: int, quiet: bool, no_report: bool) -> None:
+def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int, quiet: bool, no_report: bool) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran)."""
@@ -98,7 +98,7 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
     from .runner import run_study
 
     summary = run_study(
-        study, profile, list(overrides), out, resolve_device(device), workers,
+        study, profile, list(overrides), out, None if device is None else resolve_device(device), workers,
         progress=not quiet, argv=sys.argv, render=None if no_report else render,
     )
     click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed, {len(summary.failed)} failed; {summary.rows} rows")

@@ -103,9 +103,13 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
     """Load, resolve and expand a study, and check every point before any work."""
     study = load_study(study_ref)
     module = measures.load(study.measure)
-    if device is not None and "device" in {f.name for f in dataclasses.fields(module.Config)}:
-        overrides = [*overrides, f"device={device}"]
     resolved = resolve(study, module.Config, profile, overrides)
+    has_device = "device" in {f.name for f in dataclasses.fields(module.Config)}
+    if has_device and (device is not None or "device" not in resolved.values):
+        import torch  # no device named anywhere: auto
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolved = resolve(study, module.Config, profile, [*overrides, f"device={device}"])
     points = expand(resolved, module.Config)
     if not points:
         raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions.")
@@ -153,9 +157,9 @@ def run_study(
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
+    in_flight: dict[cf.Future, str] = {}
     try:
         queue = iter(todo)
-        in_flight: dict[cf.Future, str] = {}
         while True:
             while len(in_flight) < in_flight_max and (item := next(queue, None)) is not None:
                 in_flight[executor.submit(execute_point, study.measure, item[1], threads)] = item[0]
@@ -169,6 +173,11 @@ def run_study(
                 failed_now += outcome.error is not None
                 bar.update(1)
                 bar.set_postfix(failed=failed_now) if failed_now else None
+    except BaseException:  # killed (Ctrl-C) or broken: keep every point that did finish, then stop
+        for future in in_flight:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                store.write(future.result())
+        raise
     finally:
         bar.close()
         if own_executor:

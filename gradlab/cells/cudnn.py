@@ -55,7 +55,8 @@ class FusedCell(nn.Module):
 
     def step(self, inp: torch.Tensor, state: State, ctx: None = None) -> State:
         """One step through the fused kernel (a sequence of length 1)."""
-        _, state = self.rnn(inp[None], self._to_torch(state))
+        out, state = self.rnn(inp[None], self._to_torch(state))
+        self._record(out)
         return self._from_torch(state)
 
     def init_state(self, batch_size: int) -> State:
@@ -65,8 +66,13 @@ class FusedCell(nn.Module):
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
         outputs, state = self.rnn(self._inputs(x), self._to_torch(state))
-        self.last_backend = backend_of(outputs)
+        self._record(outputs)
         return outputs, self._from_torch(state)
+
+    def _record(self, output: torch.Tensor) -> None:
+        """Keep the backend a differentiable call revealed; a no-grad call (evaluation) cannot tell."""
+        if output.grad_fn is not None or self.last_backend == "not run yet":
+            self.last_backend = backend_of(output)
 
 
 def load_scratch_layout(module: FusedCell, params: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,90 @@
+"""The command line: a thin shell whose errors say what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gradlab.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_list_names_everything():
+    r = invoke("list")
+    assert r.exit_code == 0
+    for word in ("gradient-decay", "lyrics", "quick", "linear", "lstm", "scratch", "cudnn", "gradient_decay"):
+        assert word in r.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("run", "gradient-decy"), "Did you mean 'gradient-decay'"),
+        (("run", "gradient-decay", "--set", "seqlen=3"), "Did you mean 'seq_len'"),
+        (("run", "gradient-decay", "--set", "seq_len=x"), "is not a int"),
+        (("run", "gradient-decay", "--profile", "quik"), "Did you mean 'quick'"),
+        (("run", "gradient-decay", "--set", "cell=lstn"), "Did you mean 'lstm'"),
+        (("lyrics", "--cell", "lstn"), "Did you mean 'lstm'"),
+        (("lyrics", "--cell", "linear", "--impl", "cudnn"), "cudnn exists for"),
+        (("lyrics", "--optimizer", "adamw"), "Unknown optimizer 'adamw'. Known: sgd, adam"),
+    ],
+)
+def test_bad_input_is_a_usage_error(args, message):
+    r = invoke(*args)
+    assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_run_then_report(tmp_path):
+    out = tmp_path / "run"
+    r = invoke("run", "gradient-decay", "--profile", "quick", "--set", "cell=linear,rnn", "--set", "seq_len=20",
+               "--set", "probe=hidden", "--set", "forget_bias=0", "--device", "cpu", "--out", str(out), "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "0 cached, 9 computed, 0 failed" in r.output
+    res = pd.read_parquet(out / "results.parquet")
+    assert set(res["cell"]) == {"linear", "rnn"} and res["distance"].max() == 19
+    r = invoke("run", "gradient-decay", "--profile", "quick", "--set", "cell=linear,rnn", "--set", "seq_len=20",
+               "--set", "probe=hidden", "--set", "forget_bias=0", "--device", "cpu", "--out", str(out), "--quiet")
+    assert "9 cached, 0 computed" in r.output
+    (out / "report.html").unlink()
+    r = invoke("report", str(out))
+    assert r.exit_code == 0 and (out / "report.html").exists()
+    r = invoke("report", str(tmp_path))
+    assert r.exit_code == 2 and "no manifest.json" in r.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA for points to fail")
+def test_failed_points_give_exit_status_1(tmp_path):
+    r = invoke("run", "gradient-decay", "--set", "cell=rnn", "--set", "impl=scratch", "--set", "init_scale=1",
+               "--set", "seq_len=5", "--set", "probe=hidden", "--set", "seed=0", "--set", "forget_bias=0",
+               "--set", "device=cpu,cuda", "--out", str(tmp_path / "run"), "--quiet")
+    assert r.exit_code == 1
+    assert "1 failed" in r.output
+
+
+def test_lyrics_command_writes_its_tables(tmp_path, corpus_zip):
+    out = tmp_path / "ly"
+    r = invoke("lyrics", "--corpus", str(corpus_zip), "--epochs", "2", "--eval-every", "1", "--hidden-size", "8",
+               "--pred-len", "5", "--device", "cpu", "--out", str(out), "--quiet")
+    assert r.exit_code == 0, r.output
+    history = pd.read_csv(out / "history.csv")
+    assert {"epoch", "train_ppl", "val_ppl", "seconds", "grad_norm"} <= set(history.columns) and len(history) == 2
+    samples = pd.read_csv(out / "samples.csv")
+    assert list(samples.columns) == ["epoch", "prefix", "temperature", "text"]
+    assert set(samples["prefix"]) == {"分开", "不分开"}
+    steps = pd.read_csv(out / "steps.csv")
+    assert {"grad_norm", "grad_norm_clipped", "clipped"} <= set(steps.columns) and len(steps) == 16
+
+
+def test_lyrics_prefix_outside_vocabulary(corpus_zip):
+    r = invoke("lyrics", "--corpus", str(corpus_zip), "--prefix", "分开x", "--epochs", "1", "--quiet")
+    assert r.exit_code == 2 and "prefix '分开x' has characters outside the vocabulary: 'x'" in r.output
+
+
+def test_lyrics_missing_corpus_says_how_to_supply_it(tmp_path):
+    r = invoke("lyrics", "--corpus", str(tmp_path / "nope.zip"))
+    assert r.exit_code == 2 and "does not exist" in r.output

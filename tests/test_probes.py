@@ -1,0 +1,133 @@
+"""The gradient-flow instruments against exact answers: rho^k oracles, autograd's Jacobian, impl parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gradlab.cells import create
+from gradlab.measures.gradient_decay import Config, decay_rates, run
+from gradlab.probes import hidden_grad_norms, input_grad_norms, jacobian_norms
+
+F64 = torch.float64
+
+
+def _data(T, B, I, H, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(T, B, I, generator=gen, dtype=F64), torch.randn(B, H, generator=gen, dtype=F64)
+
+
+@pytest.mark.parametrize("rho", [0.9, 1.0, 1.1])
+def test_linear_orthogonal_cell_gives_rho_to_the_k(rho):
+    T, B, I, H = 60, 3, 4, 8
+    cell = create("linear", "scratch", I, H, init="orthogonal", init_scale=rho, seed=1, dtype=F64)
+    x, g = _data(T, B, I, H)
+    k = torch.arange(T - 1, -1, -1, dtype=F64)  # distance of step t from the loss
+    hidden = hidden_grad_norms(cell, x, g)["h"]
+    torch.testing.assert_close(hidden / hidden[-1], rho**k, rtol=1e-10, atol=0)
+    torch.testing.assert_close(jacobian_norms(cell, x), rho**k, rtol=1e-10, atol=0)  # every singular value is rho^k
+
+
+def _step_from(cell, x, t, state):
+    """Steps t+1 .. T-1 of the cell from a given state handed out by step t."""
+    inputs, ctx = cell.prepare(x)
+    for inp in list(inputs)[t + 1 :]:
+        state = cell.step(inp, state, ctx)
+    return state
+
+
+def _split(v, cell):
+    return (v[..., : cell.hidden_size], v[..., cell.hidden_size :]) if cell.cell == "lstm" else v
+
+
+def _join(s):
+    return torch.cat(s, dim=-1) if isinstance(s, tuple) else s
+
+
+def _states(cell, x):
+    inputs, ctx = cell.prepare(x)
+    state, out = cell.init_state(x.shape[1]), []
+    for inp in inputs:
+        state = cell.step(inp, state, ctx)
+        out.append(state)
+    return out
+
+
+CASES = [("rnn", "scratch", None), ("gru", "scratch", "reset_after"), ("gru", "scratch", "reset_before"), ("lstm", "scratch", None),
+         ("rnn", "cudnn", None), ("gru", "cudnn", None), ("lstm", "cudnn", None)]
+
+
+@pytest.mark.parametrize("cell_name,impl,variant", CASES)
+def test_jacobian_probe_matches_autograd_functional_jacobian(cell_name, impl, variant):
+    T, B, I, H = 7, 2, 3, 4
+    cell = create(cell_name, impl, I, H, variant=variant, init="xavier", init_scale=1.3, seed=2, dtype=F64)
+    x, _ = _data(T, B, I, H)
+    states = _states(cell, x)
+    expected = []
+    for t in range(T):
+        s_t = _join(states[t]).detach()
+        jac = torch.autograd.functional.jacobian(lambda s: _join(_step_from(cell, x, t, _split(s, cell))), s_t)  # (B, D, B, D)
+        blocks = torch.stack([jac[b, :, b, :] for b in range(B)])  # sequences do not mix
+        expected.append(torch.linalg.matrix_norm(blocks, ord=2).pow(2).mean().sqrt())
+    torch.testing.assert_close(jacobian_norms(cell, x), torch.stack(expected), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell_name,impl,variant", CASES)
+def test_hidden_probe_matches_autograd_on_each_step(cell_name, impl, variant):
+    """||dL/ds_t|| for the state handed out by step t, computed one step at a time by autograd."""
+    T, B, I, H = 6, 3, 3, 5
+    cell = create(cell_name, impl, I, H, variant=variant, init="xavier", seed=4, dtype=F64)
+    x, g = _data(T, B, I, H, seed=1)
+    got = hidden_grad_norms(cell, x, g)
+    states = _states(cell, x)
+    for t in range(T):
+        s_t = _join(states[t]).detach().requires_grad_()
+        final = _step_from(cell, x, t, _split(s_t, cell))
+        (grad,) = torch.autograd.grad(((final[0] if isinstance(final, tuple) else final) * g).sum(), s_t)
+        parts = _split(grad, cell)
+        for name, part in zip(("h", "c"), parts if isinstance(parts, tuple) else (parts,)):
+            want = part.pow(2).sum(-1).mean().sqrt()
+            torch.testing.assert_close(got[name][t], want, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("cell_name", ["rnn", "gru", "lstm"])
+def test_scratch_and_cudnn_give_the_same_curves(cell_name):
+    x, g = _data(40, 3, 4, 6, seed=3)
+    a = create(cell_name, "scratch", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64)
+    b = create(cell_name, "cudnn", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64)
+    for name, va in hidden_grad_norms(a, x, g).items():
+        torch.testing.assert_close(va, hidden_grad_norms(b, x, g)[name], rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(input_grad_norms(a, x, g), input_grad_norms(b, x, g), rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(jacobian_norms(a, x), jacobian_norms(b, x), rtol=1e-9, atol=1e-300)
+
+
+def test_input_probe_equals_full_autograd():
+    x, g = _data(9, 2, 3, 4)
+    cell = create("gru", "scratch", 3, 4, init="xavier", seed=0, dtype=F64)
+    xr = x.clone().requires_grad_()
+    _, h = cell(xr)
+    (grad,) = torch.autograd.grad((h * g).sum(), xr)
+    torch.testing.assert_close(input_grad_norms(cell, x, g), grad.pow(2).sum(-1).mean(-1).sqrt())
+
+
+def test_measure_rows_and_float32_underflow_is_recorded_as_zero():
+    rows = run(Config(cell="linear", seq_len=200, init_scale=0.5, dtype="float32", hidden_size=4, input_size=2, batch_size=2))["results"]
+    df = pd.DataFrame(rows)
+    assert list(df.columns) == ["wrt", "t", "distance", "grad_norm", "backend"]
+    assert (df["distance"] == 199 - df["t"]).all()
+    assert df["grad_norm"].iloc[-1] == pytest.approx(1 / np.sqrt(1), rel=1e-6)  # unit loss direction per row
+    far = df[df["distance"] > 160]["grad_norm"]
+    assert (far == 0).all() and np.isfinite(df["grad_norm"]).all()  # 0.5^160 underflows float32: 0, not NaN
+    assert (run(Config(cell="lstm", probe="hidden", seq_len=4, hidden_size=3, input_size=2, batch_size=2))["results"][0]["wrt"]) == "h"
+
+
+def test_decay_rates_oracle():
+    d = np.arange(50)
+    df = pd.DataFrame({"cell": "x", "distance": np.tile(d, 2), "seed": np.repeat([0, 1], 50), "grad_norm": np.tile(0.5**d, 2)})
+    df.loc[df["distance"] > 45, "grad_norm"] = 0.0  # underflow: excluded from the fit
+    r = decay_rates(df, ["cell"]).iloc[0]
+    assert r["factor_per_step"] == pytest.approx(0.5, rel=1e-12) and r["r2"] == pytest.approx(1.0)
+    assert r["vanish_distance"] == 20  # 0.5^20 < 1e-6 < 0.5^19
+    assert r["fit_points"] == 46

@@ -1,0 +1,175 @@
+"""The runner: tables and manifest, cache and resume after a kill, failures recorded, workers, determinism."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from gradlab import measures
+from gradlab.report import render
+from gradlab.runner import InlineExecutor, run_study
+
+TINY = """
+name = "tiny"
+measure = "gradient_decay"
+description = "a tiny <b>study</b>"
+exclude = [{ cell = "linear", impl = "cudnn" }]
+[grid]
+cell = ["linear", "rnn", "lstm"]
+impl = ["scratch", "cudnn"]
+init_scale = [0.9, 1.1]
+probe = ["hidden", "jacobian"]
+[settings]
+seq_len = 12
+hidden_size = 4
+input_size = 2
+batch_size = 2
+"""
+N_POINTS = 5 * 2 * 2
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _stable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["point", "wrt", "t"]).reset_index(drop=True)
+
+
+def test_run_writes_tidy_tables_and_a_manifest(tiny, tmp_path):
+    out = tmp_path / "run"
+    s = run_study(tiny, out=out, device="cpu", progress=False, argv=["gradlab", "run", "tiny"])
+    assert (s.points, s.cached, s.computed, s.failed) == (N_POINTS, 0, N_POINTS, [])
+    res = pd.read_parquet(out / "results.parquet")
+    for col in ["cell", "impl", "seq_len", "init", "init_scale", "seed", "probe", "t", "distance", "grad_norm"]:
+        assert col in res.columns or col in ("seq_len", "init", "seed")  # fixed settings live in the manifest
+    assert list(res.columns[:4]) == ["cell", "impl", "init_scale", "probe"]
+    assert len(res) == s.rows and res["point"].nunique() == N_POINTS
+    rates = pd.read_parquet(out / "decay_rates.parquet")
+    assert {"factor_per_step", "vanish_distance", "r2"} <= set(rates.columns)
+    m = json.loads((out / "manifest.json").read_text())
+    for key in ["study", "resolved", "argv", "seeds", "environment", "backends", "started", "ended", "row_count", "points"]:
+        assert key in m, key
+    assert m["row_count"] == len(res) and m["argv"] == ["gradlab", "run", "tiny"]
+    assert {"gradlab", "torch", "cuda", "cudnn", "device", "git"} <= set(m["environment"])
+    assert set(m["backends"]) >= {"python-loop"}
+
+
+def test_rerun_recomputes_nothing(tiny, tmp_path):
+    out = tmp_path / "run"
+    first = run_study(tiny, out=out, device="cpu", progress=False)
+    again = run_study(tiny, out=out, device="cpu", progress=False)
+    assert (again.cached, again.computed) == (N_POINTS, 0)
+    assert first.rows == again.rows
+
+
+class DiesAfter(cf.Executor):
+    """Runs points inline and is 'killed' (KeyboardInterrupt) when asked for point n+1."""
+
+    def __init__(self, n: int):
+        self.n, self.inner = n, InlineExecutor()
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+def test_interrupted_run_resumes_without_losing_or_recomputing(tiny, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tiny, out=tmp_path / "a", device="cpu", progress=False, executor=DiesAfter(7))
+    assert not (tmp_path / "a" / "results.parquet").exists()
+    assert len(list((tmp_path / "a" / "points").glob("*.json"))) == 7
+    resumed = run_study(tiny, out=tmp_path / "a", device="cpu", progress=False)
+    assert (resumed.cached, resumed.computed) == (7, N_POINTS - 7)
+    fresh = run_study(tiny, out=tmp_path / "b", device="cpu", progress=False)
+    a, b = _stable(pd.read_parquet(tmp_path / "a" / "results.parquet")), _stable(pd.read_parquet(tmp_path / "b" / "results.parquet"))
+    pd.testing.assert_frame_equal(a, b)  # same numbers: each point seeded from its config
+
+
+def test_a_failing_point_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    @dataclass
+    class Config:
+        x: int = 0
+        seed: int = 0
+
+        def validate(self) -> None:
+            pass
+
+    def run(cfg):
+        if cfg.x == 2:
+            raise RuntimeError("x=2 blows up")
+        return {"results": [{"value": cfg.x * 10, "backend": "none"}]}
+
+    fake = types.SimpleNamespace(Config=Config, run=run, derive=lambda tables, axes: {})
+    real_load = measures.load
+    monkeypatch.setattr(measures, "load", lambda name: fake if name == "fake" else real_load(name))
+    path = tmp_path / "f.toml"
+    path.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
+    s = run_study(path, out=tmp_path / "run", progress=False)
+    assert s.computed == 3 and len(s.failed) == 1 and "x=2 blows up" in s.failed[0]["error"]
+    assert pd.read_parquet(tmp_path / "run" / "results.parquet")["value"].tolist() == [10, 30]
+    failures = pd.read_parquet(tmp_path / "run" / "failures.parquet")
+    assert failures["x"].tolist() == [2] and "RuntimeError" in failures["error"][0]
+    page = render(tmp_path / "run").read_text()
+    assert "1 failed" in page and "x=2 blows up" in page
+    again = run_study(path, out=tmp_path / "run", progress=False)  # failed points are retried, finished ones not
+    assert (again.cached, again.computed) == (2, 1)
+
+
+def test_workers_give_the_same_numbers(tiny, tmp_path):
+    run_study(tiny, out=tmp_path / "serial", device="cpu", progress=False)
+    run_study(tiny, out=tmp_path / "pool", device="cpu", workers=2, progress=False)
+    a = _stable(pd.read_parquet(tmp_path / "serial" / "results.parquet"))
+    b = _stable(pd.read_parquet(tmp_path / "pool" / "results.parquet"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_report_reads_tables_only_and_is_self_contained(tiny, tmp_path):
+    out = tmp_path / "run"
+    run_study(tiny, out=out, device="cpu", progress=False)
+    page = render(out)
+    text = page.read_text()
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert pngs and text.count("data:image/png;base64,") == len(pngs)
+    assert "src=\"http" not in text and "<script" not in text.lower()
+    assert "a tiny &lt;b&gt;study&lt;/b&gt;" in text  # every string escaped
+    assert text.index("<h2>Figures") < text.index("<h2>Tables") < text.index("<h2>Manifest")  # pictures first
+    for p in (out / "figures").glob("*.png"):
+        p.unlink()
+    (out / "points").rename(tmp_path / "moved")  # no recomputation possible: the tables alone
+    render(out)
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == pngs
+
+
+def test_report_never_imports_torch():
+    code = "import sys, gradlab.report, gradlab.report.studies; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_half_written_points_count_as_unfinished(tmp_path):
+    from gradlab.runner import PointOutcome
+    from gradlab.store import PointStore
+
+    store = PointStore(tmp_path)
+    store.write(PointOutcome("k1", {"x": 1}, {"results": [{"v": 1}], "extra": [{"w": 2}]}, None, 0.1))
+    assert store.done("k1")
+    (store.dir / "k1.extra.parquet").unlink()  # killed between a table and the marker of a rewrite
+    assert not store.done("k1")
+    (store.dir / "k2.results.parquet").write_bytes(b"partial")  # tables without a marker
+    assert not store.done("k2")
+    (store.dir / "k3.json").write_text("{not json")  # a torn marker
+    assert not store.done("k3")
+    store.write(PointOutcome("k4", {"x": 4}, None, "boom", 0.1))
+    assert not store.done("k4") and store.read_meta("k4")["error"] == "boom"
