@@ -30,6 +30,23 @@ def median_seconds(fn: Callable[[], object], device: str | torch.device = "cpu",
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: str | torch.device = "cpu", repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each fn, the runs alternating (a, b, a, b, ...) so that a drift in the
+    machine's speed hits all alike: the way to compare two costs on a noisy machine."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None) -> float:
     """FLOP/s of an n x n x n matmul on this device now: the ceiling utilisation is measured against."""
     n = n or (8192 if torch.device(device).type == "cuda" else 1024)  # big enough to be compute-bound

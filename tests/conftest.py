@@ -16,6 +16,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
+    if request.param == "cuda":  # parity means exact fp32: cuDNN's RNNs would otherwise use TF32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return request.param
 
 

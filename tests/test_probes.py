@@ -93,10 +93,10 @@ def test_hidden_probe_matches_autograd_on_each_step(cell_name, impl, variant):
 
 
 @pytest.mark.parametrize("cell_name", ["rnn", "gru", "lstm"])
-def test_scratch_and_cudnn_give_the_same_curves(cell_name):
-    x, g = _data(40, 3, 4, 6, seed=3)
-    a = create(cell_name, "scratch", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64)
-    b = create(cell_name, "cudnn", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64)
+def test_scratch_and_cudnn_give_the_same_curves(cell_name, device):
+    x, g = (t.to(device) for t in _data(40, 3, 4, 6, seed=3))
+    a = create(cell_name, "scratch", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64, device=device)
+    b = create(cell_name, "cudnn", 4, 6, init="orthogonal", init_scale=1.1, seed=5, dtype=F64, device=device)
     for name, va in hidden_grad_norms(a, x, g).items():
         torch.testing.assert_close(va, hidden_grad_norms(b, x, g)[name], rtol=1e-9, atol=1e-300)
     torch.testing.assert_close(input_grad_norms(a, x, g), input_grad_norms(b, x, g), rtol=1e-9, atol=1e-300)

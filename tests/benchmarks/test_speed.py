@@ -11,7 +11,7 @@ from gradlab.cells import create
 from gradlab.probes import hidden_grad_norms, last_step_loss
 from gradlab.speed import compare_epoch_speed
 from gradlab.tasks.lyrics import LyricsData, Vocab
-from gradlab.timing import median_seconds
+from gradlab.timing import interleaved_medians
 from gradlab.train import LyricsConfig
 
 T, B, H, I = 1000, 32, 128, 32  # the issue's shape for the probe's cost
@@ -33,8 +33,8 @@ def _plain(cell, x, g) -> None:
 
 def test_hidden_probe_costs_at_most_1_3x_a_plain_step(benchmark):
     cell, x, g = _setup("scratch")
-    plain = median_seconds(lambda: _plain(cell, x, g), repeats=5)
-    probe = median_seconds(lambda: hidden_grad_norms(cell, x, g), repeats=5)
+    t = interleaved_medians({"plain": lambda: _plain(cell, x, g), "probe": lambda: hidden_grad_norms(cell, x, g)}, repeats=7)
+    plain, probe = t["plain"], t["probe"]
     ratio = probe / plain
     benchmark.extra_info |= {"plain_s": plain, "probe_s": probe, "probe_over_plain": ratio}
     benchmark.pedantic(hidden_grad_norms, args=(cell, x, g), rounds=3, iterations=1)
@@ -44,8 +44,8 @@ def test_hidden_probe_costs_at_most_1_3x_a_plain_step(benchmark):
 def test_hidden_probe_cost_through_the_fused_kernel(benchmark):
     """Step by step through the fused kernel (one call per step): recorded, not gated."""
     cell, x, g = _setup("cudnn")
-    plain = median_seconds(lambda: _plain(cell, x, g), repeats=3)
-    probe = median_seconds(lambda: hidden_grad_norms(cell, x, g), repeats=3)
+    t = interleaved_medians({"plain": lambda: _plain(cell, x, g), "probe": lambda: hidden_grad_norms(cell, x, g)}, repeats=3)
+    plain, probe = t["plain"], t["probe"]
     benchmark.extra_info |= {"plain_s": plain, "probe_s": probe, "probe_over_plain": probe / plain}
     benchmark.pedantic(hidden_grad_norms, args=(cell, x, g), rounds=2, iterations=1)
 
