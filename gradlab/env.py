@@ -36,7 +36,14 @@ def environment(device: str = "cpu") -> dict:
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "torch_threads": torch.get_num_threads(), "device": device,
+        # float32 precision modes: TF32 in cuDNN's RNNs moves float32 results by ~1e-3 (measured)
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        info["cudnn_rnn_fp32_precision"] = rnn.fp32_precision
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name()
     return info | {"git": git_state()}

@@ -190,6 +190,7 @@ def run_study(
         "seeds": resolved.values.get("seed", []), "workers": workers, "started": started, "ended": ended,
         "points_cached": cached, "points_computed": len(todo),
     }
-    summary = assemble(out, keys, resolved.axes, module, manifest_extra)
+    columns = list(dict.fromkeys([*getattr(module, "KEY_COLUMNS", ()), *resolved.axes]))
+    summary = assemble(out, keys, columns, module, manifest_extra | {"columns": columns})
     report = render(out) if render is not None else None
     return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report)

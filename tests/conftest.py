@@ -19,6 +19,9 @@ def device(request) -> str:
     if request.param == "cuda":  # parity means exact fp32: cuDNN's RNNs would otherwise use TF32
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        rnn = getattr(torch.backends.cudnn, "rnn", None)  # torch >= 2.9 has a per-backend switch
+        if rnn is not None and hasattr(rnn, "fp32_precision"):
+            rnn.fp32_precision = "ieee"
     return request.param
 
 

@@ -51,9 +51,9 @@ def test_run_writes_tidy_tables_and_a_manifest(tiny, tmp_path):
     s = run_study(tiny, out=out, device="cpu", progress=False, argv=["gradlab", "run", "tiny"])
     assert (s.points, s.cached, s.computed, s.failed) == (N_POINTS, 0, N_POINTS, [])
     res = pd.read_parquet(out / "results.parquet")
-    for col in ["cell", "impl", "seq_len", "init", "init_scale", "seed", "probe", "t", "distance", "grad_norm"]:
-        assert col in res.columns or col in ("seq_len", "init", "seed")  # fixed settings live in the manifest
-    assert list(res.columns[:4]) == ["cell", "impl", "init_scale", "probe"]
+    assert list(res.columns[:7]) == ["cell", "impl", "seq_len", "init", "init_scale", "seed", "probe"]  # fixed or not
+    assert {"t", "distance", "grad_norm", "wrt"} <= set(res.columns)
+    assert (res["seq_len"] == 12).all()
     assert len(res) == s.rows and res["point"].nunique() == N_POINTS
     rates = pd.read_parquet(out / "decay_rates.parquet")
     assert {"factor_per_step", "vanish_distance", "r2"} <= set(rates.columns)

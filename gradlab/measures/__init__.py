@@ -1,4 +1,5 @@
-"""Measures: one module per study kind, each a Config dataclass, run(cfg) -> tables, derive(tables, axes)."""
+"""Measures: one module per study kind, each a Config dataclass, run(cfg) -> tables, derive(tables, axes),
+and KEY_COLUMNS, the config keys every table carries even when a study fixes them."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from ..probes import hidden_grad_norms, input_grad_norms, jacobian_norms
 
 PROBES = ("hidden", "input", "jacobian")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+KEY_COLUMNS = ("cell", "impl", "seq_len", "init", "init_scale", "seed", "probe")  # in every table, axes or not
 FLOOR_RATIO = 1e-6  # "vanished": the norm falls below this fraction of its value at distance 0
 
 

@@ -11,6 +11,9 @@ from ..tasks.lyrics import prepare
 from ..train import LyricsConfig, train_lyrics
 
 
+KEY_COLUMNS = ("cell", "impl", "sampling")  # in every table, axes or not
+
+
 @dataclass
 class Config(LyricsConfig):
     corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download

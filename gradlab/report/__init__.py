@@ -37,7 +37,7 @@ def render(out: Path) -> Path:
     blocks = []
     measure = manifest.get("measure", "")
     if len(tables.get("results", [])) and measure in FIGURES:
-        for stem, caption, fig in FIGURES[measure](tables, manifest.get("axes", [])):
+        for stem, caption, fig in FIGURES[measure](tables, manifest.get("columns", manifest.get("axes", []))):
             path = fig_dir / f"{stem.strip('-') or 'figure'}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             figures.close(fig)
