@@ -7,32 +7,25 @@ import time
 
 import torch
 
-from .bookstyle import init_state, params_from, train_step
-from .lm import detach
+from .bookstyle import init_state, params_from, train_step as book_train_step
+from .lm import build_lm, detach
 from .tasks.lyrics import LyricsData, batches_per_epoch, consecutive
 from .timing import lm_epoch_flops, matmul_peak, sync
-from .train import LyricsConfig, _optimizer
-from .clipping import clip
-from .lm import build_lm
+from .train import LyricsConfig, make_optimizer, train_step
 
 
 def _gradlab_epoch(model, opt, params, ids, cfg: LyricsConfig) -> None:
+    """One epoch exactly as the trainer runs it (consecutive sampling)."""
     state = None
     for x, y in consecutive(ids, cfg.batch_size, cfg.num_steps):
-        state = detach(state) if state is not None else None
-        logits, state = model(x, state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip(params, cfg.clip, cfg.clip_threshold)
+        _, _, state = train_step(model, opt, params, x, y, None if state is None else detach(state), cfg)
         opt.step()
-        loss.item()  # the trainer reads every loss too
 
 
 def _book_epoch(cell: str, params, ids, cfg: LyricsConfig) -> None:
     state = init_state(cell, cfg.batch_size, cfg.hidden_size, ids.device)
     for x, y in consecutive(ids, cfg.batch_size, cfg.num_steps):
-        _, state = train_step(cell, params, x, y, state, cfg.lr, cfg.clip_threshold)
+        _, state = book_train_step(cell, params, x, y, state, cfg.lr, cfg.clip_threshold)
 
 
 def compare_epoch_speed(cfg: LyricsConfig, data: LyricsData, epochs: int = 3) -> dict:
@@ -42,7 +35,7 @@ def compare_epoch_speed(cfg: LyricsConfig, data: LyricsData, epochs: int = 3) ->
     ids = data.train_ids.to(device)
     model = build_lm(cfg.cell, "scratch", len(data.vocab), cfg.hidden_size, seed=cfg.seed, device=device)
     params = list(model.parameters())
-    opt = _optimizer(cfg, params)
+    opt = make_optimizer(cfg, params)
     book = params_from(model)
     times: dict[str, list[float]] = {"gradlab": [], "book": []}
     runs = {"gradlab": lambda: _gradlab_epoch(model, opt, params, ids, cfg), "book": lambda: _book_epoch(cfg.cell, book, ids, cfg)}

@@ -74,10 +74,20 @@ class TrainResult:
     model: CharLM | None = None
 
 
-def _optimizer(cfg: LyricsConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: LyricsConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr)
     return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def train_step(model: CharLM, opt: torch.optim.Optimizer, params: list, x: torch.Tensor, y: torch.Tensor, state, cfg: LyricsConfig):
+    """Forward, mean cross-entropy, backward, clip. Returns (loss, ClipResult, state); the caller steps
+    the optimiser unless the loss or the norm is not finite (a divergence to record)."""
+    logits, state = model(x, state)  # (T, B, V)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.item(), clip(params, cfg.clip, cfg.clip_threshold), state
 
 
 def _samples(model: CharLM, data: LyricsData, cfg: LyricsConfig, epoch: int) -> list[dict]:
@@ -105,7 +115,7 @@ def train_lyrics(
         seed=cfg.seed, dtype=DTYPES[cfg.dtype], device=device,
     )
     params = list(model.parameters())
-    opt = _optimizer(cfg, params)
+    opt = make_optimizer(cfg, params)
     train_ids = data.train_ids.to(device)
     n_batches = batches_per_epoch(len(train_ids), cfg.batch_size, cfg.num_steps, cfg.sampling)
     if n_batches < 1:
@@ -124,12 +134,7 @@ def train_lyrics(
         for step, (x, y) in enumerate(batches):
             # consecutive: carry the state, cut the graph; random: every batch starts from zeros
             state = detach(state) if (state is not None and cfg.sampling == "consecutive") else None
-            logits, state = model(x, state)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            report = clip(params, cfg.clip, cfg.clip_threshold)
-            loss_value = loss.item()
+            loss_value, report, state = train_step(model, opt, params, x, y, state, cfg)
             row = {"epoch": epoch, "step": step, "loss": loss_value, "grad_norm": report.norm_before,
                    "grad_norm_clipped": report.norm_after, "clipped": report.clipped}
             result.steps.append(row)

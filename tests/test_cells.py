@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
@@ -92,7 +91,8 @@ def test_bias_hh_gradient_equals_bias_ih_gradient(cell, variant):
     m = create(cell, "cudnn", 4, 5, variant=variant, seed=0, dtype=torch.float64)
     out, _ = m(torch.randn(6, 2, 4, dtype=torch.float64))
     out.pow(2).sum().backward()
-    g_ih, g_hh = m.rnn.bias_ih_l0.grad.chunk(3 if cell == "gru" else (4 if cell == "lstm" else 1)), m.rnn.bias_hh_l0.grad.chunk(3 if cell == "gru" else (4 if cell == "lstm" else 1))
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    g_ih, g_hh = m.rnn.bias_ih_l0.grad.chunk(gates), m.rnn.bias_hh_l0.grad.chunk(gates)
     summed = range(2) if cell == "gru" else range(len(g_ih))  # the GRU candidate's b_hh is its own parameter
     for k in summed:
         torch.testing.assert_close(g_ih[k], g_hh[k], rtol=0, atol=1e-12)

@@ -93,7 +93,7 @@ def test_interrupted_run_resumes_without_losing_or_recomputing(tiny, tmp_path):
     assert len(list((tmp_path / "a" / "points").glob("*.json"))) == 7
     resumed = run_study(tiny, out=tmp_path / "a", device="cpu", progress=False)
     assert (resumed.cached, resumed.computed) == (7, N_POINTS - 7)
-    fresh = run_study(tiny, out=tmp_path / "b", device="cpu", progress=False)
+    run_study(tiny, out=tmp_path / "b", device="cpu", progress=False)
     a, b = _stable(pd.read_parquet(tmp_path / "a" / "results.parquet")), _stable(pd.read_parquet(tmp_path / "b" / "results.parquet"))
     pd.testing.assert_frame_equal(a, b)  # same numbers: each point seeded from its config
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..registry import lookup, suggest
 from .cudnn import TORCH_ORDER, FusedCell, load_scratch_layout, scratch_layout
-from .init import GATES, INITS, init_params
+from .init import INITS, init_params
 from .scratch import ScratchCell, State
 
 CELLS: dict[str, str] = {
@@ -110,6 +109,3 @@ def hidden_of(state: State) -> torch.Tensor:
     """h of a state: h itself, or the first of (h, c)."""
     return state[0] if isinstance(state, tuple) else state
 
-
-def is_cell(module: nn.Module) -> bool:
-    return isinstance(module, (ScratchCell, FusedCell))

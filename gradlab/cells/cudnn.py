@@ -21,7 +21,7 @@ def backend_of(output: torch.Tensor) -> str:
         return "onednn"
     if output.is_cuda:
         return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "cuda"
-    return "aten-cpu" if node else "cpu-fused"  # without autograd the CPU kernel cannot be told apart
+    return "aten-cpu" if node else "cpu-fused"  # without an autograd node the CPU kernels look alike
 
 
 class FusedCell(nn.Module):
