@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bptt import GRUSequence
 from .init import GATES
 
 State = Any  # h (B, H), or (h, c) for the LSTM
@@ -32,27 +33,34 @@ class ScratchCell(nn.Module):
 
     # --- the step protocol shared with the fused cell (probes drive it one step at a time) ---
 
-    def prepare(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """Input projections for all steps in one matmul (a row lookup for token ids), unbound per step.
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Input projections x W_x + b for all steps in one matmul (a row lookup for token ids): (T, B, G*H)."""
+        w_x = torch.cat([getattr(self, f"W_x{g}") for g in self.gates], dim=1)  # (I, G*H)
+        b = torch.cat([getattr(self, f"b_{g}") for g in self.gates])  # (G*H,)
+        if x.dtype == torch.long:  # (T, B) token ids: one_hot(x) @ w_x is row x of w_x
+            return w_x[x] + b
+        return torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)  # (T, B, I)
+
+    def recurrent(self) -> tuple[torch.Tensor, ...]:
+        """The recurrent weights as the step multiplies them."""
+        if self.cell == "gru" and self.variant == "reset_before":  # W_hh multiplies r * h: its own product
+            return torch.cat([self.W_hz, self.W_hr], dim=1), self.W_hh  # (H, 2H), (H, H)
+        w_h = torch.cat([getattr(self, f"W_h{g}") for g in self.gates], dim=1)  # (H, G*H)
+        if self.cell == "gru":  # reset_after: b_hh sits inside r * (h W_hh + b_hh)
+            return w_h, torch.cat([torch.zeros_like(self.b_hh).repeat(2), self.b_hh])  # (H, 3H), (3H,)
+        return (w_h,)
+
+    def prepare(self, x: torch.Tensor) -> tuple[tuple, tuple[torch.Tensor, ...]]:
+        """Per-step inputs and the recurrent weights, for driving the cell one step at a time.
 
         unbind, not indexing: its backward stacks the T step gradients once, where indexing step by
         step would allocate a (T, B, G*H) gradient per step.
         """
-        w_x = torch.cat([getattr(self, f"W_x{g}") for g in self.gates], dim=1)  # (I, G*H)
-        b = torch.cat([getattr(self, f"b_{g}") for g in self.gates])  # (G*H,)
-        if x.dtype == torch.long:  # (T, B) token ids: one_hot(x) @ w_x is row x of w_x
-            inputs = w_x[x] + b
-        else:  # (T, B, I)
-            inputs = torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)
+        inputs = self.project(x)
         if self.cell == "gru":  # the candidate's input part stays apart: r acts between the two
             x_zr, x_h = inputs.split([2 * self.hidden_size, self.hidden_size], dim=2)
-            inputs = tuple(zip(x_zr.unbind(0), x_h.unbind(0)))
-            if self.variant == "reset_before":  # W_hh multiplies r * h: its own product
-                return inputs, (torch.cat([self.W_hz, self.W_hr], dim=1), self.W_hh)  # (H, 2H), (H, H)
-            bias = torch.cat([torch.zeros_like(self.b_hh).repeat(2), self.b_hh])  # (3H,): b_hh on the candidate only
-            return inputs, (torch.cat([self.W_hz, self.W_hr, self.W_hh], dim=1), bias)  # (H, 3H)
-        w_h = torch.cat([getattr(self, f"W_h{g}") for g in self.gates], dim=1)  # (H, G*H)
-        return inputs.unbind(0), (w_h,)
+            return tuple(zip(x_zr.unbind(0), x_h.unbind(0))), self.recurrent()
+        return inputs.unbind(0), self.recurrent()
 
     def step(self, inp, state: State, weights: tuple[torch.Tensor, ...]) -> State:
         """One time step from this step's projected input (B, G*H) (a pair (x_zr, x_h) for the GRU)."""
@@ -61,7 +69,7 @@ class ScratchCell(nn.Module):
             gates = inp + h @ weights[0]  # (B, 4H): i, f, o, c
             ifo = torch.sigmoid(gates[:, : 3 * self.hidden_size])
             i, f, o = ifo.chunk(3, dim=1)
-            c = f * c + i * torch.tanh(gates[:, 3 * self.hidden_size :])
+            c = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * self.hidden_size :]))  # f * c + i * tanh(g)
             return o * torch.tanh(c), c
         h = state
         if self.cell == "linear":
@@ -77,8 +85,8 @@ class ScratchCell(nn.Module):
             w_h, bias = weights
             h_zr, h_h = torch.addmm(bias, h, w_h).split([2 * self.hidden_size, self.hidden_size], dim=1)
             z, r = torch.sigmoid(x_zr + h_zr).chunk(2, dim=1)  # (B, H) each
-            cand = torch.tanh(x_h + r * h_h)
-        return cand + z * (h - cand)  # = z * h + (1 - z) * cand
+            cand = torch.tanh(torch.addcmul(x_h, r, h_h))  # x_h + r * h_h
+        return torch.lerp(cand, h, z)  # z * h + (1 - z) * cand, in one op
 
     def init_state(self, batch_size: int) -> State:
         ref = self.W_hh if hasattr(self, "W_hh") else self.W_hc
@@ -87,9 +95,12 @@ class ScratchCell(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
-        inputs, weights = self.prepare(x)
         if state is None:
             state = self.init_state(x.shape[1])
+        if self.cell == "gru" and self.variant == "reset_after":  # BPTT written out (bptt.py)
+            outputs = GRUSequence.apply(self.project(x), state, *self.recurrent())
+            return outputs, outputs[-1]
+        inputs, weights = self.prepare(x)
         outputs = []
         for inp in inputs:
             state = self.step(inp, state, weights)
