@@ -147,7 +147,7 @@ def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
                     return t(value)
                 except ValueError:
                     continue
-        raise StudyError(f"{where}: {key}={value!r} is not a {names}.")
+        raise StudyError(f"{where}: {key}={value!r} is not a valid {names} value.")
     if value is None and type(None) in allowed:
         return None
     if isinstance(value, bool):
@@ -161,7 +161,7 @@ def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
         return value
     elif isinstance(value, list) and (tuple in allowed or list in allowed):
         return tuple(value)
-    raise StudyError(f"{where}: {key}={value!r} is not a {names}.")
+    raise StudyError(f"{where}: {key}={value!r} is not a valid {names} value.")
 
 
 def parse_override(text: str) -> tuple[str, list[str]]:

@@ -172,7 +172,8 @@ def run_study(
                 store.write(outcome)
                 failed_now += outcome.error is not None
                 bar.update(1)
-                bar.set_postfix(failed=failed_now) if failed_now else None
+                if failed_now:
+                    bar.set_postfix(failed=failed_now)
     except BaseException:  # killed (Ctrl-C) or broken: keep every point that did finish, then stop
         for future in in_flight:
             if future.done() and not future.cancelled() and future.exception() is None:

@@ -26,7 +26,7 @@ def test_list_names_everything():
     [
         (("run", "gradient-decy"), "Did you mean 'gradient-decay'"),
         (("run", "gradient-decay", "--set", "seqlen=3"), "Did you mean 'seq_len'"),
-        (("run", "gradient-decay", "--set", "seq_len=x"), "is not a int"),
+        (("run", "gradient-decay", "--set", "seq_len=x"), "is not a valid int value"),
         (("run", "gradient-decay", "--profile", "quik"), "Did you mean 'quick'"),
         (("run", "gradient-decay", "--set", "cell=lstn"), "Did you mean 'lstm'"),
         (("lyrics", "--cell", "lstn"), "Did you mean 'lstm'"),

@@ -56,9 +56,9 @@ def test_resolve_layers_and_types(tmp_path):
     "override,message",
     [
         ("seqlen=3", "unknown key 'seqlen' for measure 'gradient_decay'. Known: .* Did you mean 'seq_len'"),
-        ("seq_len=abc", "seq_len='abc' is not a int"),
-        ("seq_len=1.5", "seq_len='1.5' is not a int"),
-        ("init_scale=big", "is not a float/none"),
+        ("seq_len=abc", "seq_len='abc' is not a valid int value"),
+        ("seq_len=1.5", "seq_len='1.5' is not a valid int value"),
+        ("init_scale=big", "is not a valid float/none value"),
         ("seq_len", "must read KEY=VALUE"),
         ("seq_len=3,", "no empty value"),
     ],
