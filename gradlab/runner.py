@@ -157,18 +157,24 @@ def run_study(
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
-    in_flight: dict[cf.Future, str] = {}
+    in_flight: dict[cf.Future, tuple[str, dict]] = {}
     try:
         queue = iter(todo)
         while True:
             while len(in_flight) < in_flight_max and (item := next(queue, None)) is not None:
-                in_flight[executor.submit(execute_point, study.measure, item[1], threads)] = item[0]
+                in_flight[executor.submit(execute_point, study.measure, item[1], threads)] = item
             if not in_flight:
                 break
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                in_flight.pop(future)
-                outcome: PointOutcome = future.result()
+                key, config = in_flight.pop(future)
+                try:
+                    outcome: PointOutcome = future.result()
+                except Exception as exc:  # the worker itself died (out of memory, a crash): a failed point
+                    outcome = PointOutcome(key, config, None, f"{type(exc).__name__}: {exc} (the process running this point died)", 0.0)
+                    if isinstance(exc, cf.BrokenExecutor) and own_executor:  # a broken pool takes no more work
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        executor = make_executor(workers)
                 store.write(outcome)
                 failed_now += outcome.error is not None
                 bar.update(1)

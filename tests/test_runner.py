@@ -173,3 +173,26 @@ def test_half_written_points_count_as_unfinished(tmp_path):
     assert not store.done("k3")
     store.write(PointOutcome("k4", {"x": 4}, None, "boom", 0.1))
     assert not store.done("k4") and store.read_meta("k4")["error"] == "boom"
+
+
+class BreaksOnSecond(cf.Executor):
+    """Inline, except that the second point's process 'dies' (as a broken process pool reports it)."""
+
+    def __init__(self):
+        self.inner, self.count = InlineExecutor(), 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.count += 1
+        if self.count == 2:
+            future: cf.Future = cf.Future()
+            future.set_exception(cf.process.BrokenProcessPool("a child process terminated abruptly"))
+            return future
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+def test_a_dead_worker_is_a_failed_point_not_a_dead_study(tiny, tmp_path):
+    s = run_study(tiny, out=tmp_path / "run", device="cpu", progress=False, executor=BreaksOnSecond())
+    assert s.computed == N_POINTS and len(s.failed) == 1
+    assert "BrokenProcessPool" in s.failed[0]["error"] and "died" in s.failed[0]["error"]
+    again = run_study(tiny, out=tmp_path / "run", device="cpu", progress=False)
+    assert (again.cached, again.computed, again.failed) == (N_POINTS - 1, 1, [])
