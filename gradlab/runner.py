@@ -114,6 +114,14 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
     if not points:
         raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions.")
     problems: dict[str, list] = {}
+    if any(str(getattr(cfg, "device", "cpu")).startswith("cuda") for cfg in points):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StudyError(
+                f"study {study.name!r} ({resolved.profile}) asks for device 'cuda', but torch sees no CUDA device "
+                "here. Use --device cpu, or run it on a machine with a GPU."
+            )
     for cfg in points:
         try:
             cfg.validate()

@@ -57,13 +57,39 @@ def test_run_then_report(tmp_path):
     assert r.exit_code == 2 and "no manifest.json" in r.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA for points to fail")
-def test_failed_points_give_exit_status_1(tmp_path):
-    r = invoke("run", "gradient-decay", "--set", "cell=rnn", "--set", "impl=scratch", "--set", "init_scale=1",
-               "--set", "seq_len=5", "--set", "probe=hidden", "--set", "seed=0", "--set", "forget_bias=0",
-               "--set", "device=cpu,cuda", "--out", str(tmp_path / "run"), "--quiet")
-    assert r.exit_code == 1
-    assert "1 failed" in r.output
+def test_failed_points_give_exit_status_1(tmp_path, monkeypatch):
+    import types
+    from dataclasses import dataclass
+
+    from gradlab import measures
+
+    @dataclass
+    class Config:
+        x: int = 0
+        seed: int = 0
+
+        def validate(self) -> None:
+            pass
+
+    def run(cfg):
+        if cfg.x == 2:
+            raise RuntimeError("x=2 blows up")
+        return {"results": [{"value": cfg.x}]}
+
+    fake = types.SimpleNamespace(Config=Config, run=run, derive=lambda tables, axes: {})
+    real_load = measures.load
+    monkeypatch.setattr(measures, "load", lambda name: fake if name == "fake" else real_load(name))
+    study = tmp_path / "f.toml"
+    study.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
+    r = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "run"), "--quiet"])
+    assert r.exit_code == 1 and "1 failed" in r.output and "x=2 blows up" in r.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_error_before_any_work(tmp_path):
+    r = invoke("run", "gradient-decay", "--profile", "gpu", "--out", str(tmp_path / "run"))
+    assert r.exit_code == 2 and "asks for device 'cuda', but torch sees no CUDA device" in r.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_lyrics_command_writes_its_tables(tmp_path, corpus_zip):
