@@ -86,7 +86,8 @@ def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     grads = _batched_grad(final, inputs, cotangents)
     grads = [torch.zeros((D, *t.shape), dtype=t.dtype, device=t.device) if g is None else g for t, g in zip(inputs, grads)]
     k = len(final)
-    jac = torch.stack([torch.cat(grads[t * k : (t + 1) * k], dim=-1) for t in range(len(states))])  # (T, D, B, D)
-    jac = jac.double().transpose(1, 2)  # (T, B, D rows, D cols)
-    sigma = torch.linalg.matrix_norm(jac, ord=2)  # (T, B)
+    sigma = torch.stack([  # (T, B), one step at a time: no (T, B, D, D) copy
+        torch.linalg.matrix_norm(torch.cat(grads[t * k : (t + 1) * k], dim=-1).transpose(0, 1).double(), ord=2)
+        for t in range(len(states))
+    ])
     return sigma.pow(2).mean(-1).sqrt()
