@@ -134,6 +134,8 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
             f"{n_bad} of {len(points)} points of study {study.name!r} cannot run:\n" + "\n".join(lines)
             + "\nChange the --set values, or add an 'exclude' rule to the study file."
         )
+    if hasattr(module, "preflight"):
+        module.preflight(points)
     return resolved, points, module
 
 

@@ -37,3 +37,14 @@ def test_lyrics_study_quick(tmp_path, corpus_zip):
     assert len(pd.read_parquet(out / "samples.parquet")) == 2 * 2 * 2 * 2  # points x epochs x prefixes x temperatures
     assert len(pd.read_parquet(out / "steps.parquet")) == 2 * 2 * 8
     assert "Final perplexities" in render(out).read_text()
+
+
+def test_lyrics_study_without_a_corpus_fails_before_any_work(tmp_path, monkeypatch):
+    from gradlab.tasks import corpus
+
+    monkeypatch.delenv(corpus.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpus, "_download_to_cache", lambda: corpus.download(tmp_path / "z.zip", urls=((tmp_path / "nowhere.zip").as_uri(),)))
+    with pytest.raises(corpus.CorpusError, match="could not download the corpus"):
+        run_study("lyrics", "quick", out=tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()

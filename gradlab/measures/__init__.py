@@ -1,5 +1,6 @@
 """Measures: one module per study kind, each a Config dataclass, run(cfg) -> tables, derive(tables, axes),
-and KEY_COLUMNS, the config keys every table carries even when a study fixes them."""
+KEY_COLUMNS (the config keys every table carries even when a study fixes them), and optionally
+preflight(configs), checks of shared inputs made once before any work."""
 
 from __future__ import annotations
 

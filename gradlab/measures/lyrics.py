@@ -19,6 +19,13 @@ class Config(LyricsConfig):
     corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download
 
 
+def preflight(configs: list[Config]) -> None:
+    """Find (or fetch) every corpus the points name once, before any work: a missing corpus is one
+    clear error, not a failure per point."""
+    for corpus in {cfg.corpus for cfg in configs}:
+        locate(corpus)
+
+
 def run(cfg: Config) -> dict[str, list[dict]]:
     data = prepare(read_text(locate(cfg.corpus)), cfg.setting, cfg.val_fraction, cfg.oov)
     result = train_lyrics(cfg, data, progress=False)
