@@ -113,7 +113,6 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
     points = expand(resolved, module.Config)
     if not points:
         raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions.")
-    problems: dict[str, list] = {}
     if any(str(getattr(cfg, "device", "cpu")).startswith("cuda") for cfg in points):
         import torch
 
@@ -122,6 +121,7 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
                 f"study {study.name!r} ({resolved.profile}) asks for device 'cuda', but torch sees no CUDA device "
                 "here. Use --device cpu, or run it on a machine with a GPU."
             )
+    problems: dict[str, list] = {}  # message -> the points it concerns
     for cfg in points:
         try:
             cfg.validate()
