@@ -38,10 +38,6 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-
-
 class PointStore:
     """DIR/points/KEY.TABLE.parquet per finished point, then DIR/points/KEY.json as its commit marker:
     a point whose marker is missing did not finish and runs again; one whose marker says ok never does."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -38,3 +40,31 @@ def corpus_zip() -> Path:
 
 def slow_enabled() -> bool:
     return os.environ.get("GRADLAB_SLOW") == "1"
+
+
+@dataclass
+class _FakeConfig:
+    x: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        pass
+
+
+def _fake_run(cfg: _FakeConfig) -> dict:
+    if cfg.x == 2:
+        raise RuntimeError("x=2 blows up")
+    return {"results": [{"value": cfg.x * 10, "backend": "none"}]}
+
+
+@pytest.fixture
+def failing_study(tmp_path, monkeypatch) -> Path:
+    """A study of measure 'fake' over x = 1, 2, 3 whose point x=2 raises (in-process executors only)."""
+    from gradlab import measures
+
+    fake = types.SimpleNamespace(Config=_FakeConfig, run=_fake_run, derive=lambda tables, axes: {})
+    real_load = measures.load
+    monkeypatch.setattr(measures, "load", lambda name: fake if name == "fake" else real_load(name))
+    path = tmp_path / "fake.toml"
+    path.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
+    return path

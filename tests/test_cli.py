@@ -57,31 +57,8 @@ def test_run_then_report(tmp_path):
     assert r.exit_code == 2 and "no manifest.json" in r.output
 
 
-def test_failed_points_give_exit_status_1(tmp_path, monkeypatch):
-    import types
-    from dataclasses import dataclass
-
-    from gradlab import measures
-
-    @dataclass
-    class Config:
-        x: int = 0
-        seed: int = 0
-
-        def validate(self) -> None:
-            pass
-
-    def run(cfg):
-        if cfg.x == 2:
-            raise RuntimeError("x=2 blows up")
-        return {"results": [{"value": cfg.x}]}
-
-    fake = types.SimpleNamespace(Config=Config, run=run, derive=lambda tables, axes: {})
-    real_load = measures.load
-    monkeypatch.setattr(measures, "load", lambda name: fake if name == "fake" else real_load(name))
-    study = tmp_path / "f.toml"
-    study.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
-    r = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "run"), "--quiet"])
+def test_failed_points_give_exit_status_1(tmp_path, failing_study):
+    r = CliRunner().invoke(main, ["run", str(failing_study), "--out", str(tmp_path / "run"), "--quiet"])
     assert r.exit_code == 1 and "1 failed" in r.output and "x=2 blows up" in r.output
 
 

@@ -6,13 +6,10 @@ import concurrent.futures as cf
 import json
 import subprocess
 import sys
-import types
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
 
-from gradlab import measures
 from gradlab.report import render
 from gradlab.runner import InlineExecutor, run_study
 
@@ -98,33 +95,15 @@ def test_interrupted_run_resumes_without_losing_or_recomputing(tiny, tmp_path):
     pd.testing.assert_frame_equal(a, b)  # same numbers: each point seeded from its config
 
 
-def test_a_failing_point_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
-    @dataclass
-    class Config:
-        x: int = 0
-        seed: int = 0
-
-        def validate(self) -> None:
-            pass
-
-    def run(cfg):
-        if cfg.x == 2:
-            raise RuntimeError("x=2 blows up")
-        return {"results": [{"value": cfg.x * 10, "backend": "none"}]}
-
-    fake = types.SimpleNamespace(Config=Config, run=run, derive=lambda tables, axes: {})
-    real_load = measures.load
-    monkeypatch.setattr(measures, "load", lambda name: fake if name == "fake" else real_load(name))
-    path = tmp_path / "f.toml"
-    path.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
-    s = run_study(path, out=tmp_path / "run", progress=False)
+def test_a_failing_point_is_recorded_and_the_study_goes_on(tmp_path, failing_study):
+    s = run_study(failing_study, out=tmp_path / "run", progress=False)
     assert s.computed == 3 and len(s.failed) == 1 and "x=2 blows up" in s.failed[0]["error"]
     assert pd.read_parquet(tmp_path / "run" / "results.parquet")["value"].tolist() == [10, 30]
     failures = pd.read_parquet(tmp_path / "run" / "failures.parquet")
     assert failures["x"].tolist() == [2] and "RuntimeError" in failures["error"][0]
     page = render(tmp_path / "run").read_text()
     assert "1 failed" in page and "x=2 blows up" in page
-    again = run_study(path, out=tmp_path / "run", progress=False)  # failed points are retried, finished ones not
+    again = run_study(failing_study, out=tmp_path / "run", progress=False)  # failed points are retried, finished ones not
     assert (again.cached, again.computed) == (2, 1)
 
 
