@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .cells import Cell, hidden_of
+from .cells import Cell, hidden_of, state_parts
 
 
 def run_steps(cell: Cell, x: torch.Tensor) -> tuple[list, list[list[torch.Tensor]]]:
@@ -21,11 +21,10 @@ def run_steps(cell: Cell, x: torch.Tensor) -> tuple[list, list[list[torch.Tensor
     state = cell.init_state(x.shape[1])
     states, taps = [], []
     for inp in inputs:
-        parts = cell.step(inp, state, ctx)
-        parts = list(parts) if isinstance(parts, tuple) else [parts]
+        parts = state_parts(cell.step(inp, state, ctx))
         tap = [torch.zeros_like(p, requires_grad=True) for p in parts]
         parts = [p + e for p, e in zip(parts, tap)]
-        state = tuple(parts) if len(parts) == 2 else parts[0]
+        state = tuple(parts) if len(parts) > 1 else parts[0]
         states.append(state)
         taps.append(tap)
     return states, taps
@@ -44,7 +43,7 @@ def last_step_loss(state, direction: torch.Tensor) -> torch.Tensor:
 def hidden_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> dict[str, torch.Tensor]:
     """||dL/dh_t|| for every t (and ||dL/dc_t|| for the LSTM) from ONE backward pass."""
     states, taps = run_steps(cell, x)
-    names = ("h", "c")[: len(taps[0])]
+    names = cell.family.state
     targets = [tap[k] for k in range(len(names)) for tap in taps]  # all h taps, then all c taps
     grads = torch.autograd.grad(last_step_loss(states[-1], direction), targets, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]  # no path: exactly 0
@@ -76,7 +75,7 @@ def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     Row j of every Jacobian at once: backpropagate the basis vector e_j from s_{T-1} to all s_t.
     """
     states, taps = run_steps(cell, x)
-    final = list(states[-1]) if isinstance(states[-1], tuple) else [states[-1]]
+    final = state_parts(states[-1])
     B, H = final[0].shape
     D = H * len(final)
     eye = torch.eye(D, dtype=final[0].dtype, device=final[0].device)  # (D, D)

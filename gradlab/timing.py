@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-GATE_COUNT = {"linear": 1, "rnn": 1, "gru": 3, "lstm": 4}
+from .cells import family
 
 
 def sync(device: str | torch.device) -> None:
@@ -63,7 +63,7 @@ def lm_epoch_flops(style: str, cell: str, batches: int, num_steps: int, batch_si
     'book': the seed's code, one-hot x_t @ W_x* per gate too. Backward counts 2x forward for a
     matmul whose both operands need gradients and 1x when only the weight does (one-hot inputs, lookups).
     """
-    g, b, v, h = GATE_COUNT[cell], batch_size, vocab, hidden
+    g, b, v, h = family(cell).gate_count, batch_size, vocab, hidden
     recurrent = 2 * b * h * g * h * 3  # forward + grads of h and W_h
     output = 2 * b * h * v * 3
     per_step = recurrent + output

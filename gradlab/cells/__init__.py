@@ -4,44 +4,37 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import lookup, suggest
-from .cudnn import TORCH_ORDER, FusedCell, load_scratch_layout, scratch_layout
-from .init import INITS, init_params
+from ..names import IMPLS, lookup
+from .cudnn import FusedCell, load_scratch_layout, scratch_layout
+from .families import FAMILIES, Family, family
+from .init import init_params
 from .scratch import ScratchCell, State
 
-CELLS: dict[str, str] = {
-    "linear": "identity activation h_t = x_t W_xh + h_{t-1} W_hh + b_h (the analytic oracle)",
-    "rnn": "tanh RNN",
-    "gru": "GRU; variant reset_after (torch.nn.GRU, cuDNN) or reset_before (Cho et al. 2014)",
-    "lstm": "LSTM without peepholes, state (h, c)",
-}
-IMPLS: dict[str, str] = {
-    "scratch": "the equations written out, a Python loop over time",
-    "cudnn": "torch.nn.RNN/GRU/LSTM: cuDNN on CUDA, PyTorch's fused kernels on CPU",
-}
-GRU_VARIANTS = ("reset_after", "reset_before")
 Cell = ScratchCell | FusedCell
 
-__all__ = ["CELLS", "IMPLS", "INITS", "GRU_VARIANTS", "Cell", "State", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of"]
+__all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach"]
 
 
-def check(cell: str, impl: str, variant: str | None = None) -> str | None:
-    """Validate a (cell, impl, variant) combination; returns the resolved variant (None unless GRU)."""
-    lookup(CELLS, cell, "cell")
+def check(cell: str, impl: str, variant: str | None = None, forget_bias: float = 0.0) -> str | None:
+    """Validate a (cell, impl, variant, forget_bias) combination; returns the resolved variant (None
+    for a cell without variants)."""
+    fam = family(cell)
     lookup(IMPLS, impl, "impl")
-    if cell != "gru":
+    if not fam.variants:
         if variant not in (None, "reset_after"):
             raise ValueError(f"variant={variant!r} applies to the GRU only; cell {cell!r} has no variants.")
         variant = None
     else:
-        variant = variant or "reset_after"
-        if variant not in GRU_VARIANTS:
-            raise ValueError(f"Unknown GRU variant {variant!r}. {suggest(variant, list(GRU_VARIANTS))}")
+        variant = variant or fam.variants[0]
+        lookup({v: v for v in fam.variants}, variant, f"{cell.upper()} variant")
+    if forget_bias and fam.forget_gate is None:
+        raise ValueError(f"forget_bias applies to the LSTM only, not to cell {cell!r}.")
     if impl == "cudnn":
-        if cell not in TORCH_ORDER:
+        if fam.torch_module is None:
+            twinned = [c for c, f in FAMILIES.items() if f.torch_module]
             raise ValueError(
                 f"cell {cell!r} has no cudnn implementation (torch.nn has no identity-activation RNN). "
-                f"cudnn exists for: {', '.join(TORCH_ORDER)}; {cell!r} exists in: scratch."
+                f"cudnn exists for: {', '.join(twinned)}; {cell!r} exists in: scratch."
             )
         if variant == "reset_before":
             raise ValueError(
@@ -69,9 +62,7 @@ def create(
 
     The same arguments give the same function in both impls: weights are drawn once in the scratch layout.
     """
-    variant = check(cell, impl, variant)
-    if forget_bias and cell != "lstm":
-        raise ValueError(f"forget_bias applies to the LSTM only, not to cell {cell!r}.")
+    variant = check(cell, impl, variant, forget_bias)
     params = init_params(
         cell, input_size, hidden_size, reset_after=variant != "reset_before",
         init=init, init_scale=init_scale, forget_bias=forget_bias, seed=seed,
@@ -108,4 +99,14 @@ def convert(module: Cell, impl: str) -> Cell:
 def hidden_of(state: State) -> torch.Tensor:
     """h of a state: h itself, or the first of (h, c)."""
     return state[0] if isinstance(state, tuple) else state
+
+
+def state_parts(state: State) -> list[torch.Tensor]:
+    """The state's tensors in the family's order: [h] or [h, c]."""
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def detach(state: State) -> State:
+    """The same state cut from the graph (truncated BPTT between batches)."""
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 

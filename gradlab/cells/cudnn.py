@@ -5,11 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .families import family
 from .scratch import State
-
-# Scratch gate names in torch.nn's chunk order: GRU (r, z, n), LSTM (i, f, g, o).
-TORCH_ORDER: dict[str, tuple[str, ...]] = {"rnn": ("h",), "gru": ("r", "z", "h"), "lstm": ("i", "f", "c", "o")}
-MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
 def backend_of(output: torch.Tensor) -> str:
@@ -33,8 +30,9 @@ class FusedCell(nn.Module):
         super().__init__()
         self.cell = cell
         self.variant = variant
+        self.family = family(cell)
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.rnn = MODULES[cell](input_size, hidden_size)
+        self.rnn = getattr(nn, self.family.torch_module)(input_size, hidden_size)
         self.last_backend = "not run yet"
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,12 +41,13 @@ class FusedCell(nn.Module):
         return x
 
     def _to_torch(self, state: State) -> State:
+        """(B, H) parts -> torch.nn's (layers=1, B, H)."""
         if state is None:
             return None
-        return (state[0][None], state[1][None]) if self.cell == "lstm" else state[None]
+        return tuple(s[None] for s in state) if isinstance(state, tuple) else state[None]
 
     def _from_torch(self, state: State) -> State:
-        return (state[0][0], state[1][0]) if self.cell == "lstm" else state[0]
+        return tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self._inputs(x), None
@@ -60,8 +59,8 @@ class FusedCell(nn.Module):
         return self._from_torch(state)
 
     def init_state(self, batch_size: int) -> State:
-        h = self.rnn.weight_hh_l0.new_zeros(batch_size, self.hidden_size)
-        return (h, h.clone()) if self.cell == "lstm" else h
+        parts = tuple(self.rnn.weight_hh_l0.new_zeros(batch_size, self.hidden_size) for _ in self.family.state)
+        return parts if len(parts) > 1 else parts[0]
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
@@ -78,7 +77,7 @@ class FusedCell(nn.Module):
 def load_scratch_layout(module: FusedCell, params: dict[str, torch.Tensor]) -> None:
     """Copy scratch-layout parameters in; the scratch bias goes to bias_ih, bias_hh stays 0
     except the GRU candidate's, which is b_hh (it sits inside r * (.))."""
-    order = TORCH_ORDER[module.cell]
+    order = module.family.torch_order
     hidden = module.hidden_size
     rnn = module.rnn
     with torch.no_grad():
@@ -101,7 +100,7 @@ def scratch_layout(module: FusedCell, grad: bool = False) -> dict[str, torch.Ten
         p = getattr(rnn, name)
         return p.grad if grad else p.detach()
 
-    order = TORCH_ORDER[module.cell]
+    order = module.family.torch_order
     w_ih, w_hh = get("weight_ih_l0").chunk(len(order)), get("weight_hh_l0").chunk(len(order))
     b_ih, b_hh = get("bias_ih_l0").chunk(len(order)), get("bias_hh_l0").chunk(len(order))
     out: dict[str, torch.Tensor] = {}

@@ -1,4 +1,5 @@
-"""Initial weights in the scratch layout: the seed's N(0, 0.01), xavier, orthogonal; spectral scaling."""
+"""Initial weights in the scratch layout: the seed's N(0, 0.01), xavier, orthogonal, torch.nn's uniform;
+spectral scaling of the recurrent matrices; the LSTM's forget bias."""
 
 from __future__ import annotations
 
@@ -6,14 +7,9 @@ import math
 
 import torch
 
-# Gate names per cell, in the scratch (seed) order; "h" / "c" is the candidate.
-GATES: dict[str, tuple[str, ...]] = {
-    "linear": ("h",),
-    "rnn": ("h",),
-    "gru": ("z", "r", "h"),
-    "lstm": ("i", "f", "o", "c"),
-}
-INITS = ("normal", "xavier", "orthogonal")
+from ..names import INITS, lookup
+from .families import family
+
 SEED_STD = 0.01  # the seed's np.random.normal(0, 0.01)
 
 
@@ -25,7 +21,7 @@ def _orthogonal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
     return q if rows >= cols else q.T
 
 
-def _matrix(rows: int, cols: int, init: str, gen: torch.Generator) -> torch.Tensor:
+def _matrix(rows: int, cols: int, init: str, gen: torch.Generator, hidden_size: int) -> torch.Tensor:
     if init == "normal":
         return torch.randn(rows, cols, generator=gen, dtype=torch.float64) * SEED_STD
     if init == "xavier":
@@ -33,7 +29,8 @@ def _matrix(rows: int, cols: int, init: str, gen: torch.Generator) -> torch.Tens
         return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1) * bound
     if init == "orthogonal":
         return _orthogonal(rows, cols, gen)
-    raise ValueError(f"Unknown init {init!r}. Known: {', '.join(INITS)}.")
+    bound = 1.0 / math.sqrt(hidden_size)  # "uniform": torch.nn.RNN/GRU/LSTM's reset_parameters
+    return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1) * bound
 
 
 def spectral_norm(w: torch.Tensor) -> float:
@@ -56,19 +53,19 @@ def init_params(
 
     `init_scale` rescales each recurrent matrix W_h* to that spectral norm.
     """
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}. Known: {', '.join(INITS)}.")
+    lookup(INITS, init, "init")
+    fam = family(cell)
     gen = torch.Generator().manual_seed(seed)
     params: dict[str, torch.Tensor] = {}
-    for gate in GATES[cell]:
-        params[f"W_x{gate}"] = _matrix(input_size, hidden_size, init, gen)  # (I, H)
-        w_h = _matrix(hidden_size, hidden_size, init, gen)  # (H, H)
+    for gate in fam.gates:
+        params[f"W_x{gate}"] = _matrix(input_size, hidden_size, init, gen, hidden_size)  # (I, H)
+        w_h = _matrix(hidden_size, hidden_size, init, gen, hidden_size)  # (H, H)
         if init_scale is not None:
             w_h = w_h * (init_scale / spectral_norm(w_h))
         params[f"W_h{gate}"] = w_h
         params[f"b_{gate}"] = torch.zeros(hidden_size, dtype=torch.float64)
-    if cell == "lstm":
-        params["b_f"].fill_(forget_bias)
+    if fam.forget_gate is not None:
+        params[f"b_{fam.forget_gate}"].fill_(forget_bias)
     if cell == "gru" and reset_after:
         params["b_hh"] = torch.zeros(hidden_size, dtype=torch.float64)  # recurrent bias inside r * (.)
     return params

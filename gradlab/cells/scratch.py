@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .bptt import GRUSequence
-from .init import GATES
+from .families import family
 
 State = Any  # h (B, H), or (h, c) for the LSTM
 
@@ -25,7 +25,8 @@ class ScratchCell(nn.Module):
         super().__init__()
         self.cell = cell
         self.variant = variant
-        self.gates = GATES[cell]
+        self.family = family(cell)
+        self.gates = self.family.gates
         self.input_size, self.hidden_size = params[f"W_x{self.gates[0]}"].shape
         for name, value in params.items():
             self.register_parameter(name, nn.Parameter(value.clone()))
@@ -89,9 +90,9 @@ class ScratchCell(nn.Module):
         return torch.lerp(cand, h, z)  # z * h + (1 - z) * cand, in one op
 
     def init_state(self, batch_size: int) -> State:
-        ref = self.W_hh if hasattr(self, "W_hh") else self.W_hc
-        h = ref.new_zeros(batch_size, self.hidden_size)
-        return (h, h.clone()) if self.cell == "lstm" else h
+        ref = getattr(self, f"W_h{self.gates[-1]}")
+        parts = tuple(ref.new_zeros(batch_size, self.hidden_size) for _ in self.family.state)
+        return parts if len(parts) > 1 else parts[0]
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state."""
@@ -104,5 +105,5 @@ class ScratchCell(nn.Module):
         outputs = []
         for inp in inputs:
             state = self.step(inp, state, weights)
-            outputs.append(state[0] if self.cell == "lstm" else state)
+            outputs.append(state[0] if isinstance(state, tuple) else state)
         return torch.stack(outputs), state

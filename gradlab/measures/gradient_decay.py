@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cells import check, create
+from ..cells import check, create, family
+from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, input_grad_norms, jacobian_norms
 
-PROBES = ("hidden", "input", "jacobian")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KEY_COLUMNS = ("cell", "impl", "seq_len", "init", "init_scale", "seed", "probe")  # in every table, axes or not
 FLOOR_RATIO = 1e-6  # "vanished": the norm falls below this fraction of its value at distance 0
 
@@ -37,13 +36,12 @@ class Config:
     device: str = "cpu"
 
     def validate(self) -> None:
-        check(self.cell, self.impl, self.variant)
-        if self.probe not in PROBES:
-            raise ValueError(f"Unknown probe {self.probe!r}. Known: {', '.join(PROBES)}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"Unknown dtype {self.dtype!r}. Known: {', '.join(DTYPES)}.")
-        if self.forget_bias and self.cell != "lstm":
-            raise ValueError(f"forget_bias applies to the LSTM only, not to cell {self.cell!r}.")
+        check(self.cell, self.impl, self.variant, self.forget_bias)
+        lookup(PROBES, self.probe, "probe")
+        lookup(DTYPES, self.dtype, "dtype")
+        lookup(INITS, self.init, "init")
+        if self.init_scale is not None and not self.init_scale > 0:
+            raise ValueError(f"init_scale must be > 0 (a spectral norm), or none; got {self.init_scale}.")
         for name in ("seq_len", "hidden_size", "input_size", "batch_size", "jacobian_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -51,7 +49,7 @@ class Config:
 
 def run(cfg: Config) -> dict[str, list[dict]]:
     """One backward pass (hidden, input) or D batched ones (jacobian) on a fresh cell; rows per (t, wrt)."""
-    dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
+    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     cell = create(
         cfg.cell, cfg.impl, cfg.input_size, cfg.hidden_size, variant=cfg.variant, init=cfg.init,
         init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, seed=cfg.seed, dtype=dtype, device=device,
@@ -65,7 +63,7 @@ def run(cfg: Config) -> dict[str, list[dict]]:
     elif cfg.probe == "input":
         norms = {"x": input_grad_norms(cell, x, direction)}
     else:
-        norms = {"h" if cfg.cell != "lstm" else "h,c": jacobian_norms(cell, x[:, : cfg.jacobian_batch])}
+        norms = {family(cfg.cell).state_label: jacobian_norms(cell, x[:, : cfg.jacobian_batch])}
     backend = getattr(cell, "last_backend", "")
     rows = []
     T = cfg.seq_len

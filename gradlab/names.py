@@ -1,0 +1,100 @@
+"""Every table of names gradlab knows (name -> one-line description), and the one lookup that turns a
+wrong name into an error saying what exists and what was probably meant. No torch here: `gradlab list`
+and the error messages stay instant."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Mapping, TypeVar
+
+V = TypeVar("V")
+
+CELLS: dict[str, str] = {
+    "linear": "identity activation h_t = x_t W_xh + h_{t-1} W_hh + b_h (the analytic oracle)",
+    "rnn": "tanh RNN",
+    "gru": "GRU; variant reset_after (torch.nn.GRU, cuDNN) or reset_before (Cho et al. 2014)",
+    "lstm": "LSTM without peepholes, state (h, c)",
+}
+IMPLS: dict[str, str] = {
+    "scratch": "the equations written out, a Python loop over time",
+    "cudnn": "torch.nn.RNN/GRU/LSTM: cuDNN on CUDA, PyTorch's fused kernels on CPU",
+}
+GRU_VARIANTS: dict[str, str] = {
+    "reset_after": "n = tanh(x W_xh + b_h + r * (h W_hh + b_hh)): torch.nn.GRU, cuDNN, the book's code",
+    "reset_before": "n = tanh(x W_xh + (r * h) W_hh + b_h): Cho et al. 2014, the book's equation (scratch only)",
+}
+INITS: dict[str, str] = {
+    "normal": "N(0, 0.01) for every weight, biases 0: the book's scratch models",
+    "xavier": "U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio 2010), biases 0",
+    "orthogonal": "Haar-random orthogonal matrices (Saxe et al. 2014), biases 0",
+    "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight: torch.nn's default, biases 0",
+}
+TASKS: dict[str, str] = {
+    "adding": "sum of the two marked values of a long sequence; MSE; baseline 1/6 (Arjovsky et al. 2016)",
+    "copy": "repeat 10 symbols after a lag of T blanks; cross-entropy; baseline 10 ln 8 / (T + 20) (Arjovsky et al. 2016)",
+    "temporal_order": "order of two A/B symbols among distractors; 4 classes; baseline ln 4 (Hochreiter and Schmidhuber 1997)",
+    "recall": "the first of K tokens, asked after T - 1 distractors; baseline ln K (the noise-free long-lag task)",
+    "lyrics": "the Jay Chou lyrics character model of 'Dive into Deep Learning'; baseline: the unigram entropy",
+}
+MEASURES: dict[str, str] = {
+    "gradient_decay": "how ||dL/dh_t||, ||dL/dx_t|| and ||ds_T/ds_t|| fall or grow with distance from the loss",
+    "train": "a model trained on a task: learning curves and held-out loss against the memoryless baseline",
+}
+OPTIMIZERS: dict[str, str] = {
+    "sgd": "plain SGD, no momentum: the book's scratch trainer",
+    "adam": "Adam, betas (0.9, 0.999), eps 1e-8 (Kingma and Ba 2015; the book's concise trainer)",
+    "rmsprop": "RMSProp, decay alpha 0.9, eps 1e-8, no momentum (Arjovsky et al. 2016's set-up)",
+}
+CLIPS: dict[str, str] = {
+    "none": "no clipping ('none')",
+    "norm": "'norm:THETA': rescale all gradients so their global L2 norm is at most THETA (direction kept)",
+    "value": "'value:THETA': clamp every gradient element to [-THETA, THETA] (direction not kept)",
+}
+SAMPLINGS: dict[str, str] = {
+    "consecutive": "B parallel streams through the text; each batch continues the last, state carried",
+    "random": "non-overlapping chunks in a shuffled order; every batch starts from a zero state",
+}
+TEXT_SETTINGS: dict[str, str] = {
+    "book": "the first 10,000 characters of the training lines, as the book trains",
+    "full": "every training line",
+}
+OOV_POLICIES: dict[str, str] = {
+    "drop": "held-out characters outside the vocabulary are deleted",
+    "unk": "held-out characters outside the vocabulary become one unknown-character token",
+}
+DTYPES: dict[str, str] = {
+    "float32": "single precision (torch's default; cuDNN may use TF32 on a GPU)",
+    "float64": "double precision: exact comparisons, and norms far below float32's 1e-38",
+}
+PROBES: dict[str, str] = {
+    "hidden": "||dL/dh_t|| (and ||dL/dc_t||) for every t from one backward pass",
+    "input": "||dL/dx_t|| for every t from one call of the cell",
+    "jacobian": "spectral norm of ds_{T-1}/ds_t, s the full state",
+}
+EXECUTORS: dict[str, str] = {
+    "inline": "one point after another in this process (the default with --workers 1)",
+    "processes": "points in parallel worker processes (concurrent.futures, spawn)",
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "cells": CELLS, "impls": IMPLS, "gru variants": GRU_VARIANTS, "inits": INITS, "tasks": TASKS,
+    "measures": MEASURES, "optimizers": OPTIMIZERS, "clipping": CLIPS, "samplings": SAMPLINGS,
+    "text settings": TEXT_SETTINGS, "oov policies": OOV_POLICIES, "dtypes": DTYPES, "probes": PROBES,
+    "executors": EXECUTORS,
+}
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A sentence naming what exists, and the closest match if there is one."""
+    names = sorted(known)
+    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Known: {', '.join(names)}.{hint}"
+
+
+def lookup(table: Mapping[str, V], name: str, what: str) -> V:
+    """table[name], or a ValueError that says what exists and what was probably meant."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown {what} {name!r}. {suggest(name, table)}") from None

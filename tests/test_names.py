@@ -1,0 +1,94 @@
+"""The tables of names: each name in each table is implemented, every wrong name gets "did you mean",
+and only gradlab/cells knows what a cell is made of."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradlab import names
+from gradlab.cells import FAMILIES, create
+from gradlab.executors import make_executor
+from gradlab.measures import load
+from gradlab.tasks import task_class
+from gradlab.training.clipping import STRATEGIES, parse_clip
+from gradlab.training.optimizers import FACTORIES, make_optimizer
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gradlab"
+
+
+def test_tables_and_implementations_agree():
+    assert set(names.CELLS) == set(FAMILIES)
+    assert set(names.OPTIMIZERS) == set(FACTORIES)
+    assert set(names.CLIPS) == set(STRATEGIES)
+    assert set(names.GRU_VARIANTS) == set(FAMILIES["gru"].variants)
+    for name in names.DTYPES:
+        assert isinstance(getattr(torch, name), torch.dtype)
+
+
+@pytest.mark.parametrize("name", names.INITS)
+def test_every_init_makes_every_cell(name):
+    for cell in names.CELLS:
+        create(cell, "scratch", 3, 4, init=name)
+
+
+@pytest.mark.parametrize("name", names.MEASURES)
+def test_every_measure_has_the_measure_contract(name):
+    module = load(name)
+    assert dataclasses.is_dataclass(module.Config) and callable(module.run) and callable(module.derive)
+    assert set(module.KEY_COLUMNS) <= {f.name for f in dataclasses.fields(module.Config)}
+    module.Config().validate()  # the defaults are a valid point
+
+
+def test_every_task_loads_and_every_optimizer_clip_and_executor_builds():
+    for name in names.TASKS:
+        assert task_class(name).name == name
+    p = torch.nn.Parameter(torch.zeros(2))
+    for name in names.OPTIMIZERS:
+        make_optimizer(name, [p], 0.1)
+    for name in names.CLIPS:
+        parse_clip(name if name == "none" else f"{name}:1")
+    for name in names.EXECUTORS:
+        make_executor(name, 2).shutdown()
+
+
+WRONG = [  # (table, config field of the train measure that takes its names)
+    ("CELLS", "cell"), ("IMPLS", "impl"), ("INITS", "init"), ("TASKS", "task"), ("OPTIMIZERS", "optimizer"),
+    ("DTYPES", "dtype"), ("SAMPLINGS", "sampling"), ("TEXT_SETTINGS", "setting"), ("OOV_POLICIES", "oov"),
+]
+
+
+@pytest.mark.parametrize("table,key", WRONG)
+def test_every_wrong_name_says_did_you_mean(table, key):
+    Config = load("train").Config
+    for name in getattr(names, table):
+        extra = {"task": "lyrics"} if key in ("sampling", "setting", "oov") else {}  # lyrics parameters
+        wrong = name[:-1] + ("x" if name[-1] != "x" else "y")
+        with pytest.raises(ValueError, match=f"Unknown .*{re.escape(repr(wrong))}.*Did you mean {re.escape(repr(name))}"):
+            Config(**(extra | {key: wrong})).validate()
+
+
+@pytest.mark.parametrize("table,field,measure", [("PROBES", "probe", "gradient_decay"), ("CLIPS", "clip", "train")])
+def test_wrong_probe_and_clip_names(table, field, measure):
+    Config = load(measure).Config
+    for name in getattr(names, table):
+        wrong = name[:-1] + "x"
+        with pytest.raises(ValueError, match=f"Did you mean {re.escape(repr(name))}"):
+            Config(**{field: wrong}).validate()
+
+
+def test_only_the_cells_package_knows_what_a_cell_is_made_of():
+    """No cell-name comparisons, state-part strings or gate weights outside gradlab/cells (the book's own
+    code in baselines/book.py is the one exception: it is the book, per cell)."""
+    pattern = re.compile(r"""== ?["'](lstm|gru|rnn|linear)["']|!= ?["'](lstm|gru|rnn|linear)["']|["']h,c["']|W_h[cfiozr]\b""")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("cells/") or rel == "baselines/book.py":
+            continue
+        offenders += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
