@@ -1,1 +1,47 @@
-"""What the networks learn: the lyrics corpus and synthetic long-range tasks."""
+"""What the networks learn: one module per task (`gradlab/tasks/<name>.py`, its class in `TASK`), named
+in `gradlab.names.TASKS`. Task parameters are the task class's dataclass fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from typing import Any
+
+from ..names import TASKS, lookup
+from .base import Batch, Spec, SyntheticTask, Task
+
+__all__ = ["Batch", "Spec", "SyntheticTask", "Task", "task_class", "build", "param_fields"]
+
+
+def task_class(name: str) -> type[Task]:
+    """The task's class (its module is imported on demand: torch loads only when a task is used)."""
+    lookup(TASKS, name, "task")
+    return importlib.import_module(f"{__name__}.{name}").TASK
+
+
+def param_fields() -> dict[str, Any]:
+    """Every task parameter's type by name, over all tasks (a name two tasks share means the same thing)."""
+    fields: dict[str, Any] = {}
+    for name in TASKS:
+        cls = task_class(name)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                fields.setdefault(f.name, hints[f.name])
+    return fields
+
+
+def build(name: str, params: dict[str, Any]) -> Task:
+    """The task with `params` set (None means the task's default); a parameter the task does not take
+    is an error that names the ones it does."""
+    cls = task_class(name)
+    own = {f.name for f in dataclasses.fields(cls) if f.init}
+    given = {k: v for k, v in params.items() if v is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise ValueError(
+            f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to task {name!r}; "
+            f"it takes: {', '.join(sorted(own)) or 'no parameters'}."
+        )
+    return cls(**given)

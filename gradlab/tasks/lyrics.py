@@ -1,127 +1,152 @@
-"""Lyrics data: the book's or the full text, a held-out split by whole lines, a stable vocabulary, samplers."""
+"""The Jay Chou lyrics character language model of "Dive into Deep Learning" (GRU/LSTM chapter), as a task:
+the book's samplers, held-out perplexity on unseen lines, and generated text at each evaluation."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
-BOOK_CHARS = 10_000  # the book trains on the first 10,000 characters
-UNK = "\ufffd"  # stands for out-of-vocabulary characters under oov="unk"
-SETTINGS = ("book", "full")
-OOV_POLICIES = ("drop", "unk")
+from ..names import OOV_POLICIES, SAMPLINGS, TEXT_SETTINGS, lookup
+from .base import Batch, Spec, Task, exp_or_inf
+from .corpus import locate, read_text
+from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
 
 @dataclass
-class Vocab:
-    """Characters in code-point order: the same ids in every process (the book's list(set()) is not)."""
+class Lyrics(Task):
+    """Next-character prediction on the lyrics corpus. Each step reads seq_len characters per stream
+    (the book's num_steps, 35) and scores every next character by cross-entropy; the metric is the
+    perplexity exp(loss).
 
-    idx_to_char: list[str]
-    char_to_idx: dict[str, int] = field(init=False)
+    Training text: the book's first 10,000 characters (setting "book") or every training line ("full"),
+    newlines as spaces; held out: the last val_fraction of the corpus's lines that never occur verbatim
+    in the training text. Samplers: "consecutive" (the book's adjacent sampling: B streams, state carried
+    across batches, reset each epoch) and "random" (shuffled chunks, zero state every batch).
 
-    def __post_init__(self) -> None:
-        self.char_to_idx = {ch: i for i, ch in enumerate(self.idx_to_char)}
+    Worked example, seq_len 3, batch 1, text "分开 不分开": x = (分, 开, ' '), y = (开, ' ', 不).
 
-    def __len__(self) -> int:
-        return len(self.idx_to_char)
-
-    def encode(self, text: str, what: str = "text") -> torch.Tensor:
-        """Token ids (N,); an unknown character is a ValueError naming it."""
-        unknown = sorted({ch for ch in text if ch not in self.char_to_idx})
-        if unknown:
-            shown = ", ".join(repr(ch) for ch in unknown[:10])
-            raise ValueError(
-                f"{what} {text!r} has characters outside the vocabulary: {shown}. The vocabulary holds the "
-                f"{len(self)} characters of the training text."
-            )
-        return torch.tensor([self.char_to_idx[ch] for ch in text], dtype=torch.long)
-
-    def decode(self, ids: list[int] | torch.Tensor) -> str:
-        return "".join(self.idx_to_char[int(i)] for i in ids)
-
-
-@dataclass
-class LyricsData:
-    train_text: str
-    val_text: str
-    vocab: Vocab
-    train_ids: torch.Tensor  # (N_train,)
-    val_ids: torch.Tensor  # (N_val,)
-    stats: dict[str, float | int | str]
-
-
-def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
-    """Whole lines: the last `val_fraction` of the corpus's lines are held out, the rest train."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    lines = raw.replace("\r", " ").split("\n")
-    n_val = max(1, math.ceil(len(lines) * val_fraction))
-    return lines[:-n_val], lines[-n_val:]
-
-
-def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, oov: str = "drop") -> LyricsData:
-    """Training text as the book makes it (newlines -> spaces, first 10,000 characters for 'book'),
-    and held-out text from lines the model never sees: held-out lines that also occur in the
-    training text (lyrics repeat choruses) are dropped, and out-of-vocabulary characters handled by `oov`.
+    Memoryless baseline: the unigram entropy of the training text (about 5.9 nats, perplexity ~370, for
+    the book's text), the loss of predicting every character by its frequency.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"Unknown setting {setting!r}. Known: {', '.join(SETTINGS)}.")
-    if oov not in OOV_POLICIES:
-        raise ValueError(f"Unknown oov policy {oov!r}. Known: {', '.join(OOV_POLICIES)}.")
-    train_lines, val_lines = split_lines(raw, val_fraction)
-    train_text = " ".join(train_lines)
-    if setting == "book":
-        train_text = train_text[:BOOK_CHARS]
-    val_lines = [ln for ln in val_lines if ln.strip()]
-    fresh = [ln for ln in val_lines if ln not in train_text]  # never seen verbatim
-    val_raw = " ".join(fresh)
-    chars = sorted(set(train_text))
-    oov_count = sum(ch not in set(chars) for ch in val_raw)
-    if oov == "unk":
-        vocab = Vocab(chars + [UNK])
-        val_text = "".join(ch if ch in vocab.char_to_idx else UNK for ch in val_raw)
-    else:
-        vocab = Vocab(chars)
-        val_text = "".join(ch for ch in val_raw if ch in vocab.char_to_idx)
-    stats = {
-        "setting": setting,
-        "train_chars": len(train_text),
-        "vocab_size": len(vocab),
-        "val_lines": len(fresh),
-        "val_lines_dropped_as_seen": len(val_lines) - len(fresh),
-        "val_chars": len(val_text),
-        "val_oov_chars": oov_count,
-        "val_oov_rate": oov_count / max(1, len(val_raw)),
-        "oov_policy": oov,
-    }
-    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), vocab.encode(val_text), stats)
+
+    name = "lyrics"
+    sampling: str = "consecutive"
+    setting: str = "book"
+    val_fraction: float = 0.1  # the last 10% of the corpus's lines are held out
+    oov: str = "drop"
+    corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download
+    prefixes: tuple[str, ...] = ("分开", "不分开")  # the book's
+    pred_len: int = 50  # the book's: characters generated from each prefix
+    sample_temperature: float = 1.0  # samples are drawn greedily (as the book) and at this temperature
+    _data: LyricsData | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_text(cls, raw: str, **params) -> "Lyrics":
+        """The task over a given text instead of the corpus (tests, other corpora)."""
+        task = cls(**params)
+        task._data = prepare(raw, task.setting, task.val_fraction, task.oov)
+        return task
+
+    def params(self) -> dict:
+        return {k: v for k, v in super().params().items() if k != "_data"}
+
+    @property
+    def data(self) -> LyricsData:
+        if self._data is None:
+            self._data = prepare(read_text(locate(self.corpus)), self.setting, self.val_fraction, self.oov)
+        return self._data
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.data.vocab
+
+    @property
+    def spec(self) -> Spec:
+        v = len(self.vocab)
+        return Spec(input="tokens", input_size=v, output_size=v, loss="cross_entropy", metric="perplexity")
+
+    def check(self, length: int) -> None:
+        super().check(length)
+        lookup(SAMPLINGS, self.sampling, "sampling")
+        lookup(TEXT_SETTINGS, self.setting, "setting")
+        lookup(OOV_POLICIES, self.oov, "oov policy")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.pred_len < 0:
+            raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
+
+    def ready(self, batch_size: int, length: int) -> None:
+        """Checks that need the text (found, or fetched, on first use): fail before any training."""
+        for prefix in self.prefixes:
+            self.vocab.encode(prefix, "prefix")
+        if self.steps_per_epoch(batch_size, length) < 1:
+            raise ValueError(f"training text of {len(self.data.train_ids)} characters is too short for batch_size x seq_len.")
+
+    def baseline(self, length: int) -> float:
+        return self.data.stats["unigram_entropy"]
+
+    def steps_per_epoch(self, batch_size: int, length: int) -> int:
+        return batches_per_epoch(len(self.data.train_ids), batch_size, length, self.sampling)
+
+    def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
+        ids = self.data.train_ids.to(device)
+        carry = self.sampling == "consecutive"
+        while True:  # epoch after epoch; the state starts from zero at each epoch's first batch
+            if carry:
+                batches = consecutive(ids, batch_size, length)
+            else:
+                batches = random_chunks(ids, batch_size, length, gen)
+            for k, (x, y) in enumerate(batches):
+                yield Batch(x, y, carry=carry and k > 0)
+
+    def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
+        """The held-out text read as consecutive streams, state carried (fewer streams for a short text)."""
+        ids = self.data.val_ids
+        streams = max(1, min(batch_size, (len(ids) - 1) // (length + 1)))
+        return [Batch(x.to(device), y.to(device), carry=k > 0) for k, (x, y) in enumerate(consecutive(ids, streams, length))]
+
+    def row_extras(self, row: dict) -> dict:
+        return {"train_ppl": exp_or_inf(row["train_loss"]), "val_ppl": row["val_metric"]}
+
+    def observe(self, model: torch.nn.Module, row: dict, seed: int) -> dict[str, list[dict]]:
+        """Greedy and sampled text from each prefix, reproducible per epoch."""
+        if row["diverged"]:
+            return {}
+        epoch = int(round(row["epoch"]))
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        rows = []
+        for prefix in self.prefixes:
+            for temperature in (0.0, self.sample_temperature):
+                text = generate(model, self.vocab, prefix, self.pred_len, temperature, gen)
+                rows.append({"epoch": epoch, "prefix": prefix, "temperature": temperature, "text": text})
+        return {"samples": rows}
+
+    def stats(self) -> dict:
+        return dict(self.data.stats)
 
 
-def consecutive(ids: torch.Tensor, batch_size: int, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The book's adjacent sampling: B parallel streams; batch i continues where batch i-1 ended.
-    Yields X, Y (T, B) with Y the next characters."""
-    batch_len = len(ids) // batch_size
-    streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, L)
-    for i in range(0, ((batch_len - 1) // num_steps) * num_steps, num_steps):
-        yield streams[:, i : i + num_steps].T, streams[:, i + 1 : i + num_steps + 1].T
+@torch.no_grad()
+def generate(model: torch.nn.Module, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,
+             gen: torch.Generator | None = None) -> str:
+    """prefix + `length` characters: greedy (temperature 0, as the book) or sampled at `temperature`."""
+    if not prefix:
+        raise ValueError("prefix must hold at least one character.")
+    device = next(model.parameters()).device
+    ids = vocab.encode(prefix, "prefix").to(device)
+    logits, state = model(ids[:, None])  # (P, 1, V)
+    out = ids.tolist()
+    for _ in range(length):
+        last = logits[-1, 0].double()
+        if temperature <= 0:
+            nxt = int(last.argmax())
+        else:
+            probs = torch.softmax(last / temperature, dim=0).cpu()
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        out.append(nxt)
+        logits, state = model(torch.tensor([[nxt]], device=device), state)
+    return vocab.decode(out)
 
 
-def random_chunks(
-    ids: torch.Tensor, batch_size: int, num_steps: int, gen: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The book's random sampling: non-overlapping chunks of num_steps in a shuffled order; each
-    batch starts from a fresh state. Yields X, Y (T, B)."""
-    n_chunks = (len(ids) - 1) // num_steps
-    order = torch.randperm(n_chunks, generator=gen)
-    starts = torch.arange(num_steps)
-    for i in range(0, (n_chunks // batch_size) * batch_size, batch_size):
-        pos = order[i : i + batch_size, None] * num_steps + starts  # (B, T)
-        yield ids[pos].T, ids[pos + 1].T
-
-
-def batches_per_epoch(n_ids: int, batch_size: int, num_steps: int, sampling: str) -> int:
-    if sampling == "consecutive":
-        return (n_ids // batch_size - 1) // num_steps
-    return ((n_ids - 1) // num_steps) // batch_size
+TASK = Lyrics

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradlab.tasks import corpus
-from gradlab.tasks.lyrics import UNK, Vocab, batches_per_epoch, consecutive, prepare, random_chunks, split_lines
+from gradlab.tasks.text import UNK, Vocab, batches_per_epoch, consecutive, prepare, random_chunks, split_lines
 
 
 def test_locate_order_and_checks(tmp_path, monkeypatch, corpus_zip):

@@ -1,0 +1,52 @@
+"""The adding problem (Hochreiter and Schmidhuber 1997; in the form of Le et al. 2015 and Arjovsky et al.
+2016): add the two marked numbers of a long sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Batch, Spec, SyntheticTask, answer_at_end, last_step
+
+
+@dataclass
+class Adding(SyntheticTask):
+    """Length T, two input channels per step: channel 0 a value drawn from U[0, 1], channel 1 a marker
+    that is 1 at one position of the first half [0, T//2) and at one of the second half [T//2, T), and 0
+    elsewhere. The target, read at the last step only, is the sum of the two marked values; the loss is
+    the mean squared error.
+
+    Worked example, T = 6: values (.2, .9, .4, .1, .7, .5), markers (0, 1, 0, 0, 1, 0): target .9 + .7 = 1.6.
+
+    Memoryless baseline: the sum of two independent U[0, 1] has mean 1 and variance 1/12 + 1/12, so
+    always answering 1 scores MSE 1/6, whatever T. Arjovsky et al. 2016: an LSTM of 128 units (RMSProp
+    1e-3) beats it up to T = 400; a tanh RNN never does at T >= 100.
+    """
+
+    name = "adding"
+    min_length = 2
+
+    @property
+    def spec(self) -> Spec:
+        return Spec(input="vectors", input_size=2, output_size=1, loss="mse", metric="mse")
+
+    def baseline(self, length: int) -> float:
+        return 1.0 / 6.0
+
+    def sample(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device = "cpu") -> Batch:
+        half = length // 2
+        values = torch.rand(length, batch_size, generator=gen)  # (T, B)
+        first = torch.randint(0, half, (batch_size,), generator=gen)  # (B,)
+        second = torch.randint(half, length, (batch_size,), generator=gen)
+        markers = torch.zeros(length, batch_size)
+        rows = torch.arange(batch_size)
+        markers[first, rows] = 1.0
+        markers[second, rows] = 1.0
+        x = torch.stack([values, markers], dim=-1)  # (T, B, 2)
+        answer = values[first, rows] + values[second, rows]  # (B,)
+        y = answer_at_end(answer, length)[..., None]  # (T, B, 1)
+        return Batch(x, y, last_step(length)).to(device)
+
+
+TASK = Adding

@@ -1,0 +1,161 @@
+"""What a task is: how its batches are drawn, what a model needs to fit it (input, output, loss), its
+metric and its memoryless baseline. Synthetic tasks only say how to sample one batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch.nn import functional as F
+
+LOSSES = ("cross_entropy", "mse")
+METRICS = ("accuracy", "mse", "perplexity")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a model needs to fit a task."""
+
+    input: str  # "tokens": x holds ids below input_size; "vectors": x holds input_size floats per step
+    input_size: int
+    output_size: int
+    loss: str  # "cross_entropy" (y holds class ids) or "mse" (y holds output_size floats per step)
+    metric: str  # "accuracy", "mse" or "perplexity"
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (T, B) int64 token ids, or (T, B, I) floats
+    y: torch.Tensor  # (T, B) int64 class ids, or (T, B, O) floats; only the scored steps are read
+    mask: torch.Tensor | None = None  # (T,) bool: the steps the loss scores; None scores every step
+    carry: bool = False  # start from the previous batch's final state (consecutive text streams)
+
+    def targets(self) -> torch.Tensor:
+        """y at the scored steps: (S, B) or (S, B, O)."""
+        return self.y if self.mask is None else self.y[self.mask]
+
+    def to(self, device: str | torch.device) -> "Batch":
+        mask = None if self.mask is None else self.mask.to(device)
+        return Batch(self.x.to(device), self.y.to(device), mask, self.carry)
+
+
+def loss_of(spec: Spec, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The task's loss over the scored steps: outputs (S, B, O), targets (S, B) ids or (S, B, O)."""
+    if spec.loss == "cross_entropy":
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction=reduction)
+    return F.mse_loss(outputs, targets.to(outputs.dtype), reduction=reduction)
+
+
+def exp_or_inf(x: float) -> float:
+    """exp that says inf instead of raising: a huge loss is a result to record."""
+    return math.exp(x) if x < 709.0 else float("inf")
+
+
+class Task:
+    """The interface the training loop uses. Parameters are dataclass fields with defaults."""
+
+    name: ClassVar[str]
+    min_length: ClassVar[int] = 1
+
+    @property
+    def spec(self) -> Spec:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self, length: int) -> None:
+        """Raise ValueError for parameters or a length the task cannot use (cheap: no data is read)."""
+        if length < self.min_length:
+            raise ValueError(f"task {self.name!r} needs seq_len >= {self.min_length}, got {length}.")
+
+    def baseline(self, length: int) -> float:
+        """Held-out loss of the best predictor that ignores the past (it may know the step index)."""
+        raise NotImplementedError
+
+    def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
+        """Training batches, without end."""
+        raise NotImplementedError
+
+    def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
+        """The fixed held-out set, the same for every run of the same task and length."""
+        raise NotImplementedError
+
+    def steps_per_epoch(self, batch_size: int, length: int) -> int | None:
+        """Steps in one pass over a finite training set; None for fresh data every step."""
+        return None
+
+    def score(self, outputs: torch.Tensor, batch: Batch) -> dict[str, float]:
+        """Sums over one held-out batch: the loss and its count (targets, or elements for MSE), and
+        for accuracy the correct answers and their count."""
+        targets = batch.targets()
+        sums = {"loss": loss_of(self.spec, outputs, targets, reduction="sum").item()}
+        sums["count"] = targets.numel()
+        if self.spec.metric == "accuracy":
+            sums |= {"correct": float((outputs.argmax(-1) == targets).sum()), "answers": targets.numel()}
+        return sums
+
+    def finish(self, sums: dict[str, float]) -> dict[str, float]:
+        """val_loss (the mean over what the loss scores) and val_metric, from summed scores."""
+        val_loss = sums["loss"] / sums["count"]
+        if self.spec.metric == "perplexity":
+            return {"val_loss": val_loss, "val_metric": exp_or_inf(val_loss)}
+        if self.spec.metric == "accuracy":
+            return {"val_loss": val_loss, "val_metric": sums["correct"] / sums["answers"]}
+        return {"val_loss": val_loss, "val_metric": val_loss}
+
+    def row_extras(self, row: dict) -> dict:
+        """Task-specific columns of a history row (perplexities for a language model)."""
+        return {}
+
+    def observe(self, model: torch.nn.Module, row: dict, seed: int) -> dict[str, list[dict]]:
+        """Extra tables recorded at each evaluation (generated text for a language model)."""
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        """What the run's table records about the task's data."""
+        return {}
+
+
+@dataclass
+class SyntheticTask(Task):
+    """A task drawn fresh every step by `sample`; held out: `eval_size` sequences from `eval_seed`."""
+
+    eval_size: int = 1000  # held-out sequences: the loss is a mean over 1000 draws
+    eval_seed: int = 1  # its own stream: every run, whatever its seed, is scored on the same sequences
+
+    EVAL_CHUNK: ClassVar[int] = 250  # held-out sequences per forward pass (bounds the (T, B, H) outputs)
+
+    def sample(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device = "cpu") -> Batch:
+        raise NotImplementedError
+
+    def check(self, length: int) -> None:
+        super().check(length)
+        if self.eval_size < 1:
+            raise ValueError(f"eval_size must be >= 1, got {self.eval_size}.")
+
+    def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
+        while True:
+            yield self.sample(gen, batch_size, length, device)
+
+    def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
+        gen = torch.Generator().manual_seed(self.eval_seed)
+        sizes = [min(self.EVAL_CHUNK, self.eval_size - k) for k in range(0, self.eval_size, self.EVAL_CHUNK)]
+        return [self.sample(gen, n, length, device) for n in sizes]
+
+
+def last_step(length: int) -> torch.Tensor:
+    """(T,) mask scoring the last step only."""
+    mask = torch.zeros(length, dtype=torch.bool)
+    mask[-1] = True
+    return mask
+
+
+def answer_at_end(answer: torch.Tensor, length: int) -> torch.Tensor:
+    """(T, B) targets that hold `answer` (B,) at the last step (what the other steps hold is never read)."""
+    y = torch.zeros(length, answer.shape[0], dtype=answer.dtype)
+    y[-1] = answer
+    return y

@@ -1,0 +1,135 @@
+"""The lyrics text: the book's or the full training text, a held-out split by whole lines, a stable
+vocabulary, and the book's two samplers."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..names import OOV_POLICIES, TEXT_SETTINGS, lookup
+
+BOOK_CHARS = 10_000  # the book trains on the first 10,000 characters
+UNK = "\ufffd"  # stands for out-of-vocabulary characters under oov="unk"
+
+
+@dataclass
+class Vocab:
+    """Characters in code-point order: the same ids in every process (the book's list(set()) is not)."""
+
+    idx_to_char: list[str]
+    char_to_idx: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.char_to_idx = {ch: i for i, ch in enumerate(self.idx_to_char)}
+
+    def __len__(self) -> int:
+        return len(self.idx_to_char)
+
+    def encode(self, text: str, what: str = "text") -> torch.Tensor:
+        """Token ids (N,); an unknown character is a ValueError naming it."""
+        unknown = sorted({ch for ch in text if ch not in self.char_to_idx})
+        if unknown:
+            shown = ", ".join(repr(ch) for ch in unknown[:10])
+            raise ValueError(
+                f"{what} {text!r} has characters outside the vocabulary: {shown}. The vocabulary holds the "
+                f"{len(self)} characters of the training text."
+            )
+        return torch.tensor([self.char_to_idx[ch] for ch in text], dtype=torch.long)
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        return "".join(self.idx_to_char[int(i)] for i in ids)
+
+
+@dataclass
+class LyricsData:
+    train_text: str
+    val_text: str
+    vocab: Vocab
+    train_ids: torch.Tensor  # (N_train,)
+    val_ids: torch.Tensor  # (N_val,)
+    stats: dict[str, float | int | str]
+
+
+def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
+    """Whole lines: the last `val_fraction` of the corpus's lines are held out, the rest train."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    lines = raw.replace("\r", " ").split("\n")
+    n_val = max(1, math.ceil(len(lines) * val_fraction))
+    return lines[:-n_val], lines[-n_val:]
+
+
+def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, oov: str = "drop") -> LyricsData:
+    """Training text as the book makes it (newlines -> spaces, first 10,000 characters for 'book'),
+    and held-out text from lines the model never sees: held-out lines that also occur in the
+    training text (lyrics repeat choruses) are dropped, and out-of-vocabulary characters handled by `oov`.
+    """
+    lookup(TEXT_SETTINGS, setting, "setting")
+    lookup(OOV_POLICIES, oov, "oov policy")
+    train_lines, val_lines = split_lines(raw, val_fraction)
+    train_text = " ".join(train_lines)
+    if setting == "book":
+        train_text = train_text[:BOOK_CHARS]
+    val_lines = [ln for ln in val_lines if ln.strip()]
+    fresh = [ln for ln in val_lines if ln not in train_text]  # never seen verbatim
+    val_raw = " ".join(fresh)
+    chars = sorted(set(train_text))
+    oov_count = sum(ch not in set(chars) for ch in val_raw)
+    if oov == "unk":
+        vocab = Vocab(chars + [UNK])
+        val_text = "".join(ch if ch in vocab.char_to_idx else UNK for ch in val_raw)
+    else:
+        vocab = Vocab(chars)
+        val_text = "".join(ch for ch in val_raw if ch in vocab.char_to_idx)
+    stats = {
+        "setting": setting,
+        "train_chars": len(train_text),
+        "vocab_size": len(vocab),
+        "val_lines": len(fresh),
+        "val_lines_dropped_as_seen": len(val_lines) - len(fresh),
+        "val_chars": len(val_text),
+        "val_oov_chars": oov_count,
+        "val_oov_rate": oov_count / max(1, len(val_raw)),
+        "oov_policy": oov,
+        "unigram_entropy": unigram_entropy(train_text),
+    }
+    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), vocab.encode(val_text), stats)
+
+
+def unigram_entropy(text: str) -> float:
+    """-sum p ln p over the characters of `text` (nats): the loss of the best predictor that ignores the past."""
+    counts = torch.tensor(list(Counter(text).values()), dtype=torch.float64)
+    p = counts / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def consecutive(ids: torch.Tensor, batch_size: int, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The book's adjacent sampling: B parallel streams; batch i continues where batch i-1 ended.
+    Yields X, Y (T, B) with Y the next characters."""
+    batch_len = len(ids) // batch_size
+    streams = ids[: batch_size * batch_len].view(batch_size, batch_len)  # (B, L)
+    for i in range(0, ((batch_len - 1) // num_steps) * num_steps, num_steps):
+        yield streams[:, i : i + num_steps].T, streams[:, i + 1 : i + num_steps + 1].T
+
+
+def random_chunks(
+    ids: torch.Tensor, batch_size: int, num_steps: int, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The book's random sampling: non-overlapping chunks of num_steps in a shuffled order; each
+    batch starts from a fresh state. Yields X, Y (T, B)."""
+    n_chunks = (len(ids) - 1) // num_steps
+    order = torch.randperm(n_chunks, generator=gen)
+    starts = torch.arange(num_steps)
+    for i in range(0, (n_chunks // batch_size) * batch_size, batch_size):
+        pos = order[i : i + batch_size, None] * num_steps + starts  # (B, T)
+        yield ids[pos].T, ids[pos + 1].T
+
+
+def batches_per_epoch(n_ids: int, batch_size: int, num_steps: int, sampling: str) -> int:
+    if sampling == "consecutive":
+        return (n_ids // batch_size - 1) // num_steps
+    return ((n_ids - 1) // num_steps) // batch_size

@@ -1,0 +1,142 @@
+"""The synthetic tasks against their definitions: baselines measured, determinism, shapes, where the
+markers and symbols sit, and learnability at a short lag. Every task in the table of names is checked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradlab.names import TASKS
+from gradlab.tasks import SyntheticTask, build, task_class
+from gradlab.tasks.base import loss_of
+from gradlab.training import TrainConfig, train
+
+SYNTHETIC = [name for name in TASKS if issubclass(task_class(name), SyntheticTask)]
+
+
+def test_every_task_in_the_table_is_a_documented_task():
+    assert set(SYNTHETIC) == {"adding", "copy", "temporal_order", "recall"}  # lyrics is the corpus task
+    for name in TASKS:
+        cls = task_class(name)
+        assert cls.name == name
+        doc = cls.__doc__ or ""
+        assert "Worked example" in doc and "baseline" in doc.lower(), name
+
+
+def _memoryless_loss(task: SyntheticTask, length: int, n: int) -> float:
+    """The best predictor that knows the step index but not the inputs: per scored step, the mean target
+    (MSE) or the target frequencies (cross-entropy), fitted on one sample and scored on a fresh one."""
+    fit = task.sample(torch.Generator().manual_seed(10), n, length)
+    test = task.sample(torch.Generator().manual_seed(11), n, length)
+    y_fit, y_test = fit.targets(), test.targets()  # (S, n[, O])
+    if task.spec.loss == "mse":
+        prediction = y_fit.double().mean(1, keepdim=True).expand_as(y_test)
+    else:
+        counts = torch.stack([torch.bincount(row, minlength=task.spec.output_size) for row in y_fit]).double()  # (S, C)
+        probs = (counts + 1e-9) / (counts + 1e-9).sum(1, keepdim=True)
+        prediction = probs.log()[:, None, :].expand(-1, y_test.shape[1], -1)  # log-probabilities as logits
+    return loss_of(task.spec, prediction, y_test).item()
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+@pytest.mark.parametrize("length", [20, 57])
+def test_baseline_formula_matches_the_memoryless_predictor(name, length):
+    task = build(name, {})
+    measured = _memoryless_loss(task, length, 200_000 if task.spec.loss == "mse" else 40_000)
+    assert measured == pytest.approx(task.baseline(length), rel=0.01)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_same_generator_state_same_batch_and_shapes(name, device):
+    task = build(name, {})
+    a = task.sample(torch.Generator().manual_seed(3), 5, 12, device)
+    b = task.sample(torch.Generator().manual_seed(3), 5, 12, device)
+    c = task.sample(torch.Generator().manual_seed(4), 5, 12, device)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and not torch.equal(a.x, c.x)
+    spec = task.spec
+    steps = 12 + 2 * task.copy_len if name == "copy" else 12
+    assert a.x.device.type == torch.device(device).type and a.y.device == a.x.device
+    if spec.input == "tokens":
+        assert a.x.shape == (steps, 5) and a.x.dtype == torch.long and 0 <= a.x.min() and a.x.max() < spec.input_size
+    else:
+        assert a.x.shape == (steps, 5, spec.input_size) and a.x.dtype == torch.float32
+    if spec.loss == "cross_entropy":
+        assert a.targets().dtype == torch.long and a.targets().max() < spec.output_size
+    else:
+        assert a.targets().shape[-1] == spec.output_size
+    assert a.mask is None or (a.mask.shape == (steps,) and a.mask.dtype == torch.bool)
+
+
+def test_adding_markers_and_target():
+    b = build("adding", {}).sample(torch.Generator().manual_seed(0), 400, 10)
+    values, markers = b.x[..., 0], b.x[..., 1]  # (T, B)
+    assert ((values >= 0) & (values < 1)).all()
+    assert (markers[:5].sum(0) == 1).all() and (markers[5:].sum(0) == 1).all()  # one marker per half
+    torch.testing.assert_close(b.y[-1, :, 0], (values * markers).sum(0))
+    assert b.mask.tolist() == [False] * 9 + [True]
+
+
+def test_copy_layout():
+    task = build("copy", {})
+    b = task.sample(torch.Generator().manual_seed(0), 64, 7)  # length 7 + 20
+    symbols = b.x[:10]
+    assert ((symbols >= 1) & (symbols <= 8)).all()
+    assert (b.x[10:16] == 0).all() and (b.x[16] == 9).all() and (b.x[17:] == 0).all()  # T - 1 blanks, delimiter, 10 blanks
+    assert (b.y[:17] == 0).all() and torch.equal(b.y[17:], symbols)  # T + 10 blanks, then the symbols
+    assert b.mask is None  # every step is scored
+    assert task.baseline(7) == pytest.approx(10 * math.log(8) / 27)
+
+
+def test_temporal_order_positions_and_classes():
+    task = build("temporal_order", {})
+    T = 50
+    b = task.sample(torch.Generator().manual_seed(0), 500, T)
+    relevant = b.x < 2  # A or B
+    assert (relevant.sum(0) == 2).all()
+    first, second = relevant[5:10].nonzero()[:, 0] + 5, relevant[25:30].nonzero()[:, 0] + 25
+    assert len(first) == len(second) == 500  # one in [0.1T, 0.2T) and one in [0.5T, 0.6T)
+    pairs = b.x[relevant.T.nonzero(as_tuple=True)[::-1]].view(500, 2)  # (B, 2) symbols in time order
+    torch.testing.assert_close(b.y[-1], 2 * pairs[:, 0] + pairs[:, 1])
+    assert set(b.y[-1].tolist()) == {0, 1, 2, 3}
+    assert task.windows(5) == ((0, 1), (2, 3))  # short lags keep one position per window
+
+
+def test_recall_layout():
+    task = build("recall", {"n_symbols": 5, "n_distractors": 3})
+    b = task.sample(torch.Generator().manual_seed(0), 200, 9)
+    assert (b.x[0] < 5).all() and ((b.x[1:] >= 5) & (b.x[1:] < 8)).all()
+    assert torch.equal(b.y[-1], b.x[0]) and b.mask[-1] and b.mask.sum() == 1
+    assert task.baseline(9) == pytest.approx(math.log(5))
+
+
+LEARN = {  # settings of a short run, and the fraction of the baseline its held-out loss must end below
+    "adding": (dict(steps=300), 0.1),
+    # copy plateaus on its baseline longest (Arjovsky et al. 2016): three symbols, a GRU, a higher rate
+    "copy": (dict(steps=800, copy_len=3, cell="gru", lr=0.02), 0.25),
+    "temporal_order": (dict(steps=300), 0.1),
+    "recall": (dict(steps=200), 0.1),
+}
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_a_small_model_learns_each_task_at_a_short_lag(name):
+    """The task is learnable and its loss wired right: a small model at T = 5 ends far below the baseline."""
+    from gradlab.measures.train import Config
+
+    settings, fraction = LEARN[name]
+    base = dict(task=name, cell="lstm", hidden_size=32, seq_len=5, batch_size=32, optimizer="adam", lr=0.01, eval_size=500)
+    cfg = Config(**(base | settings), eval_every=settings["steps"])
+    r = train(cfg)
+    final = r.history[-1]
+    assert final["val_loss"] < fraction * final["baseline"], final
+
+
+def test_train_config_has_every_task_parameter():
+    """A new task's parameters reach the studies' --set without editing the training config."""
+    from gradlab.measures.train import Config
+    from gradlab.tasks import param_fields
+
+    fields = set(Config.__dataclass_fields__)
+    assert set(param_fields()) <= fields and set(TrainConfig.__dataclass_fields__) <= fields
