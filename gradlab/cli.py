@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .names import EXECUTORS, TABLES
+
 
 def _friendly(fn):
     """Library ValueErrors (bad names, bad combinations) become usage errors, not tracebacks."""
@@ -40,43 +42,17 @@ def main() -> None:
     """gradlab: how gradients flow through recurrent networks, and how fast those networks run."""
 
 
-@main.command()
-@click.option("--cell", default="gru", show_default=True, help="rnn, gru or lstm (linear too, in scratch).")
-@click.option("--impl", default="scratch", show_default=True, help="scratch or cudnn.")
-@click.option("--variant", default=None, help="GRU: reset_after (default) or reset_before.")
-@click.option("--hidden-size", default=256, show_default=True)
-@click.option("--epochs", default=160, show_default=True)
-@click.option("--num-steps", default=35, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--optimizer", default="sgd", show_default=True, help="sgd or adam.")
-@click.option("--lr", default=1e2, show_default=True)
-@click.option("--clip", "clip_method", default="norm", show_default=True, help="none, norm or value.")
-@click.option("--clip-threshold", default=1e-2, show_default=True)
-@click.option("--sampling", default="consecutive", show_default=True, help="consecutive or random.")
-@click.option("--init", default="normal", show_default=True, help="normal (the seed's N(0, 0.01)), xavier, orthogonal.")
-@click.option("--setting", default="book", show_default=True, help="book (first 10,000 characters) or full.")
-@click.option("--val-fraction", default=0.1, show_default=True, help="Share of the corpus's lines held out.")
-@click.option("--oov", default="drop", show_default=True, help="Held-out characters outside the vocabulary: drop or unk.")
-@click.option("--eval-every", default=10, show_default=True, help="Epochs between metric rows.")
-@click.option("--prefix", "prefixes", multiple=True, default=("分开", "不分开"), show_default=True)
-@click.option("--pred-len", default=50, show_default=True)
-@click.option("--temperature", "sample_temperature", default=1.0, show_default=True, help="Sampling temperature (greedy samples are drawn too).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--dtype", default="float32", show_default=True)
-@click.option("--corpus", type=click.Path(path_type=Path), default=None, help="The corpus zip or its folder (else $GRADLAB_DATA, then the user cache, then a download).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write history.csv, samples.csv, steps.csv, meta.json here.")
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Change a setting of the book's run (cell=lstm, steps=..., corpus=PATH, ...); repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/lyrics-book).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_friendly
-def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, prefixes: tuple[str, ...], clip_method: str, **options) -> None:
-    """Train the character language model on the Jay Chou lyrics (the book's GRU/LSTM chapter)."""
-    from .lyrics_run import run_lyrics
+@click.pass_context
+def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, device: str, quiet: bool) -> None:
+    """The book's scratch GRU on the Jay Chou lyrics: `gradlab run lyrics --profile book`, then the book's view.
 
-    from .train import LyricsConfig
-
-    cfg = LyricsConfig(device=resolve_device(device), prefixes=tuple(prefixes), clip=clip_method, **options)
-    cfg.validate()
-    run_lyrics(cfg, corpus, out, progress=not quiet, echo=click.echo)
+    The lyrics study's settings are the book's; change any with --set (see `gradlab show lyrics`)."""
+    ctx.invoke(run, study="lyrics", profile="book", overrides=overrides, out=out, device=device, quiet=quiet)
 
 
 @main.command()
@@ -85,11 +61,13 @@ def lyrics(corpus: Path | None, out: Path | None, quiet: bool, device: str, pref
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/STUDY-PROFILE); rerunning resumes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel processes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel.")
+@click.option("--executor", type=click.Choice(list(EXECUTORS)), default=None, help="Where points run (default: inline, or processes with --workers > 1).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
 @_friendly
-def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int, quiet: bool, no_report: bool) -> None:
+def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
+        executor: str | None = None, quiet: bool = False, no_report: bool = False) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran)."""
@@ -97,11 +75,12 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
     from .runner import run_study
 
     summary = run_study(
-        study, profile, list(overrides), out, None if device is None else resolve_device(device), workers,
+        study, profile, list(overrides), out, None if device is None else resolve_device(device), workers, executor,
         progress=not quiet, argv=sys.argv, render=None if no_report else render,
     )
     click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
+    _echo_final(summary.out)
     for fail in summary.failed[:5]:
         click.echo(f"failed {fail['key']}: {fail['error'].splitlines()[0]}", err=True)
     if summary.failed:
@@ -110,27 +89,37 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
 
 @main.command("list")
 def list_things() -> None:
-    """Studies (with profiles), cells, impls, tasks and measures."""
-    from .cells import CELLS, IMPLS
-    from .config import builtin_studies, load_study
-    from .measures import MEASURES
+    """Studies (with profiles) and every table of names: cells, tasks, measures, optimizers, ..."""
+    from .study import builtin_studies, load_study
 
     click.echo("studies:")
-    for name in sorted(builtin_studies()):
+    for name in builtin_studies():
         study = load_study(name)
-        profiles = ", ".join(study.profiles) or "-"
-        click.echo(f"  {name:16} measure {study.measure}; profiles: {profiles}")
-    click.echo("cells:")
-    for name, text in CELLS.items():
-        click.echo(f"  {name:16} {text}")
-    click.echo("impls:")
-    for name, text in IMPLS.items():
-        click.echo(f"  {name:16} {text}")
-    click.echo("tasks:")
-    click.echo(f"  {'lyrics':16} Jay Chou lyrics, character level (the book's GRU/LSTM chapter)")
-    click.echo("measures:")
-    for name, text in MEASURES.items():
-        click.echo(f"  {name:16} {text}")
+        click.echo(f"  {name:16} measure {study.measure}; profiles: {', '.join(study.profiles) or '-'}")
+    for title, table in TABLES.items():
+        click.echo(f"{title}:")
+        for name, text in table.items():
+            click.echo(f"  {name:16} {text}")
+
+
+FINAL_COLUMNS = ("step", "epoch", "final_train_loss", "final_val_loss", "baseline", "val_metric", "train_ppl", "val_ppl", "solved")
+
+
+def _echo_final(out: Path) -> None:
+    """A run's final table, and the last generated text where the task writes some."""
+    import pandas as pd
+
+    final = out / "final.parquet"
+    if final.exists():
+        df = pd.read_parquet(final)
+        shown = [c for c in df.columns if c != "point" and df[c].nunique(dropna=False) > 1]
+        shown += [c for c in FINAL_COLUMNS if c in df and c not in shown]
+        click.echo(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    samples = out / "samples.parquet"
+    if samples.exists():
+        s = pd.read_parquet(samples)
+        for row in s[s["epoch"] == s["epoch"].max()].head(8).itertuples():
+            click.echo(f" - [T={row.temperature:g}] {row.text}")
 
 
 @main.command()
@@ -154,14 +143,11 @@ def report(run_dir: Path) -> None:
 @_friendly
 def lyrics_speed(cell: str, epochs: int, device: str, corpus: Path | None) -> None:
     """Seconds per epoch at the book's settings: gradlab's scratch model against the book's style of code."""
-    from .speed import compare_epoch_speed
-    from .tasks.corpus import locate, read_text
-    from .tasks.lyrics import prepare
-    from .train import LyricsConfig
+    from .baselines.speed import compare_epoch_speed, book_config
+    from .tasks.lyrics import Lyrics
 
-    cfg = LyricsConfig(cell=cell, device=resolve_device(device))
-    cfg.validate()
-    result = compare_epoch_speed(cfg, prepare(read_text(locate(corpus)), cfg.setting), epochs)
+    cfg = book_config(cell=cell, device=resolve_device(device))
+    result = compare_epoch_speed(cfg, Lyrics(corpus=None if corpus is None else str(corpus)), epochs)
     for key, value in result.items():
         click.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
 

@@ -6,7 +6,6 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import sys
@@ -20,7 +19,8 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from . import measures
-from .config import Resolved, StudyError, expand, load_study, resolve
+from .executors import InlineExecutor, default_executor, make_executor
+from .study import Resolved, StudyError, expand, load_study, resolve
 from .store import PointStore, assemble
 
 
@@ -80,25 +80,6 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None) -
         return PointOutcome(key, config, None, error, time.perf_counter() - start, env)
 
 
-class InlineExecutor(cf.Executor):
-    """Runs each submitted call at once in this process: the executor for --workers 1."""
-
-    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
-        future: cf.Future = cf.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-            future.set_exception(exc)
-        return future
-
-
-def make_executor(workers: int) -> cf.Executor:
-    if workers <= 1:
-        return InlineExecutor()
-    # spawn: a clean interpreter per worker (fork and torch's thread pools do not mix)
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def plan(study_ref: str | Path, profile: str | None, overrides: list[str], device: str | None) -> tuple[Resolved, list, object]:
     """Load, resolve and expand a study, and check every point before any work."""
     study = load_study(study_ref)
@@ -146,7 +127,7 @@ def run_study(
     out: Path | None = None,
     device: str | None = None,
     workers: int = 1,
-    executor: cf.Executor | None = None,
+    executor: cf.Executor | str | None = None,
     progress: bool = True,
     argv: list[str] | None = None,
     render: Callable[[Path], Path] | None = None,
@@ -162,8 +143,9 @@ def run_study(
     todo = [(k, c) for k, c in zip(keys, configs) if not store.done(k)]
     cached = len(points) - len(todo)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    own_executor = executor is None
-    executor = executor or make_executor(workers)
+    own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
+    executor_name = (executor or default_executor(workers)) if own_executor else type(executor).__name__
+    executor = make_executor(executor_name, workers) if own_executor else executor
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
@@ -184,7 +166,7 @@ def run_study(
                     outcome = PointOutcome(key, config, None, f"{type(exc).__name__}: {exc} (the process running this point died)", 0.0)
                     if isinstance(exc, cf.BrokenExecutor) and own_executor:  # a broken pool takes no more work
                         executor.shutdown(wait=False, cancel_futures=True)
-                        executor = make_executor(workers)
+                        executor = make_executor(executor_name, workers)
                 store.write(outcome)
                 failed_now += outcome.error is not None
                 bar.update(1)
@@ -204,7 +186,7 @@ def run_study(
         "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
         "profile": resolved.profile, "argv": argv if argv is not None else sys.argv, "overrides": list(overrides),
         "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes, "exclude": resolved.exclude,
-        "seeds": resolved.values.get("seed", []), "workers": workers, "started": started, "ended": ended,
+        "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ended": ended,
         "points_cached": cached, "points_computed": len(todo),
     }
     columns = list(dict.fromkeys([*getattr(module, "KEY_COLUMNS", ()), *resolved.axes]))

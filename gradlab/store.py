@@ -115,7 +115,7 @@ def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra
     device = str(manifest_extra.get("resolved", {}).get("device", ["cpu"])[0])
     manifest = manifest_extra | {
         "environment": environment(device),
-        "backends": sorted(map(str, results["backend"].dropna().unique())) if "backend" in results else [],
+        "backends": sorted({str(b) for df in tables.values() if "backend" in df for b in df["backend"].dropna().unique()}),
         "tables": {name: len(df) for name, df in tables.items()},
         "derived": sorted(derived), "row_count": len(results), "points": points, "failed": len(failed),
     }

@@ -12,10 +12,9 @@ import torch
 
 from gradlab.cells import create
 from gradlab.probes import hidden_grad_norms, last_step_loss
-from gradlab.speed import compare_epoch_speed
-from gradlab.tasks.lyrics import LyricsData, Vocab
+from gradlab.baselines.speed import book_config, book_shaped_text, compare_epoch_speed
+from gradlab.tasks.lyrics import Lyrics
 from gradlab.timing import interleaved_medians, matmul_peak
-from gradlab.train import LyricsConfig
 
 
 def fwd_bwd(cell, x, g):
@@ -48,10 +47,8 @@ def main(out: str, device: str) -> None:
         plain, probe = t["plain"], t["probe"]
         result[f"probe_over_plain_{impl}"] = probe / plain
         result[f"plain_T1000_{impl}_ms"] = plain * 1e3
-    # the lyrics epoch at the book's settings, synthetic ids of the book's vocabulary size
-    vocab = Vocab([chr(0x4E00 + i) for i in range(1027)])
-    ids = torch.randint(0, 1027, (10_000,), generator=gen)
-    speed = compare_epoch_speed(LyricsConfig(device=device), LyricsData("", "", vocab, ids, ids[:100], {}), 2)
+    # the lyrics epoch at the book's settings, on a text of the book's shape
+    speed = compare_epoch_speed(book_config(device=device), Lyrics.from_text(book_shaped_text()), 2)
     result |= {f"lyrics_{k}": v for k, v in speed.items() if isinstance(v, (int, float))}
     text = json.dumps(result, indent=1)
     print(text)

@@ -17,8 +17,12 @@ def invoke(*args: str):
 def test_list_names_everything():
     r = invoke("list")
     assert r.exit_code == 0
-    for word in ("gradient-decay", "lyrics", "quick", "linear", "lstm", "scratch", "cudnn", "gradient_decay"):
+    for word in ("gradient-decay", "lyrics", "quick", "book"):
         assert word in r.output
+    from gradlab.names import TABLES
+
+    for title, table in TABLES.items():  # every table of names, every name in it
+        assert f"{title}:" in r.output and all(f"  {name} " in r.output for name in table), title
 
 
 @pytest.mark.parametrize(
@@ -29,9 +33,12 @@ def test_list_names_everything():
         (("run", "gradient-decay", "--set", "seq_len=x"), "is not a valid int value"),
         (("run", "gradient-decay", "--profile", "quik"), "Did you mean 'quick'"),
         (("run", "gradient-decay", "--set", "cell=lstn"), "Did you mean 'lstm'"),
-        (("lyrics", "--cell", "lstn"), "Did you mean 'lstm'"),
-        (("lyrics", "--cell", "linear", "--impl", "cudnn"), "cudnn exists for"),
-        (("lyrics", "--optimizer", "adamw"), "Unknown optimizer 'adamw'. Known: sgd, adam"),
+        (("lyrics", "--set", "cell=lstn"), "Did you mean 'lstm'"),
+        (("lyrics", "--set", "cell=linear", "--set", "impl=cudnn"), "cudnn exists for"),
+        (("lyrics", "--set", "optimizer=adamw"), "Unknown optimizer 'adamw'. Known: adam, rmsprop, sgd. Did you mean 'adam'"),
+        (("lyrics", "--set", "clip=norm"), "needs a positive threshold"),
+        (("lyrics", "--set", "n_symbols=3"), "n_symbols does not apply to task 'lyrics'"),
+        (("run", "gradient-decay", "--executor", "dask"), "Invalid value for '--executor'"),
     ],
 )
 def test_bad_input_is_a_usage_error(args, message):
@@ -69,25 +76,27 @@ def test_cuda_without_a_gpu_is_an_error_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_lyrics_command_writes_its_tables(tmp_path, corpus_zip):
+def test_lyrics_command_runs_the_book_profile(tmp_path, corpus_zip):
     out = tmp_path / "ly"
-    r = invoke("lyrics", "--corpus", str(corpus_zip), "--epochs", "2", "--eval-every", "1", "--hidden-size", "8",
-               "--pred-len", "5", "--device", "cpu", "--out", str(out), "--quiet")
+    r = invoke("lyrics", "--set", f"corpus={corpus_zip}", "--set", "steps=16", "--set", "eval_every=8", "--set", "hidden_size=8",
+               "--set", "pred_len=5", "--device", "cpu", "--out", str(out), "--quiet")
     assert r.exit_code == 0, r.output
-    history = pd.read_csv(out / "history.csv")
-    assert {"epoch", "train_ppl", "val_ppl", "seconds", "grad_norm"} <= set(history.columns) and len(history) == 2
-    samples = pd.read_csv(out / "samples.csv")
-    assert list(samples.columns) == ["epoch", "prefix", "temperature", "text"]
-    assert set(samples["prefix"]) == {"分开", "不分开"}
-    steps = pd.read_csv(out / "steps.csv")
-    assert {"grad_norm", "grad_norm_clipped", "clipped"} <= set(steps.columns) and len(steps) == 16
+    assert "1 points: 0 cached, 1 computed" in r.output and "val_ppl" in r.output and "[T=0] 分开" in r.output
+    history = pd.read_parquet(out / "results.parquet")
+    assert {"step", "epoch", "train_ppl", "val_ppl", "seconds", "grad_norm"} <= set(history.columns) and len(history) == 2
+    assert (history["cell"] == "gru").all() and (history["impl"] == "scratch").all()
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert {"epoch", "prefix", "temperature", "text"} <= set(samples.columns) and set(samples["prefix"]) == {"分开", "不分开"}
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert {"grad_norm_pre", "grad_norm_post", "clipped"} <= set(steps.columns) and len(steps) == 16
 
 
-def test_lyrics_prefix_outside_vocabulary(corpus_zip):
-    r = invoke("lyrics", "--corpus", str(corpus_zip), "--prefix", "分开x", "--epochs", "1", "--quiet")
+def test_lyrics_prefix_outside_vocabulary(tmp_path, corpus_zip):
+    r = invoke("lyrics", "--set", f"corpus={corpus_zip}", "--set", "prefixes=分开x", "--set", "steps=1", "--out", str(tmp_path / "x"), "--quiet")
     assert r.exit_code == 2 and "prefix '分开x' has characters outside the vocabulary: 'x'" in r.output
+    assert not (tmp_path / "x").exists()  # before any work
 
 
 def test_lyrics_missing_corpus_says_how_to_supply_it(tmp_path):
-    r = invoke("lyrics", "--corpus", str(tmp_path / "nope.zip"))
+    r = invoke("lyrics", "--set", f"corpus={tmp_path / 'nope.zip'}", "--out", str(tmp_path / "x"))
     assert r.exit_code == 2 and "does not exist" in r.output

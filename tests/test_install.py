@@ -1,13 +1,52 @@
-"""An installed gradlab finds its studies from any folder (package data, not the checkout)."""
+"""Installed gradlab finds its studies (the top-level studies/ folder) from any folder, installed from a
+wheel or in editable mode; and the wheel's package list matches the package folders."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = "import gradlab, gradlab.study as s; print(gradlab.__file__); print(s.studies_dir()); print(sorted(s.builtin_studies()))"
 
 
-def test_studies_resolve_outside_the_checkout(tmp_path):
-    code = "import gradlab.config as c, gradlab; print(gradlab.__file__); print(sorted(c.builtin_studies()))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+def test_every_package_folder_is_listed_for_the_wheel():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "gradlab").rglob("__init__.py")}
+    assert listed == folders | {"gradlab.studies"}
+
+
+def _venv_with_gradlab(tmp_path: Path, editable: bool) -> Path:
+    """A fresh virtual environment holding only gradlab (no dependencies: the study files need none).
+    The wheel, or the editable wheel (PEP 660), is built offline by this environment's setuptools."""
+    build = tmp_path / "build"
+    code = f"import setuptools.build_meta as b; print(b.build_{'editable' if editable else 'wheel'}({str(build)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "'gradient-decay'" in done.stdout and "'lyrics'" in done.stdout
+    wheel = build / done.stdout.split()[-1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return python
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])
+def test_studies_are_found_outside_the_checkout(tmp_path, editable):
+    python = _venv_with_gradlab(tmp_path, editable)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(python), "-c", PROBE], cwd=elsewhere, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    module, studies, names = done.stdout.splitlines()
+    shipped = {p.stem for p in (ROOT / "studies").glob("*.toml")}
+    assert names == str(sorted(shipped)) and {"gradient-decay", "lyrics"} <= shipped
+    if editable:  # the checkout's own folders
+        assert Path(module).parent == ROOT / "gradlab" and Path(studies) == ROOT / "studies"
+    else:  # copies inside the environment
+        assert str(tmp_path / "venv") in module and Path(studies) == Path(module).parent / "studies"

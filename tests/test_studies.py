@@ -26,17 +26,17 @@ def test_gradient_decay_shows_what_theory_predicts(tmp_path):
 
 def test_lyrics_study_quick(tmp_path, corpus_zip):
     out = tmp_path / "ly"
-    s = run_study("lyrics", "quick", ["epochs=2", "eval_every=1", f"corpus={corpus_zip}", "cell=gru", "pred_len=4"],
+    s = run_study("lyrics", "quick", ["steps=16", "eval_every=8", f"corpus={corpus_zip}", "cell=gru", "pred_len=4"],
                   out=out, device="cpu", progress=False)
     assert s.failed == [] and s.points == 2  # impl scratch and cudnn
     res = pd.read_parquet(out / "results.parquet")
-    assert {"cell", "impl", "sampling", "epoch", "train_ppl", "val_ppl", "seconds", "grad_norm", "backend"} <= set(res.columns)
-    assert set(res["backend"]) == {"python-loop", "aten-cpu"}
+    assert {"task", "cell", "impl", "sampling", "step", "epoch", "train_ppl", "val_ppl", "val_loss", "baseline", "seconds", "grad_norm"} <= set(res.columns)
+    assert set(pd.read_parquet(out / "runs.parquet")["backend"]) == {"python-loop", "aten-cpu"}
     final = pd.read_parquet(out / "final.parquet")
-    assert len(final) == 2 and (final["epoch"] == 2).all()
-    assert len(pd.read_parquet(out / "samples.parquet")) == 2 * 2 * 2 * 2  # points x epochs x prefixes x temperatures
-    assert len(pd.read_parquet(out / "steps.parquet")) == 2 * 2 * 8
-    assert "Final perplexities" in render(out).read_text()
+    assert len(final) == 2 and (final["epoch"] == 2).all() and (final["step"] == 16).all()
+    assert len(pd.read_parquet(out / "samples.parquet")) == 2 * 2 * 2 * 2  # points x evaluations x prefixes x temperatures
+    assert len(pd.read_parquet(out / "steps.parquet")) == 2 * 16
+    assert "Final" in render(out).read_text()
 
 
 def test_lyrics_study_without_a_corpus_fails_before_any_work(tmp_path, monkeypatch):

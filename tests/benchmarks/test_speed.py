@@ -9,10 +9,9 @@ import torch
 
 from gradlab.cells import create
 from gradlab.probes import hidden_grad_norms, last_step_loss
-from gradlab.speed import compare_epoch_speed
-from gradlab.tasks.lyrics import LyricsData, Vocab
+from gradlab.baselines.speed import book_config, book_shaped_text, compare_epoch_speed
+from gradlab.tasks.lyrics import Lyrics
 from gradlab.timing import interleaved_medians
-from gradlab.train import LyricsConfig
 
 T, B, H, I = 1000, 32, 128, 32  # the issue's shape for the probe's cost
 
@@ -52,9 +51,8 @@ def test_hidden_probe_cost_through_the_fused_kernel(benchmark):
 
 def test_scratch_lyrics_epoch_beats_the_book_style(benchmark):
     """The book's settings on synthetic ids (no corpus needed): a regression floor of 1.5x; the goal is 2x."""
-    vocab = Vocab([chr(0x4E00 + i) for i in range(1027)])  # the book's vocabulary size
-    ids = torch.randint(0, 1027, (10_000,), generator=torch.Generator().manual_seed(0))
-    data = LyricsData("", "", vocab, ids, ids[:100], {})
-    result = benchmark.pedantic(compare_epoch_speed, args=(LyricsConfig(), data, 2), rounds=1, iterations=1)
+    task = Lyrics.from_text(book_shaped_text())  # the book's vocabulary size and batches per epoch
+    assert len(task.vocab) == 1027 and task.steps_per_epoch(32, 35) == 8
+    result = benchmark.pedantic(compare_epoch_speed, args=(book_config(), task, 2), rounds=1, iterations=1)
     benchmark.extra_info |= {k: v for k, v in result.items() if isinstance(v, (int, float))}
     assert result["speedup"] >= 1.5, result

@@ -1,24 +1,24 @@
 """The book's own style of code, kept as the baseline gradlab is timed against.
 
 Per-gate matmuls on one-hot vectors, a list of per-step outputs, a Python-loop norm: the seed's
-GRU and LSTM training step, written so its weights can be shared with gradlab's CharLM.
+GRU and LSTM training step, written so its weights can be shared with gradlab's SeqModel.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .cells.init import GATES
-from .lm import CharLM
+from ..cells import family
+from ..training import SeqModel
 
 
-def params_from(model: CharLM) -> list[torch.Tensor]:
+def params_from(model: SeqModel) -> list[torch.Tensor]:
     """The seed's parameter list (W_x*, W_h*, b_* per gate, then W_hq, b_q) as fresh leaves holding
-    the same values as a scratch CharLM. The seed's GRU has no b_hh: it must be zero."""
+    the same values as a scratch SeqModel. The seed's GRU has no b_hh: it must be zero."""
     cell = model.cell
     if getattr(cell, "b_hh", None) is not None and torch.count_nonzero(cell.b_hh):
         raise ValueError("the book's GRU has no recurrent candidate bias; b_hh must be zero.")
-    names = [f"{kind}{g}" for g in GATES[cell.cell] for kind in ("W_x", "W_h", "b_")] + ["W_hq", "b_q"]
+    names = [f"{kind}{g}" for g in family(cell.cell).gates for kind in ("W_x", "W_h", "b_")] + ["W_hq", "b_q"]
     source = dict(cell.named_parameters()) | {"W_hq": model.W_hq, "b_q": model.b_q}
     return [source[n].detach().clone().requires_grad_() for n in names]
 

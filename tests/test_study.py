@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradlab.config import StudyError, builtin_studies, expand, load_study, parse_override, resolve
+from gradlab.study import StudyError, builtin_studies, expand, load_study, parse_override, resolve
 from gradlab.measures import gradient_decay, load
 from gradlab.runner import plan
 
@@ -93,8 +93,8 @@ def test_unknown_study_and_profile(tmp_path):
         load_study(tmp_path / "nope.toml")
     with pytest.raises(StudyError, match="has no profile 'quik'.*Did you mean 'quick'"):
         resolve(load_study("gradient-decay"), gradient_decay.Config, "quik")
-    with pytest.raises(ValueError, match="Unknown measure 'lyric'.*Did you mean 'lyrics'"):
-        load("lyric")
+    with pytest.raises(ValueError, match="Unknown measure 'trian'.*Did you mean 'train'"):
+        load("trian")
 
 
 def test_impossible_combinations_fail_before_any_work(tmp_path):

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .registry import suggest
+from .names import suggest
 
 TOP_KEYS = ("name", "measure", "description", "grid", "settings", "exclude", "profiles")
 PROFILE_KEYS = ("description", "grid", "settings", "exclude")
@@ -50,9 +50,17 @@ class Resolved:
     exclude: list[dict[str, list]] = field(default_factory=list)
 
 
+def studies_dir() -> Path:
+    """The shipped study files: inside an installed wheel (gradlab/studies/), else the checkout's top-level
+    studies/ (a source tree, or an editable install)."""
+    packaged = importlib.resources.files("gradlab") / "studies"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "studies"
+
+
 def builtin_studies() -> dict[str, Path]:
-    folder = importlib.resources.files("gradlab") / "studies"
-    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+    return {p.stem: p for p in sorted(studies_dir().glob("*.toml"))}
 
 
 def load_study(ref: str | Path) -> Study:
@@ -135,6 +143,8 @@ def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
     names = "/".join("none" if t is type(None) else t.__name__ for t in allowed)
     if isinstance(value, str) and type(None) in allowed and value.strip().lower() in ("none", "null"):
         return None
+    if isinstance(value, str) and tuple in allowed and str not in allowed:
+        return (value,)  # one item of a tuple setting, e.g. prefixes=分开
     if isinstance(value, str) and str not in allowed:
         text = value.strip().lower()
         for t in (bool, int, float):

@@ -1,0 +1,140 @@
+"""The one training loop, for every task: forward, the task's loss on the scored steps, backward, clip,
+step; per-step telemetry, evaluation on the fixed held-out set, divergence recorded, early stop once solved."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..cells import detach
+from ..tasks import Task
+from ..tasks.base import loss_of
+from ..timing import sync
+from .clipping import parse_clip
+from .config import TrainConfig
+from .model import SeqModel, build_model
+from .optimizers import make_optimizer
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    steps: list[dict] = field(default_factory=list)  # one row per optimiser step
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # the task's own (generated text, ...)
+    run: dict = field(default_factory=dict)  # one row about the whole run
+    model: SeqModel | None = None
+
+
+@torch.no_grad()
+def evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
+    """val_loss and val_metric on the held-out batches (state carried where a batch says so)."""
+    sums: dict[str, float] = {}
+    state = None
+    for batch in held_out:
+        outputs, state = model(batch.x, state if batch.carry else None, batch.mask)
+        for key, value in task.score(outputs, batch).items():
+            sums[key] = sums.get(key, 0) + value
+    return task.finish(sums)
+
+
+def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, clipper, params: list) -> tuple:
+    """Forward, the task's loss on the scored steps, backward, clip, and the optimiser's step unless the
+    loss or the gradient is not finite. Returns (loss, ClipResult, state, finite)."""
+    outputs, state = model(batch.x, state, batch.mask)  # (S, B, O)
+    loss = loss_of(spec, outputs, batch.targets())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    loss_value = loss.item()
+    report = clipper([p.grad for p in params if p.grad is not None])
+    finite = math.isfinite(loss_value) and math.isfinite(report.norm_before)
+    if finite:
+        opt.step()
+    return loss_value, report, state, finite
+
+
+def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) -> TrainResult:
+    """Train a fresh model on the task; a non-finite loss or gradient ends the run and is recorded, not raised."""
+    checked = cfg.validate()
+    task = task or checked
+    if hasattr(task, "ready"):  # checks that need the task's data (a prefix outside the vocabulary, ...)
+        task.ready(cfg.batch_size, cfg.seq_len)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the training data's own stream
+    device = torch.device(cfg.device)
+    model = build_model(
+        task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
+        variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias,
+    )
+    params = list(model.parameters())
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr)
+    clipper = parse_clip(cfg.clip)
+    per_epoch = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
+    baseline = task.baseline(cfg.seq_len)
+    held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
+    stream = task.stream(gen, cfg.batch_size, cfg.seq_len, device)
+    result = TrainResult(model=model)
+    window: list[dict] = []  # step rows since the last evaluation
+    diverged_step = solved_step = None
+    state = None
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl}", unit="step", disable=not progress)
+    for step in range(1, cfg.steps + 1):
+        batch = next(stream)
+        state = detach(state) if (batch.carry and state is not None) else None  # truncated BPTT between batches
+        start = time.perf_counter()
+        loss_value, report, state, finite = train_step(model, task.spec, batch, state, opt, clipper, params)
+        sync(device)
+        row = {"step": step, "loss": loss_value, "grad_norm_pre": report.norm_before, "grad_norm_post": report.norm_after,
+               "clipped": report.clipped, "seconds": time.perf_counter() - start}
+        if per_epoch:
+            row["epoch"] = (step - 1) // per_epoch + 1
+        result.steps.append(row)
+        window.append(row)
+        bar.update(1)
+        if not finite:
+            diverged_step = step
+        if finite and step % cfg.eval_every and step != cfg.steps:
+            continue
+        hist = _history_row(model, task, held_out, window, per_epoch, baseline, diverged=not finite)
+        if hist["val_loss"] < cfg.solve_fraction * baseline and solved_step is None:
+            solved_step = step
+        result.history.append(hist)
+        for name, rows in task.observe(model, hist, cfg.seed).items():
+            result.tables.setdefault(name, []).extend(rows)
+        bar.set_postfix(val_loss=f"{hist['val_loss']:.4g}")
+        window = []
+        if not finite or (solved_step is not None and cfg.stop_when_solved):
+            break
+    bar.close()
+    result.run = {
+        "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in params), "baseline": baseline,
+        "steps_done": len(result.steps), "steps_per_epoch": per_epoch, "diverged": diverged_step is not None,
+        "diverged_step": diverged_step, "solved_step": solved_step,
+        "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(),
+    }
+    return result
+
+
+def _history_row(model: SeqModel, task: Task, held_out: list, window: list[dict], per_epoch: int | None,
+                 baseline: float, diverged: bool) -> dict:
+    """One evaluation: held-out scores, and the training window's loss, norms and clipping rate."""
+    step = window[-1]["step"]
+    recent = window[-per_epoch:] if per_epoch else window  # lyrics: the epoch just finished, as the book prints
+    train_loss = float("inf") if diverged else sum(r["loss"] for r in recent) / len(recent)
+    scores = {"val_loss": float("nan"), "val_metric": float("nan")} if diverged else evaluate(model, task, held_out)
+    finite = [r["grad_norm_pre"] for r in window if math.isfinite(r["grad_norm_pre"])]
+    row = {"step": step}
+    if per_epoch:
+        row["epoch"] = step / per_epoch  # epochs completed
+    row |= {
+        "train_loss": train_loss, **scores, "baseline": baseline,
+        "grad_norm": statistics.median(finite) if finite else float("nan"),  # median over the window, before clipping
+        "grad_norm_post": statistics.median(r["grad_norm_post"] for r in window),
+        "clip_rate": sum(r["clipped"] for r in window) / len(window),
+        "seconds": sum(r["seconds"] for r in window), "diverged": diverged,
+    }
+    return row | task.row_extras(row)

@@ -1,0 +1,41 @@
+"""One model for every task: a recurrent cell from gradlab.cells (any cell, any impl) and an output layer.
+
+The input layer is the cell's own input projection: x W_x + b for vectors, and for token ids row x of
+W_x, which is what a one-hot input would compute (the book feeds one-hot vectors). No extra matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cells import Cell, State, create
+from ..tasks import Spec
+
+OUTPUT_STD = 0.01  # the seed draws W_hq from N(0, 0.01) too
+
+
+class SeqModel(nn.Module):
+    """x (T, B) ids or (T, B, I) -> outputs (T, B, O), or (S, B, O) at the S steps where `steps` is True."""
+
+    def __init__(self, cell: Cell, output_size: int, seed: int = 0):
+        super().__init__()
+        self.cell = cell
+        gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the cell's draws stay the same
+        ref = next(cell.parameters())
+        w = torch.randn(cell.hidden_size, output_size, generator=gen, dtype=torch.float64) * OUTPUT_STD
+        self.W_hq = nn.Parameter(w.to(ref))  # (H, O)
+        self.b_q = nn.Parameter(torch.zeros(output_size, dtype=ref.dtype, device=ref.device))
+
+    def forward(self, x: torch.Tensor, state: State = None, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        out, state = self.cell(x, state)  # (T, B, H)
+        if steps is not None:
+            out = out[steps]  # (S, B, H): only the scored steps reach the output layer
+        logits = torch.addmm(self.b_q, out.reshape(-1, out.shape[-1]), self.W_hq)  # (S*B, O), bias fused
+        return logits.view(*out.shape[:-1], -1), state  # (S, B, O)
+
+
+def build_model(spec: Spec, cell: str, impl: str, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu", **cell_options) -> SeqModel:
+    """The cell sized for the task (input_size = vocabulary or vector width) and an output layer of its size."""
+    rnn = create(cell, impl, spec.input_size, hidden_size, seed=seed, dtype=dtype, device=device, **cell_options)
+    return SeqModel(rnn, spec.output_size, seed)

@@ -1,0 +1,240 @@
+"""The one training loop: clipping, optimisers, telemetry, evaluation, divergence, early stop, determinism,
+the lyrics model's behaviour, and the book-style baseline computing the same step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradlab.baselines import book
+from gradlab.tasks import build
+from gradlab.tasks.base import Batch, loss_of
+from gradlab.tasks.lyrics import Lyrics, generate
+from gradlab.timing import lm_epoch_flops
+from gradlab.training import TrainConfig, build_model, evaluate, train
+from gradlab.training.clipping import parse_clip
+from gradlab.training.optimizers import make_optimizer
+
+TEXT = "\n".join(["abcd efgh abcd efgh"] * 40 + ["efgh efgh abcd abcd hg"] * 5)  # held out: an unseen line
+
+
+def _grads(*values):
+    return [torch.tensor(v, dtype=torch.float64) for v in values]
+
+
+def test_norm_clipping_rescales_the_global_norm_keeping_direction():
+    g = _grads([3.0], [[4.0]])
+    r = parse_clip("norm:1")(g)
+    assert r.clipped and r.norm_before == pytest.approx(5.0) and r.norm_after == pytest.approx(1.0)
+    assert g[0].item() == pytest.approx(0.6) and g[1].item() == pytest.approx(0.8)
+    r = parse_clip("norm:2")(g)
+    assert not r.clipped and g[0].item() == pytest.approx(0.6)
+
+
+def test_value_and_none_clipping():
+    g = _grads([3.0, -0.5])
+    r = parse_clip("value:1")(g)
+    assert r.clipped and g[0].tolist() == [1.0, -0.5] and r.norm_after == pytest.approx(math.hypot(1, 0.5))
+    g = _grads([3.0])
+    assert not parse_clip("none")(g).clipped and g[0].item() == 3.0
+
+
+def test_non_finite_gradient_is_reported_not_scaled():
+    g = _grads([float("inf"), 1.0])
+    r = parse_clip("norm:1")(g)
+    assert math.isinf(r.norm_before) and not r.clipped and g[0][1].item() == 1.0
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nrom:1", "Unknown clipping strategy 'nrom'.*Did you mean 'norm'"),
+    ("norm", "needs a positive threshold, written 'norm:THETA'"),
+    ("norm:-1", "needs a positive threshold"),
+    ("value:abc", "needs a positive threshold"),
+    ("none:3", "'none' takes no threshold"),
+])
+def test_bad_clip_specs_say_what_is_allowed(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_clip(spec)
+
+
+def test_rmsprop_uses_decay_0_9():
+    """One RMSProp step from a zero average: v = (1 - alpha) g^2, p -= lr g / (sqrt(v) + eps), alpha 0.9."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    p.grad = torch.tensor([0.5, 4.0], dtype=torch.float64)
+    make_optimizer("rmsprop", [p], 0.01).step()
+    g = torch.tensor([0.5, 4.0], dtype=torch.float64)
+    want = torch.tensor([1.0, -2.0], dtype=torch.float64) - 0.01 * g / ((0.1 * g**2).sqrt() + 1e-8)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamw'.*Did you mean 'adam'"):
+        make_optimizer("adamw", [p], 0.01)
+
+
+def _lyrics(**params) -> Lyrics:
+    return Lyrics.from_text(TEXT, setting="full", val_fraction=0.1, prefixes=("ab",), pred_len=6, **params)
+
+
+def _cfg(task: Lyrics, epochs: int = 6, eval_epochs: int = 3, **kw) -> TrainConfig:
+    """The book's trainer (SGD, norm clipping) on the tiny text, counted in epochs of the task."""
+    per = task.steps_per_epoch(4, 8)
+    base = dict(task="lyrics", hidden_size=16, seq_len=8, batch_size=4, steps=epochs * per, eval_every=eval_epochs * per,
+                optimizer="sgd", lr=100.0, clip="norm:0.01", init="normal")
+    return TrainConfig(**(base | kw))
+
+
+def test_loop_learns_and_records_every_step():
+    task = _lyrics()
+    r = train(_cfg(task, epochs=12, optimizer="adam", lr=3e-2, clip="norm:1"), task)
+    first, last = r.history[0], r.history[-1]
+    per = r.run["steps_per_epoch"]
+    assert [h["epoch"] for h in r.history] == [3, 6, 9, 12] and [h["step"] for h in r.history] == [3 * per, 6 * per, 9 * per, 12 * per]
+    assert last["train_ppl"] < first["train_ppl"] and last["train_ppl"] < 1.5
+    assert len(r.steps) == 12 * per and [s["step"] for s in r.steps] == list(range(1, 12 * per + 1))
+    assert all(s["grad_norm_post"] <= 1.0 + 1e-6 for s in r.steps)
+    assert all(s["clipped"] == (s["grad_norm_pre"] > 1.0) for s in r.steps)
+    assert {"step", "epoch", "train_loss", "val_loss", "val_metric", "baseline", "grad_norm", "seconds", "train_ppl", "val_ppl"} <= set(last)
+    assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"])) and last["val_metric"] == last["val_ppl"]
+    assert last["train_loss"] == pytest.approx(sum(s["loss"] for s in r.steps[-per:]) / per)  # the epoch just finished
+    assert math.isfinite(last["val_ppl"]) and not r.run["diverged"]
+    assert {(s["prefix"], s["temperature"]) for s in r.tables["samples"] if s["epoch"] == 12} == {("ab", 0.0), ("ab", 1.0)}
+
+
+def test_book_clipping_fires_on_every_step():
+    """At the book's lr 1e2 and threshold 1e-2 clipping fires from the start (normalised GD, step 1)."""
+    task = _lyrics()
+    r = train(_cfg(task, hidden_size=256, epochs=1, eval_epochs=1), task)
+    assert all(s["clipped"] for s in r.steps) and r.history[0]["clip_rate"] == 1.0
+    assert all(s["grad_norm_post"] == pytest.approx(0.01, rel=1e-5) for s in r.steps)
+
+
+def test_divergence_is_a_result_with_its_step():
+    task = _lyrics()
+    r = train(_cfg(task, cell="linear", lr=1e30, clip="none", epochs=5, eval_epochs=5), task)
+    assert r.run["diverged"] and r.history[-1]["diverged"] and r.run["diverged_step"] == r.steps[-1]["step"]
+    assert r.history[-1]["step"] == r.run["diverged_step"] and math.isnan(r.history[-1]["val_loss"])
+    assert not math.isfinite(r.steps[-1]["loss"]) or not math.isfinite(r.steps[-1]["grad_norm_pre"])
+
+
+def test_same_config_same_numbers():
+    cfg = _cfg(_lyrics(sampling="random"))
+    a, b = train(cfg, _lyrics(sampling="random")), train(cfg, _lyrics(sampling="random"))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(a.history) == strip(b.history) and strip(a.steps) == strip(b.steps) and a.tables == b.tables
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_scratch_and_cudnn_start_from_the_same_function(cell):
+    """Same first loss; the fused module's global gradient norm also counts its redundant bias
+    (b_ih and b_hh get the same gradient), so its squared norm exceeds scratch's by exactly that."""
+    task = _lyrics()
+    a = train(_cfg(task, cell=cell, dtype="float64", epochs=1, eval_epochs=1), task)
+    b = train(_cfg(task, cell=cell, impl="cudnn", dtype="float64", epochs=1, eval_epochs=1), task)
+    assert a.steps[0]["loss"] == pytest.approx(b.steps[0]["loss"], rel=1e-12)
+    model = build_model(task.spec, cell, "cudnn", 16, seed=0, dtype=torch.float64, init="normal")
+    batch = next(task.stream(torch.Generator(), 4, 8, "cpu"))
+    outputs, _ = model(batch.x)
+    loss_of(task.spec, outputs, batch.targets()).backward()
+    g = model.cell.rnn.bias_hh_l0.grad
+    redundant = g[: 2 * 16] if cell == "gru" else g  # the GRU candidate's b_hh is a parameter of its own
+    extra = float(redundant.double().pow(2).sum())
+    assert b.steps[0]["grad_norm_pre"] ** 2 == pytest.approx(a.steps[0]["grad_norm_pre"] ** 2 + extra, rel=1e-9)
+
+
+def test_prefix_outside_vocabulary_fails_before_training():
+    task = Lyrics.from_text(TEXT, setting="full", prefixes=("分开",))
+    with pytest.raises(ValueError, match="prefix '分开' has characters outside the vocabulary"):
+        train(_cfg(task), task)
+
+
+def test_generation_greedy_and_sampled():
+    task = _lyrics()
+    model = build_model(task.spec, "gru", "scratch", 8, seed=0)
+    greedy = generate(model, task.vocab, "ab", 10)
+    assert greedy.startswith("ab") and len(greedy) == 12 and greedy == generate(model, task.vocab, "ab", 10)
+    s1 = generate(model, task.vocab, "ab", 30, 1.0, torch.Generator().manual_seed(1))
+    s2 = generate(model, task.vocab, "ab", 30, 1.0, torch.Generator().manual_seed(1))
+    assert s1 == s2 and set(s1) <= set(task.vocab.idx_to_char)
+
+
+def test_untrained_perplexity_is_near_uniform():
+    task = _lyrics()
+    model = build_model(task.spec, "lstm", "scratch", 8, seed=0)
+    scores = evaluate(model, task, task.held_out(4, 8, "cpu"))
+    assert scores["val_metric"] == pytest.approx(len(task.vocab), rel=0.01)
+
+
+def test_evaluation_scores_every_held_out_target_once():
+    """Held-out perplexity by hand: the held-out text read as consecutive streams, state carried."""
+    task = _lyrics()
+    model = build_model(task.spec, "gru", "scratch", 8, seed=1, init="xavier", dtype=torch.float64)
+    batches = task.held_out(4, 8, "cpu")
+    total, count, state = 0.0, 0, None
+    for b in batches:
+        logits, state = model(b.x, state if b.carry else None)
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.y.reshape(-1), reduction="sum").item()
+        count += b.y.numel()
+    assert evaluate(model, task, batches)["val_loss"] == pytest.approx(total / count, rel=1e-12)
+
+
+def test_only_the_scored_steps_reach_the_loss():
+    """The model's output at the scored steps equals its full output there, and targets elsewhere are never read."""
+    task = build("recall", {})
+    batch = task.sample(torch.Generator().manual_seed(0), 6, 7)
+    model = build_model(task.spec, "gru", "scratch", 10, seed=0, dtype=torch.float64)
+    full, _ = model(batch.x)
+    scored, _ = model(batch.x, None, batch.mask)
+    torch.testing.assert_close(scored, full[batch.mask], rtol=0, atol=0)
+    noisy = Batch(batch.x, batch.y.clone(), batch.mask)
+    noisy.y[:-1] = 3  # unscored steps
+    assert loss_of(task.spec, scored, noisy.targets()).item() == loss_of(task.spec, scored, batch.targets()).item()
+
+
+def test_synthetic_run_stops_once_solved_and_records_the_step():
+    from gradlab.measures.train import Config
+
+    cfg = Config(task="recall", cell="lstm", hidden_size=16, seq_len=3, batch_size=32, optimizer="adam", lr=0.03,
+                 steps=400, eval_every=20, stop_when_solved=True, n_symbols=4, eval_size=200)
+    r = train(cfg)
+    solved = r.run["solved_step"]
+    assert solved is not None and solved % 20 == 0 and r.history[-1]["step"] == solved == len(r.steps) < 400
+    assert r.history[-1]["val_loss"] < 0.1 * math.log(4) == pytest.approx(r.run["baseline"] * 0.1)
+    assert all(h["val_loss"] >= 0.1 * r.run["baseline"] for h in r.history[:-1])
+
+
+def test_a_task_parameter_of_another_task_is_an_error():
+    from gradlab.measures.train import Config
+
+    with pytest.raises(ValueError, match="n_symbols does not apply to task 'adding'; it takes: eval_seed, eval_size"):
+        Config(task="adding", n_symbols=4).validate()
+    with pytest.raises(ValueError, match="task 'temporal_order' needs seq_len >= 4"):
+        Config(task="temporal_order", seq_len=3).validate()
+    with pytest.raises(ValueError, match="Unknown task 'adding2'.*Did you mean 'adding'"):
+        Config(task="adding2").validate()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_book_style_code_computes_the_same_step(cell):
+    """The seed's per-gate one-hot code and gradlab's scratch model: same loss, same gradients, same update."""
+    task = _lyrics()
+    model = build_model(task.spec, cell, "scratch", 12, seed=3, init="xavier", dtype=torch.float32)
+    params = book.params_from(model)
+    ids = task.data.train_ids
+    x, y = ids[:40].view(4, 10).T, ids[1:41].view(4, 10).T  # (T, B)
+    logits, _ = model(x)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    before = [p.detach().clone() for p in params]
+    book_loss, _ = book.train_step(cell, params, x, y, book.init_state(cell, 4, 12, "cpu"), lr=1.0, theta=1e9)
+    assert book_loss == pytest.approx(loss.item(), rel=1e-6)
+    names = dict(model.cell.named_parameters()) | {"W_hq": model.W_hq, "b_q": model.b_q}
+    order = [n for n in names if n != "b_hh"]
+    for name, b0, b1 in zip(order, before, params):
+        torch.testing.assert_close(b0 - b1, names[name].grad, rtol=1e-4, atol=1e-7)  # lr 1: update == gradient
+
+
+def test_flop_counts():
+    ours = lm_epoch_flops("gradlab", "gru", 8, 35, 32, 1027, 256)
+    book_flops = lm_epoch_flops("book", "gru", 8, 35, 32, 1027, 256)
+    assert ours == 280 * 3 * (2 * 32 * 256 * 768 + 2 * 32 * 256 * 1027)
+    assert book_flops - ours == 280 * 2 * (2 * 32 * 1027 * 768)
