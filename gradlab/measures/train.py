@@ -33,7 +33,7 @@ def derive(tables: dict[str, pd.DataFrame], axes: list[str]) -> dict[str, pd.Dat
     """Per run: the last evaluation, the best held-out loss, solved or not, and the training time."""
     results, runs = tables["results"], tables.get("runs")
     by = [a for a in axes if a in results.columns]
-    last = results.sort_values("step").groupby(by, dropna=False).tail(1).set_index(by)
+    last = results.groupby(by, dropna=False, sort=False).tail(1).set_index(by)  # rows come in step order, points in grid order
     final = last.drop(columns=[c for c in ("grad_norm_post", "seconds") if c in last]).rename(
         columns={"val_loss": "final_val_loss", "train_loss": "final_train_loss"})
     final["best_val_loss"] = results.groupby(by, dropna=False)["val_loss"].min()
