@@ -236,3 +236,32 @@ def test_convert_refuses_what_has_no_twin():
         convert(create("linear", "scratch", 2, 3), "cudnn")
     with pytest.raises(ValueError, match="exists only in scratch"):
         convert(create("gru", "scratch", 2, 3, variant="reset_before"), "cudnn")
+
+
+def test_written_out_gru_backward_refuses_second_derivatives():
+    """A gradient with create_graph=True through the written-out BPTT would be incomplete: it must raise,
+    for the input and the parameters alike, while the step-by-step path gives a true second derivative."""
+    cell = create("gru", "scratch", 3, 4, seed=0, init="xavier", dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = cell(x)
+    with pytest.raises(RuntimeError, match="not twice differentiable"):
+        torch.autograd.grad(out.pow(2).sum(), [x, cell.W_hz], create_graph=True)
+    inputs, weights = cell.prepare(x)  # step by step: autograd's own graph, twice differentiable
+    h = cell.init_state(2)
+    for inp in inputs:
+        h = cell.step(inp, h, weights)
+    (g,) = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+def test_written_out_gru_backward_passes_gradcheck():
+    """Finite differences in float64 against the written-out BPTT (every input, the initial state,
+    the recurrent weights and the biases)."""
+    from gradlab.cells.bptt import GRUSequence
+
+    gen = torch.Generator().manual_seed(0)
+    T, B, H = 4, 2, 3
+    args = [torch.randn(T, B, 3 * H, generator=gen, dtype=torch.float64), torch.randn(B, H, generator=gen, dtype=torch.float64),
+            torch.randn(H, 3 * H, generator=gen, dtype=torch.float64) * 0.5, torch.randn(3 * H, generator=gen, dtype=torch.float64)]
+    assert torch.autograd.gradcheck(GRUSequence.apply, [a.requires_grad_() for a in args])

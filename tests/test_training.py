@@ -238,3 +238,21 @@ def test_flop_counts():
     book_flops = lm_epoch_flops("book", "gru", 8, 35, 32, 1027, 256)
     assert ours == 280 * 3 * (2 * 32 * 256 * 768 + 2 * 32 * 256 * 1027)
     assert book_flops - ours == 280 * 2 * (2 * 32 * 1027 * 768)
+
+
+def test_two_runs_at_two_threads_give_one_history():
+    """The book's shape (vocabulary 1,027, hidden 256) at 2 threads: the token-id lookup's backward used to
+    accumulate rows in a thread-dependent order, and two runs parted at 1e-6 within ten steps."""
+    from gradlab.baselines.speed import book_config, book_shaped_text
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = book_config(steps=12, eval_every=6)
+        a, b = (train(cfg, Lyrics.from_text(book_shaped_text(), prefixes=("一",), pred_len=4)) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(a.steps) == strip(b.steps) and strip(a.history) == strip(b.history)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), name

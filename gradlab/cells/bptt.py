@@ -1,6 +1,9 @@
 """Backpropagation through time written out for the scratch GRU (reset_after): the forward loop keeps
 its gates, the backward loop applies the chain rule step by step, and the recurrent weight's gradient is
-one matmul over all steps instead of one per step. Same math as ScratchCell.step, checked against torch.nn."""
+one matmul over all steps instead of one per step. Same math as ScratchCell.step, checked against torch.nn.
+Its backward is not itself differentiable: asked for a graph of the gradient (create_graph=True, the first
+half of any second derivative) it raises, where it would otherwise return a silently incomplete answer.
+For Hessians or gradient penalties, drive the cell step by step (ScratchCell.step), which autograd handles."""
 
 from __future__ import annotations
 
@@ -30,6 +33,12 @@ class GRUSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if torch.is_grad_enabled():  # the engine enables grad mode here only under create_graph=True
+            raise RuntimeError(
+                "the scratch GRU's written-out backward (cells/bptt.py) is not twice differentiable: a gradient "
+                "with create_graph=True would miss every term through its saved gates. Drive the cell one step "
+                "at a time (cell.prepare / cell.step, as gradlab.probes does) for second derivatives."
+            )
         h0, w_h, outputs, zr_all, cand_all, hh_all = ctx.saved_tensors
         T, B, H = outputs.shape
         grad_a = grad_out.new_empty(T, B, 3 * H)  # d loss / d (h_{t-1} W_h + bias), every step

@@ -39,7 +39,9 @@ class ScratchCell(nn.Module):
         w_x = torch.cat([getattr(self, f"W_x{g}") for g in self.gates], dim=1)  # (I, G*H)
         b = torch.cat([getattr(self, f"b_{g}") for g in self.gates])  # (G*H,)
         if x.dtype == torch.long:  # (T, B) token ids: one_hot(x) @ w_x is row x of w_x
-            return w_x[x] + b
+            # embedding, not w_x[x]: indexing's backward accumulates rows in a thread-dependent order
+            # (two runs at 2 threads part at 1e-6); embedding's is deterministic at any thread count
+            return nn.functional.embedding(x, w_x) + b
         return torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)  # (T, B, I)
 
     def recurrent(self) -> tuple[torch.Tensor, ...]:
