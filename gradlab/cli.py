@@ -78,7 +78,8 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         study, profile, list(overrides), out, None if device is None else resolve_device(device), workers, executor,
         progress=not quiet, argv=sys.argv, render=None if no_report else render,
     )
-    click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed, {len(summary.failed)} failed; {summary.rows} rows")
+    stale = f" ({summary.stale} of them made before by other code)" if summary.stale else ""
+    click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
     _echo_final(summary.out)
     for fail in summary.failed[:5]:

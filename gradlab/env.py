@@ -1,17 +1,54 @@
-"""What a result needs to describe itself: versions, git state, device and backend."""
+"""What a result needs to describe itself: versions, git state, the code's identity, device and backend."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import platform
+import socket
 import subprocess
 from pathlib import Path
 
 from . import __version__
 
+PACKAGE = Path(__file__).resolve().parent
+NOT_NUMBERS = ("report/", "cli.py")  # source that draws or parses but never computes a number
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(root: Path = PACKAGE) -> str:
+    """sha256 (16 hex digits) over gradlab's source files that can change a number, by relative path:
+    any edit to them makes every cached point stale, whether or not it was committed."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if not rel.startswith(NOT_NUMBERS):
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def code_identity() -> dict:
+    """What computed a point: gradlab's version, source digest and commit, and torch's version. The
+    source digest and torch's version decide whether a cached point is still valid (store.PointStore)."""
+    import torch
+
+    git = git_state()
+    return {"gradlab": __version__, "source": source_digest(), "torch": torch.__version__,
+            "commit": git["commit"], "dirty": git["dirty"], "host": socket.gethostname()}
+
 
 def git_state() -> dict:
-    """Commit and dirty flag of the checkout gradlab runs from; nulls for an installed package."""
-    root = Path(__file__).resolve().parent.parent
+    """Commit and dirty flag of the code that runs: read live from the checkout gradlab runs from, else
+    the ones recorded when the installed wheel was built (setup.py writes gradlab/_build.json). Dirty:
+    tracked files changed, or files not yet tracked in gradlab/ or studies/."""
+    return dict(_git_state())
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state() -> dict:
+    root = PACKAGE.parent
+    built = PACKAGE / "_build.json"
 
     def git(*args: str) -> str | None:
         try:
@@ -21,9 +58,12 @@ def git_state() -> dict:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if commit is None or git("rev-parse", "--show-toplevel") != str(root):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    if commit is not None and git("rev-parse", "--show-toplevel") == str(root):
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", "gradlab", "studies"))
+        return {"commit": commit, "dirty": dirty, "from": "checkout"}
+    if built.is_file():
+        return json.loads(built.read_text()) | {"from": "build"}
+    return {"commit": None, "dirty": None, "from": "unknown"}
 
 
 def environment(device: str = "cpu") -> dict:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import measures
 from .executors import InlineExecutor, default_executor, make_executor
 from .study import Resolved, StudyError, expand, load_study, resolve
+from .env import code_identity
 from .store import PointStore, assemble
 
 
@@ -43,6 +44,7 @@ class RunSummary:
     failed: list[dict]
     rows: int
     report: Path | None
+    stale: int = 0  # of the computed: finished before, by other code (source digest or torch version)
 
 
 def point_key(measure: str, config: dict) -> str:
@@ -71,7 +73,7 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None) -
     seed_everything(int(config.get("seed", 0)))
     start = time.perf_counter()
     key = point_key(measure_name, config)
-    env = {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
+    env = {"code": code_identity(), "torch_threads": torch.get_num_threads(), "pid": os.getpid()}
     try:
         tables = module.run(cfg)
         return PointOutcome(key, config, tables, None, time.perf_counter() - start, env)
@@ -136,11 +138,14 @@ def run_study(
     resolved, points, module = plan(study_ref, profile, list(overrides), device)
     study = resolved.study
     out = Path(out) if out is not None else Path("reports") / f"{study.name}-{resolved.profile}"
-    store = PointStore(out)
+    code = code_identity()
+    store = PointStore(out, code)
     started = datetime.now(timezone.utc).isoformat()
     configs = [dataclasses.asdict(p) for p in points]
     keys = [point_key(study.measure, c) for c in configs]
-    todo = [(k, c) for k, c in zip(keys, configs) if not store.done(k)]
+    states = [store.state(k) for k in keys]
+    todo = [(k, c) for k, c, st in zip(keys, configs, states) if st != "done"]
+    stale = states.count("stale")
     cached = len(points) - len(todo)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
@@ -187,9 +192,9 @@ def run_study(
         "profile": resolved.profile, "argv": argv if argv is not None else sys.argv, "overrides": list(overrides),
         "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes, "exclude": resolved.exclude,
         "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ended": ended,
-        "points_cached": cached, "points_computed": len(todo),
+        "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "code": code,
     }
     columns = list(dict.fromkeys([*getattr(module, "KEY_COLUMNS", ()), *resolved.axes]))
     summary = assemble(out, keys, columns, module, manifest_extra | {"columns": columns})
     report = render(out) if render is not None else None
-    return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report)
+    return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report, stale)

@@ -38,12 +38,18 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+VALIDITY = ("source", "torch")  # the parts of a point's code identity that must match for it to be reused
+
+
 class PointStore:
     """DIR/points/KEY.TABLE.parquet per finished point, then DIR/points/KEY.json as its commit marker:
-    a point whose marker is missing did not finish and runs again; one whose marker says ok never does."""
+    a point whose marker is missing did not finish and runs again; one whose marker says ok is reused,
+    unless other code made it (another source digest or torch version than `code`): then it is stale
+    and runs again, so one table never mixes code versions."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, code: dict | None = None):
         self.dir = Path(out) / "points"
+        self.code = code
 
     def _meta(self, key: str) -> Path:
         return self.dir / f"{key}.json"
@@ -57,9 +63,18 @@ class PointStore:
         except (OSError, ValueError):  # unreadable marker: treat the point as unfinished
             return None
 
-    def done(self, key: str) -> bool:
+    def state(self, key: str) -> str:
+        """'done' (reusable), 'stale' (finished by other code), or 'todo' (missing, failed, half-written)."""
         meta = self.read_meta(key)
-        return bool(meta and meta["status"] == "ok" and all((self.dir / f"{key}.{t}.parquet").exists() for t in meta["tables"]))
+        if not (meta and meta["status"] == "ok" and all((self.dir / f"{key}.{t}.parquet").exists() for t in meta["tables"])):
+            return "todo"
+        made_by = meta.get("env", {}).get("code", {})
+        if self.code is not None and any(made_by.get(k) != self.code.get(k) for k in VALIDITY):
+            return "stale"
+        return "done"
+
+    def done(self, key: str) -> bool:
+        return self.state(key) == "done"
 
     def write(self, outcome) -> None:
         meta = {"key": outcome.key, "config": outcome.config, "seconds": outcome.seconds, "env": outcome.env}
@@ -93,7 +108,9 @@ def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra
         if meta is None:
             continue
         coords = {a: _cell(meta["config"].get(a)) for a in axes}
-        points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords})
+        made_by = meta.get("env", {}).get("code", {})
+        points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords,
+                       "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}})
         if meta["status"] != "ok":
             failed.append({"key": key, **coords, "error": meta["error"]})
             continue

@@ -3,6 +3,7 @@ wheel or in editable mode; and the wheel's package list matches the package fold
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = "import gradlab, gradlab.study as s; print(gradlab.__file__); print(s.studies_dir()); print(sorted(s.builtin_studies()))"
+PROBE = ("import json, gradlab, gradlab.study as s, gradlab.env as e; print(gradlab.__file__); print(s.studies_dir()); "
+         "print(sorted(s.builtin_studies())); print(json.dumps(e.git_state()))")
 
 
 def test_every_package_folder_is_listed_for_the_wheel():
@@ -43,10 +45,15 @@ def test_studies_are_found_outside_the_checkout(tmp_path, editable):
     elsewhere.mkdir()
     done = subprocess.run([str(python), "-c", PROBE], cwd=elsewhere, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    module, studies, names = done.stdout.splitlines()
+    module, studies, names, git = done.stdout.splitlines()
     shipped = {p.stem for p in (ROOT / "studies").glob("*.toml")}
     assert names == str(sorted(shipped)) and {"gradient-decay", "lyrics"} <= shipped
-    if editable:  # the checkout's own folders
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = json.loads(git)
+    if editable:  # the checkout's own folders, its commit read live
         assert Path(module).parent == ROOT / "gradlab" and Path(studies) == ROOT / "studies"
-    else:  # copies inside the environment
+        assert git["from"] == "checkout"
+    else:  # copies inside the environment, and the commit the wheel was built from
         assert str(tmp_path / "venv") in module and Path(studies) == Path(module).parent / "studies"
+        assert git["from"] == "build" and isinstance(git["dirty"], bool)
+    assert git["commit"] == (head or None)  # every manifest names the code that ran

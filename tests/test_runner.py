@@ -175,3 +175,40 @@ def test_a_dead_worker_is_a_failed_point_not_a_dead_study(tiny, tmp_path):
     assert "BrokenProcessPool" in s.failed[0]["error"] and "died" in s.failed[0]["error"]
     again = run_study(tiny, out=tmp_path / "run", device="cpu", progress=False)
     assert (again.cached, again.computed, again.failed) == (N_POINTS - 1, 1, [])
+
+
+def test_a_rerun_after_a_code_change_recomputes_what_it_must(tiny, tmp_path, monkeypatch):
+    from gradlab import env
+
+    out = tmp_path / "run"
+    first = run_study(tiny, out=out, device="cpu", progress=False)
+    made_by = json.loads((out / "manifest.json").read_text())["points"][0]["computed_by"]
+    assert made_by["source"] == env.source_digest() and made_by["torch"] == __import__("torch").__version__
+    assert first.stale == 0
+    monkeypatch.setattr(env, "source_digest", lambda root=None: "0" * 16)  # gradlab's code changed
+    again = run_study(tiny, out=out, device="cpu", progress=False)
+    assert (again.cached, again.computed, again.stale) == (0, N_POINTS, N_POINTS)
+    assert {p["computed_by"]["source"] for p in json.loads((out / "manifest.json").read_text())["points"]} == {"0" * 16}
+    assert run_study(tiny, out=out, device="cpu", progress=False).cached == N_POINTS  # then reused
+    from gradlab import runner
+
+    monkeypatch.setattr(runner, "code_identity", lambda real=env.code_identity: real() | {"torch": "9.9"})  # another torch
+    assert run_study(tiny, out=out, device="cpu", progress=False).stale == N_POINTS
+
+
+def test_source_digest_follows_the_code_that_computes(tmp_path):
+    import shutil
+
+    from gradlab import env
+
+    copy = tmp_path / "gradlab"
+    shutil.copytree(env.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    base = env.source_digest(copy)
+    assert base == env.source_digest(env.PACKAGE)  # a copy of the same code
+    (copy / "report" / "figures.py").write_text("# drawing only\n", encoding="utf-8")
+    (copy / "cli.py").write_text("# parsing only\n", encoding="utf-8")
+    env.source_digest.cache_clear()
+    assert env.source_digest(copy) == base
+    (copy / "tasks" / "new_task.py").write_text("X = 1\n", encoding="utf-8")  # a new file counts, committed or not
+    env.source_digest.cache_clear()
+    assert env.source_digest(copy) != base
