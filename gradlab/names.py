@@ -58,10 +58,6 @@ TEXT_SETTINGS: dict[str, str] = {
     "book": "the first 10,000 characters of the training lines, as the book trains",
     "full": "every training line",
 }
-OOV_POLICIES: dict[str, str] = {
-    "drop": "held-out characters outside the vocabulary are deleted",
-    "unk": "held-out characters outside the vocabulary become one unknown-character token",
-}
 DTYPES: dict[str, str] = {
     "float32": "single precision (torch's default; cuDNN may use TF32 on a GPU)",
     "float64": "double precision: exact comparisons, and norms far below float32's 1e-38",
@@ -79,7 +75,7 @@ EXECUTORS: dict[str, str] = {
 TABLES: dict[str, dict[str, str]] = {
     "cells": CELLS, "impls": IMPLS, "gru variants": GRU_VARIANTS, "inits": INITS, "tasks": TASKS,
     "measures": MEASURES, "optimizers": OPTIMIZERS, "clipping": CLIPS, "samplings": SAMPLINGS,
-    "text settings": TEXT_SETTINGS, "oov policies": OOV_POLICIES, "dtypes": DTYPES, "probes": PROBES,
+    "text settings": TEXT_SETTINGS, "dtypes": DTYPES, "probes": PROBES,
     "executors": EXECUTORS,
 }
 

@@ -57,18 +57,20 @@ def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
 
 
 def lm_epoch_flops(style: str, cell: str, batches: int, num_steps: int, batch_size: int, vocab: int, hidden: int) -> int:
-    """Matmul FLOPs of one training epoch (forward + backward) of a character LM.
+    """Matmul FLOPs of one training epoch (forward + backward) of a character LM, 2 per multiply-add.
 
-    'gradlab': inputs by row lookup (no FLOPs), h @ [W_h*] and the output layer once per step.
-    'book': the seed's code, one-hot x_t @ W_x* per gate too. Backward counts 2x forward for a
-    matmul whose both operands need gradients and 1x when only the weight does (one-hot inputs, lookups).
+    Per batch of T steps: the recurrent product h W_h forward at every step, its weight gradient at
+    every step, and its state gradient at every step but the first (the state a batch starts from is
+    detached, so no gradient flows into it); the output layer forward, and both its gradients.
+    'gradlab': inputs by row lookup (no FLOPs). 'book': the seed's code, one-hot x_t @ W_x* per gate too,
+    forward and weight gradient (the one-hot input needs none). Checked against torch's FlopCounterMode.
     """
-    g, b, v, h = family(cell).gate_count, batch_size, vocab, hidden
-    recurrent = 2 * b * h * g * h * 3  # forward + grads of h and W_h
-    output = 2 * b * h * v * 3
-    per_step = recurrent + output
+    g, b, v, h, T = family(cell).gate_count, batch_size, vocab, hidden, num_steps
+    recurrent = 2 * b * h * g * h * (3 * T - 1)
+    output = 2 * b * h * v * 3 * T
+    per_batch = recurrent + output
     if style == "book":
-        per_step += 2 * b * v * g * h * 2  # forward + weight grad; the one-hot input needs none
+        per_batch += 2 * b * v * g * h * 2 * T
     elif style != "gradlab":
         raise ValueError(f"Unknown style {style!r}. Known: gradlab, book.")
-    return per_step * num_steps * batches
+    return per_batch * batches

@@ -9,6 +9,7 @@ import torch
 from gradlab.cells import convert, create, hidden_of, parameters_in_scratch_layout
 from gradlab.cells.cudnn import FusedCell
 from gradlab.cells.init import spectral_norm
+from oracles import seed_step as _seed_step
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # cuDNN's float32 RNN is itself only this close to the equations: measured on an H200 (cuDNN 9.19) at
@@ -118,29 +119,6 @@ def test_scratch_to_scratch_copy_is_exact(cell, variant):
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     assert torch.equal(a(x)[0], b(x)[0])
     assert b is not a
-
-
-def _seed_step(cell, variant, p, x, h, c=None):
-    """One step written per gate, exactly as the seed's equations read (an independent oracle)."""
-    sig, tanh = torch.sigmoid, torch.tanh
-    if cell == "linear":
-        return x @ p["W_xh"] + h @ p["W_hh"] + p["b_h"]
-    if cell == "rnn":
-        return tanh(x @ p["W_xh"] + h @ p["W_hh"] + p["b_h"])
-    if cell == "gru":
-        z = sig(x @ p["W_xz"] + h @ p["W_hz"] + p["b_z"])
-        r = sig(x @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
-        if variant == "reset_before":  # the seed's equation: (R ⊙ H) W_hh
-            cand = tanh(x @ p["W_xh"] + (r * h) @ p["W_hh"] + p["b_h"])
-        else:  # the seed's code: R ⊙ (H W_hh), plus torch's recurrent bias
-            cand = tanh(x @ p["W_xh"] + r * (h @ p["W_hh"] + p["b_hh"]) + p["b_h"])
-        return z * h + (1 - z) * cand
-    i = sig(x @ p["W_xi"] + h @ p["W_hi"] + p["b_i"])
-    f = sig(x @ p["W_xf"] + h @ p["W_hf"] + p["b_f"])
-    o = sig(x @ p["W_xo"] + h @ p["W_ho"] + p["b_o"])
-    c_tilde = tanh(x @ p["W_xc"] + h @ p["W_hc"] + p["b_c"])
-    c = f * c + i * c_tilde
-    return o * tanh(c), c
 
 
 @pytest.mark.parametrize("cell,variant", [("linear", None), ("rnn", None), ("gru", "reset_before"), ("gru", "reset_after"), ("lstm", None)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradlab.tasks import corpus
-from gradlab.tasks.text import UNK, Vocab, batches_per_epoch, consecutive, prepare, random_chunks, split_lines
+from gradlab.tasks.text import Vocab, batches_per_epoch, consecutive, prepare, random_chunks, split_lines
 
 
 def test_locate_order_and_checks(tmp_path, monkeypatch, corpus_zip):
@@ -57,7 +57,8 @@ def test_real_corpus_matches_the_book(corpus_zip):
     kept = [ln for ln in val_lines if ln.strip() and ln not in book.train_text]
     assert book.stats["val_lines"] == len(kept) > 500  # held-out lines were never trained on, verbatim
     assert book.stats["val_lines"] + book.stats["val_lines_dropped_as_seen"] == sum(bool(ln.strip()) for ln in val_lines)
-    assert book.stats["val_oov_rate"] > 0.1  # 10,000 characters cannot cover the rest: why OOV handling matters
+    assert book.stats["val_oov_chars"] > 0.1 * book.stats["val_chars"]  # 10,000 characters cannot cover the rest
+    assert book.stats["val_targets"] == book.stats["val_chars"] - 1 == book.stats["val_targets_scored"] + book.stats["val_targets_oov"]
 
 
 RAW = "ab\nbc\nab\ncd\nxyz\nab c\nqq\nbd"
@@ -66,19 +67,16 @@ RAW = "ab\nbc\nab\ncd\nxyz\nab c\nqq\nbd"
 def test_split_by_whole_lines_and_drop_seen():
     train, val = split_lines(RAW, 0.25)
     assert train == ["ab", "bc", "ab", "cd", "xyz", "ab c"] and val == ["qq", "bd"]
-    d = prepare(RAW, "full", 0.25, oov="drop")
+    d = prepare(RAW, "full", 0.25)
     assert d.train_text == "ab bc ab cd xyz ab c"
     assert d.vocab.idx_to_char == sorted(set(d.train_text))
-    assert d.val_text == " bd"  # "qq" is out of vocabulary and dropped; lines were joined by a space
-    assert d.stats["val_oov_chars"] == 2 and d.stats["val_oov_rate"] == pytest.approx(2 / 5)
+    assert d.val_text == "qq bd"  # "qq" is outside the vocabulary and stays; lines are joined by a space
+    u = d.vocab.unknown_id
+    assert u == len(d.vocab) and d.val_ids.tolist() == [u, u] + d.vocab.encode(" bd").tolist()
+    s = d.stats
+    assert (s["val_oov_chars"], s["val_targets"], s["val_targets_oov"], s["val_targets_scored"]) == (2, 4, 1, 3)
     d3 = prepare("ab\ncd\ncd", "full", 0.3)
     assert d3.stats["val_lines_dropped_as_seen"] == 1 and d3.val_text == ""
-
-
-def test_unk_policy_keeps_positions():
-    d = prepare(RAW, "full", 0.25, oov="unk")
-    assert d.vocab.idx_to_char[-1] == UNK
-    assert d.val_text == f"{UNK}{UNK} bd"
 
 
 def test_vocab_is_stable_and_errors_name_the_character():
@@ -91,8 +89,6 @@ def test_vocab_is_stable_and_errors_name_the_character():
 def test_bad_options():
     with pytest.raises(ValueError, match="Unknown setting"):
         prepare(RAW, "books")
-    with pytest.raises(ValueError, match="Unknown oov"):
-        prepare(RAW, "full", oov="keep")
     with pytest.raises(ValueError, match="val_fraction"):
         prepare(RAW, "full", 1.5)
 

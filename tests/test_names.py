@@ -58,7 +58,7 @@ def test_every_task_loads_and_every_optimizer_clip_and_executor_builds():
 
 WRONG = [  # (table, config field of the train measure that takes its names)
     ("CELLS", "cell"), ("IMPLS", "impl"), ("INITS", "init"), ("TASKS", "task"), ("OPTIMIZERS", "optimizer"),
-    ("DTYPES", "dtype"), ("SAMPLINGS", "sampling"), ("TEXT_SETTINGS", "setting"), ("OOV_POLICIES", "oov"),
+    ("DTYPES", "dtype"), ("SAMPLINGS", "sampling"), ("TEXT_SETTINGS", "setting"),
 ]
 
 
@@ -66,7 +66,7 @@ WRONG = [  # (table, config field of the train measure that takes its names)
 def test_every_wrong_name_says_did_you_mean(table, key):
     Config = load("train").Config
     for name in getattr(names, table):
-        extra = {"task": "lyrics"} if key in ("sampling", "setting", "oov") else {}  # lyrics parameters
+        extra = {"task": "lyrics"} if key in ("sampling", "setting") else {}  # lyrics parameters
         wrong = name[:-1] + ("x" if name[-1] != "x" else "y")
         with pytest.raises(ValueError, match=f"Unknown .*{re.escape(repr(wrong))}.*Did you mean {re.escape(repr(name))}"):
             Config(**(extra | {key: wrong})).validate()

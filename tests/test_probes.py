@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gradlab.cells import create
+from gradlab.cells import create, parameters_in_scratch_layout
+from oracles import run_seed
 from gradlab.measures.gradient_decay import Config, decay_rates, run
 from gradlab.probes import hidden_grad_norms, input_grad_norms, jacobian_norms
 
@@ -103,13 +104,20 @@ def test_scratch_and_cudnn_give_the_same_curves(cell_name, device):
     torch.testing.assert_close(jacobian_norms(a, x), jacobian_norms(b, x), rtol=1e-9, atol=1e-300)
 
 
-def test_input_probe_equals_full_autograd():
+@pytest.mark.parametrize("cell_name,impl,variant", CASES)
+def test_input_probe_matches_the_seed_equations(cell_name, impl, variant):
+    """||dL/dx_t|| against autograd through the seed's equations written per gate (tests/oracles.py),
+    which share no code with the cells; non-zero biases exercise every path."""
     x, g = _data(9, 2, 3, 4)
-    cell = create("gru", "scratch", 3, 4, init="xavier", seed=0, dtype=F64)
+    cell = create(cell_name, impl, 3, 4, variant=variant, init="xavier", seed=0, dtype=F64)
+    with torch.no_grad():
+        for p in cell.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.3)
+    params = {k: v.detach() for k, v in parameters_in_scratch_layout(cell).items()}
     xr = x.clone().requires_grad_()
-    _, h = cell(xr)
-    (grad,) = torch.autograd.grad((h * g).sum(), xr)
-    torch.testing.assert_close(input_grad_norms(cell, x, g), grad.pow(2).sum(-1).mean(-1).sqrt())
+    (grad,) = torch.autograd.grad((run_seed(cell_name, variant, params, xr) * g).sum(), xr)
+    torch.testing.assert_close(input_grad_norms(cell, x, g), grad.pow(2).sum(-1).mean(-1).sqrt(), rtol=1e-10, atol=1e-14)
 
 
 def test_measure_rows_and_float32_underflow_is_recorded_as_zero():

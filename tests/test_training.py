@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gradlab.baselines import book
+from gradlab.cells import convert, create
 from gradlab.tasks import build
 from gradlab.tasks.base import Batch, loss_of
 from gradlab.tasks.lyrics import Lyrics, generate
@@ -164,17 +165,51 @@ def test_untrained_perplexity_is_near_uniform():
     assert scores["val_metric"] == pytest.approx(len(task.vocab), rel=0.01)
 
 
-def test_evaluation_scores_every_held_out_target_once():
-    """Held-out perplexity by hand: the held-out text read as consecutive streams, state carried."""
-    task = _lyrics()
+OOV_TEXT = "\n".join(["abcd efgh abcd efgh"] * 40 + ["efgh xefgh abcd", "abcd ab zz", "hgfe dcba q"])  # x, z, q unseen
+
+
+@pytest.mark.parametrize("batch_size,length", [(4, 8), (3, 5), (1, 7), (16, 3)])
+def test_evaluation_scores_every_held_out_target_once(batch_size, length):
+    """Held-out perplexity by an independent oracle: one stream, one character at a time, state carried,
+    each in-vocabulary target scored once and out-of-vocabulary characters read as the zero input."""
+    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1)
+    ids, vocab = task.data.val_ids, task.vocab
+    assert (ids == vocab.unknown_id).sum() == 4 and task.stats()["val_targets_oov"] == 4
+    batches = task.held_out(batch_size, length, "cpu")
+    targets = torch.cat([b.y.T.reshape(-1) for b in batches])
+    assert int((targets != -100).sum()) == task.stats()["val_targets_scored"] == len(ids) - 1 - 4
     model = build_model(task.spec, "gru", "scratch", 8, seed=1, init="xavier", dtype=torch.float64)
-    batches = task.held_out(4, 8, "cpu")
-    total, count, state = 0.0, 0, None
-    for b in batches:
-        logits, state = model(b.x, state if b.carry else None)
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.y.reshape(-1), reduction="sum").item()
-        count += b.y.numel()
-    assert evaluate(model, task, batches)["val_loss"] == pytest.approx(total / count, rel=1e-12)
+    got = evaluate(model, task, batches)["val_loss"]
+    p = {n: q.detach() for n, q in model.cell.named_parameters()}
+    streams = max(1, min(batch_size, (len(ids) - 1) // length))
+    per = -(-(len(ids) - 1) // streams)
+    total, count = 0.0, 0
+    for s in range(streams):  # stream s reads ids[s*per : (s+1)*per] from a zero state
+        h = torch.zeros(8, dtype=torch.float64)
+        for t in range(s * per, min((s + 1) * per, len(ids) - 1)):
+            x = torch.zeros(len(vocab), dtype=torch.float64)
+            if ids[t] < len(vocab):
+                x[ids[t]] = 1.0
+            z = torch.sigmoid(x @ p["W_xz"] + h @ p["W_hz"] + p["b_z"])
+            r = torch.sigmoid(x @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
+            h = z * h + (1 - z) * torch.tanh(x @ p["W_xh"] + p["b_h"] + r * (h @ p["W_hh"] + p["b_hh"]))
+            if ids[t + 1] < len(vocab):
+                total -= torch.log_softmax(h @ model.W_hq.detach() + model.b_q.detach(), 0)[ids[t + 1]].item()
+                count += 1
+    assert count == task.stats()["val_targets_scored"]
+    assert got == pytest.approx(total / count, rel=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unknown_token_is_the_zero_input_in_both_impls(cell):
+    a = create(cell, "scratch", 5, 4, seed=0, init="xavier", dtype=torch.float64)
+    b = convert(a, "cudnn")
+    ids = torch.tensor([[1, 5], [5, 0], [3, 5]])  # 5: one past the vocabulary
+    one_hot = torch.nn.functional.one_hot(ids, 6)[..., :5].double()  # the unknown id has no bit set
+    want, _ = a(one_hot)
+    for m in (a, b):
+        got, _ = m(ids)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_only_the_scored_steps_reach_the_loss():
@@ -233,26 +268,30 @@ def test_book_style_code_computes_the_same_step(cell):
         torch.testing.assert_close(b0 - b1, names[name].grad, rtol=1e-4, atol=1e-7)  # lr 1: update == gradient
 
 
-def test_flop_counts():
-    ours = lm_epoch_flops("gradlab", "gru", 8, 35, 32, 1027, 256)
-    book_flops = lm_epoch_flops("book", "gru", 8, 35, 32, 1027, 256)
-    assert ours == 280 * 3 * (2 * 32 * 256 * 768 + 2 * 32 * 256 * 1027)
-    assert book_flops - ours == 280 * 2 * (2 * 32 * 1027 * 768)
+@pytest.mark.parametrize("style,cell", [("gradlab", "rnn"), ("gradlab", "gru"), ("gradlab", "lstm"), ("book", "gru"), ("book", "lstm")])
+def test_flop_formula_matches_torchs_flop_counter(style, cell):
+    """lm_epoch_flops for one batch against FlopCounterMode counting a real training step (state carried
+    in from the previous batch, as in an epoch)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
+    from gradlab.training.clipping import parse_clip
+    from gradlab.training.loop import train_step
 
-def test_two_runs_at_two_threads_give_one_history():
-    """The book's shape (vocabulary 1,027, hidden 256) at 2 threads: the token-id lookup's backward used to
-    accumulate rows in a thread-dependent order, and two runs parted at 1e-6 within ten steps."""
-    from gradlab.baselines.speed import book_config, book_shaped_text
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        cfg = book_config(steps=12, eval_every=6)
-        a, b = (train(cfg, Lyrics.from_text(book_shaped_text(), prefixes=("一",), pred_len=4)) for _ in range(2))
-    finally:
-        torch.set_num_threads(threads)
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-    assert strip(a.steps) == strip(b.steps) and strip(a.history) == strip(b.history)
-    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
-        assert torch.equal(p, q), name
+    task = _lyrics()
+    B, T, H = 4, 6, 12
+    batches = task.stream(torch.Generator(), B, T, "cpu")
+    first, second = next(batches), next(batches)
+    model = build_model(task.spec, cell, "scratch", H, seed=0, init="normal")
+    if style == "gradlab":
+        params = list(model.parameters())
+        opt, clip = make_optimizer("sgd", params, 1.0), parse_clip("norm:0.01")
+        _, _, state, _ = train_step(model, task.spec, first, None, opt, clip, params)
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        with FlopCounterMode(display=False) as counter:
+            train_step(model, task.spec, second, state, opt, clip, params)
+    else:
+        params = book.params_from(model)
+        state = book.init_state(cell, B, H, "cpu")
+        with FlopCounterMode(display=False) as counter:
+            book.train_step(cell, params, second.x, second.y, state, 1.0, 0.01)
+    assert counter.get_total_flops() == lm_epoch_flops(style, cell, 1, T, B, len(task.vocab), H)

@@ -60,6 +60,9 @@ def create(
 ) -> Cell:
     """A recurrent cell with forward(x (T, B, I) or token ids (T, B), state=None) -> (outputs (T, B, H), state).
 
+    Token ids index the rows of the input weights, as one-hot vectors would; the id `input_size` (one
+    past the last) stands for a token outside the vocabulary and gives the all-zero one-hot input.
+
     The same arguments give the same function in both impls: weights are drawn once in the scratch layout.
     """
     variant = check(cell, impl, variant, forget_bias)

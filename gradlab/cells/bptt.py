@@ -57,9 +57,10 @@ class GRUSequence(torch.autograd.Function):
             torch.mul(d_cand, hh_all[t], out=d_zr[:, H:])
             grad_a[t, :, : 2 * H] = aten.sigmoid_backward(d_zr, zr_all[t])
             torch.mul(d_cand, r, out=grad_a[t, :, 2 * H :])
-            grad_h = torch.addmm(dh * z, grad_a[t], w_t)
+            if t or ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
+                grad_h = torch.addmm(dh * z, grad_a[t], w_t)
         grad_inputs = torch.cat([grad_a[..., : 2 * H], grad_x_h], dim=-1)  # (T, B, 3H)
         h_prevs = torch.cat([h0[None], outputs[:-1]])  # (T, B, H)
         grad_w = h_prevs.reshape(-1, H).T @ grad_a.reshape(-1, 3 * H)  # one matmul over all steps
         grad_bias = grad_a.sum((0, 1))
-        return grad_inputs, grad_h, grad_w, grad_bias
+        return grad_inputs, grad_h if ctx.needs_input_grad[1] else None, grad_w, grad_bias

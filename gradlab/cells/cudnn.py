@@ -37,6 +37,8 @@ class FusedCell(nn.Module):
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.long:  # (T, B) token ids -> one-hot (T, B, I): the fused kernels take floats
+            if bool((x == self.input_size).any()):  # one past the vocabulary: the all-zero one-hot input
+                return nn.functional.one_hot(x, self.input_size + 1)[..., : self.input_size].to(self.rnn.weight_hh_l0.dtype)
             return nn.functional.one_hot(x, self.input_size).to(self.rnn.weight_hh_l0.dtype)
         return x
 

@@ -41,6 +41,9 @@ class ScratchCell(nn.Module):
         if x.dtype == torch.long:  # (T, B) token ids: one_hot(x) @ w_x is row x of w_x
             # embedding, not w_x[x]: indexing's backward accumulates rows in a thread-dependent order
             # (two runs at 2 threads part at 1e-6); embedding's is deterministic at any thread count
+            unknown = x == self.input_size  # one past the vocabulary: the all-zero one-hot input
+            if bool(unknown.any()):
+                return nn.functional.embedding(x.masked_fill(unknown, 0), w_x).masked_fill(unknown[..., None], 0) + b
             return nn.functional.embedding(x, w_x) + b
         return torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)  # (T, B, I)
 

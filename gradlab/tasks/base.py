@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 LOSSES = ("cross_entropy", "mse")
 METRICS = ("accuracy", "mse", "perplexity")
+IGNORE = -100  # a class target that is never scored (cross_entropy's ignore_index)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Batch:
 def loss_of(spec: Spec, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """The task's loss over the scored steps: outputs (S, B, O), targets (S, B) ids or (S, B, O)."""
     if spec.loss == "cross_entropy":
-        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction=reduction)
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction=reduction, ignore_index=IGNORE)
     return F.mse_loss(outputs, targets.to(outputs.dtype), reduction=reduction)
 
 
@@ -93,9 +94,9 @@ class Task:
         for accuracy the correct answers and their count."""
         targets = batch.targets()
         sums = {"loss": loss_of(self.spec, outputs, targets, reduction="sum").item()}
-        sums["count"] = targets.numel()
+        sums["count"] = int((targets != IGNORE).sum()) if self.spec.loss == "cross_entropy" else targets.numel()
         if self.spec.metric == "accuracy":
-            sums |= {"correct": float((outputs.argmax(-1) == targets).sum()), "answers": targets.numel()}
+            sums |= {"correct": float((outputs.argmax(-1) == targets).sum()), "answers": sums["count"]}
         return sums
 
     def finish(self, sums: dict[str, float]) -> dict[str, float]:

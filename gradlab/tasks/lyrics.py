@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from ..names import OOV_POLICIES, SAMPLINGS, TEXT_SETTINGS, lookup
-from .base import Batch, Spec, Task, exp_or_inf
+from ..names import SAMPLINGS, TEXT_SETTINGS, lookup
+from .base import IGNORE, Batch, Spec, Task, exp_or_inf
 from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
@@ -22,7 +22,8 @@ class Lyrics(Task):
 
     Training text: the book's first 10,000 characters (setting "book") or every training line ("full"),
     newlines as spaces; held out: the last val_fraction of the corpus's lines that never occur verbatim
-    in the training text. Samplers: "consecutive" (the book's adjacent sampling: B streams, state carried
+    in the training text. Every held-out target in the vocabulary is scored once; characters outside it
+    stay in the text as context (an unknown-character input) and are counted, not scored. Samplers: "consecutive" (the book's adjacent sampling: B streams, state carried
     across batches, reset each epoch) and "random" (shuffled chunks, zero state every batch).
 
     Worked example, seq_len 3, batch 1, text "分开 不分开": x = (分, 开, ' '), y = (开, ' ', 不).
@@ -35,7 +36,6 @@ class Lyrics(Task):
     sampling: str = "consecutive"
     setting: str = "book"
     val_fraction: float = 0.1  # the last 10% of the corpus's lines are held out
-    oov: str = "drop"
     corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download
     prefixes: tuple[str, ...] = ("分开", "不分开")  # the book's
     pred_len: int = 50  # the book's: characters generated from each prefix
@@ -46,7 +46,7 @@ class Lyrics(Task):
     def from_text(cls, raw: str, **params) -> "Lyrics":
         """The task over a given text instead of the corpus (tests, other corpora)."""
         task = cls(**params)
-        task._data = prepare(raw, task.setting, task.val_fraction, task.oov)
+        task._data = prepare(raw, task.setting, task.val_fraction)
         return task
 
     def params(self) -> dict:
@@ -55,7 +55,7 @@ class Lyrics(Task):
     @property
     def data(self) -> LyricsData:
         if self._data is None:
-            self._data = prepare(read_text(locate(self.corpus)), self.setting, self.val_fraction, self.oov)
+            self._data = prepare(read_text(locate(self.corpus)), self.setting, self.val_fraction)
         return self._data
 
     @property
@@ -71,7 +71,6 @@ class Lyrics(Task):
         super().check(length)
         lookup(SAMPLINGS, self.sampling, "sampling")
         lookup(TEXT_SETTINGS, self.setting, "setting")
-        lookup(OOV_POLICIES, self.oov, "oov policy")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if self.pred_len < 0:
@@ -102,10 +101,18 @@ class Lyrics(Task):
                 yield Batch(x, y, carry=carry and k > 0)
 
     def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
-        """The held-out text read as consecutive streams, state carried (fewer streams for a short text)."""
+        """The held-out text as `batch_size` consecutive streams (fewer for a short text), state carried,
+        covering every target exactly once: the last batch is shorter, and the padding that evens the
+        streams out, like a target outside the vocabulary, is never scored (IGNORE)."""
         ids = self.data.val_ids
-        streams = max(1, min(batch_size, (len(ids) - 1) // (length + 1)))
-        return [Batch(x.to(device), y.to(device), carry=k > 0) for k, (x, y) in enumerate(consecutive(ids, streams, length))]
+        n = len(ids) - 1  # next-character targets
+        streams = max(1, min(batch_size, n // length))
+        per_stream = -(-n // streams)  # ceil: the last stream is padded
+        pad = streams * per_stream - n
+        x = torch.cat([ids[:-1], ids.new_zeros(pad)]).view(streams, per_stream).T  # (L, B)
+        y = torch.cat([ids[1:], ids.new_full((pad,), IGNORE)]).view(streams, per_stream).T
+        y = y.masked_fill(y == self.vocab.unknown_id, IGNORE)  # not a character the model can name
+        return [Batch(x[i : i + length].to(device), y[i : i + length].to(device), carry=i > 0) for i in range(0, per_stream, length)]
 
     def row_extras(self, row: dict) -> dict:
         return {"train_ppl": exp_or_inf(row["train_loss"]), "val_ppl": row["val_metric"]}

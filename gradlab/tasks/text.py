@@ -10,10 +10,9 @@ from typing import Iterator
 
 import torch
 
-from ..names import OOV_POLICIES, TEXT_SETTINGS, lookup
+from ..names import TEXT_SETTINGS, lookup
 
 BOOK_CHARS = 10_000  # the book trains on the first 10,000 characters
-UNK = "\ufffd"  # stands for out-of-vocabulary characters under oov="unk"
 
 
 @dataclass
@@ -40,6 +39,16 @@ class Vocab:
             )
         return torch.tensor([self.char_to_idx[ch] for ch in text], dtype=torch.long)
 
+    @property
+    def unknown_id(self) -> int:
+        """The id of a character outside the vocabulary: one past the last, which the cells read as the
+        all-zero one-hot input (no character they know)."""
+        return len(self)
+
+    def encode_with_unknown(self, text: str) -> torch.Tensor:
+        """Token ids (N,), characters outside the vocabulary as `unknown_id`."""
+        return torch.tensor([self.char_to_idx.get(ch, self.unknown_id) for ch in text], dtype=torch.long)
+
     def decode(self, ids: list[int] | torch.Tensor) -> str:
         return "".join(self.idx_to_char[int(i)] for i in ids)
 
@@ -63,28 +72,24 @@ def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
     return lines[:-n_val], lines[-n_val:]
 
 
-def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, oov: str = "drop") -> LyricsData:
-    """Training text as the book makes it (newlines -> spaces, first 10,000 characters for 'book'),
-    and held-out text from lines the model never sees: held-out lines that also occur in the
-    training text (lyrics repeat choruses) are dropped, and out-of-vocabulary characters handled by `oov`.
-    """
+def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> LyricsData:
+    """Training text as the book makes it (newlines -> spaces, first 10,000 characters for 'book'), and
+    held-out text from lines the model never sees: held-out lines that also occur in the training text
+    (lyrics repeat choruses) are dropped. Held-out characters outside the vocabulary stay, as the
+    unknown id: context the model reads (as no known character), targets it is not scored on."""
     lookup(TEXT_SETTINGS, setting, "setting")
-    lookup(OOV_POLICIES, oov, "oov policy")
     train_lines, val_lines = split_lines(raw, val_fraction)
     train_text = " ".join(train_lines)
     if setting == "book":
         train_text = train_text[:BOOK_CHARS]
     val_lines = [ln for ln in val_lines if ln.strip()]
     fresh = [ln for ln in val_lines if ln not in train_text]  # never seen verbatim
-    val_raw = " ".join(fresh)
-    chars = sorted(set(train_text))
-    oov_count = sum(ch not in set(chars) for ch in val_raw)
-    if oov == "unk":
-        vocab = Vocab(chars + [UNK])
-        val_text = "".join(ch if ch in vocab.char_to_idx else UNK for ch in val_raw)
-    else:
-        vocab = Vocab(chars)
-        val_text = "".join(ch for ch in val_raw if ch in vocab.char_to_idx)
+    val_text = " ".join(fresh)
+    vocab = Vocab(sorted(set(train_text)))
+    val_ids = vocab.encode_with_unknown(val_text)
+    oov = val_ids == vocab.unknown_id
+    targets = max(0, len(val_ids) - 1)  # every character after the first is a next-character target
+    oov_targets = int(oov[1:].sum())
     stats = {
         "setting": setting,
         "train_chars": len(train_text),
@@ -92,12 +97,13 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, oov: str
         "val_lines": len(fresh),
         "val_lines_dropped_as_seen": len(val_lines) - len(fresh),
         "val_chars": len(val_text),
-        "val_oov_chars": oov_count,
-        "val_oov_rate": oov_count / max(1, len(val_raw)),
-        "oov_policy": oov,
+        "val_oov_chars": int(oov.sum()),
+        "val_targets": targets,
+        "val_targets_scored": targets - oov_targets,  # in the vocabulary: each scored exactly once
+        "val_targets_oov": oov_targets,  # outside it: read as context, not scored
         "unigram_entropy": unigram_entropy(train_text),
     }
-    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), vocab.encode(val_text), stats)
+    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), val_ids, stats)
 
 
 def unigram_entropy(text: str) -> float:

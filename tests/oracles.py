@@ -1,0 +1,41 @@
+"""Independent oracles: the seed's equations written per gate, exactly as the book reads, sharing no code
+with gradlab's cells."""
+
+from __future__ import annotations
+
+import torch
+
+
+def seed_step(cell, variant, p, x, h, c=None):
+    """One step written per gate, exactly as the seed's equations read (an independent oracle)."""
+    sig, tanh = torch.sigmoid, torch.tanh
+    if cell == "linear":
+        return x @ p["W_xh"] + h @ p["W_hh"] + p["b_h"]
+    if cell == "rnn":
+        return tanh(x @ p["W_xh"] + h @ p["W_hh"] + p["b_h"])
+    if cell == "gru":
+        z = sig(x @ p["W_xz"] + h @ p["W_hz"] + p["b_z"])
+        r = sig(x @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
+        if variant == "reset_before":  # the seed's equation: (R ⊙ H) W_hh
+            cand = tanh(x @ p["W_xh"] + (r * h) @ p["W_hh"] + p["b_h"])
+        else:  # the seed's code: R ⊙ (H W_hh), plus torch's recurrent bias
+            cand = tanh(x @ p["W_xh"] + r * (h @ p["W_hh"] + p["b_hh"]) + p["b_h"])
+        return z * h + (1 - z) * cand
+    i = sig(x @ p["W_xi"] + h @ p["W_hi"] + p["b_i"])
+    f = sig(x @ p["W_xf"] + h @ p["W_hf"] + p["b_f"])
+    o = sig(x @ p["W_xo"] + h @ p["W_ho"] + p["b_o"])
+    c_tilde = tanh(x @ p["W_xc"] + h @ p["W_hc"] + p["b_c"])
+    c = f * c + i * c_tilde
+    return o * tanh(c), c
+
+
+def run_seed(cell: str, variant: str | None, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """The final h after all of x (T, B, I), from a zero state, one seed step at a time."""
+    h = torch.zeros(x.shape[1], params[f"W_h{'c' if cell == 'lstm' else 'h'}"].shape[0], dtype=x.dtype)
+    c = torch.zeros_like(h)
+    for t in range(x.shape[0]):
+        if cell == "lstm":
+            h, c = seed_step(cell, variant, params, x[t], h, c)
+        else:
+            h = seed_step(cell, variant, params, x[t], h)
+    return h
