@@ -6,6 +6,8 @@ import functools
 import sys
 from pathlib import Path
 
+import textwrap
+
 import click
 
 from .names import EXECUTORS, TABLES
@@ -57,35 +59,107 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 
 @main.command()
 @click.argument("study")
-@click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...).")
+@click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...); default: the study's own.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/STUDY-PROFILE); rerunning resumes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel.")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default=None, help="Where points run (default: inline, or processes with --workers > 1).")
+@click.option("--dry-run", is_flag=True, help="Say which points would be computed and how many are cached; compute nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
 @_friendly
 def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
-        executor: str | None = None, quiet: bool = False, no_report: bool = False) -> None:
+        executor: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
-    Exits 1 when some points failed (each is recorded with its error; the rest of the study ran)."""
+    Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
+    interrupted (every finished point is saved: rerun the same command to resume)."""
     from .report import render
-    from .runner import run_study
+    from .runner import StudyInterrupted, plan, point_states, run_study
 
-    summary = run_study(
-        study, profile, list(overrides), out, None if device is None else resolve_device(device), workers, executor,
-        progress=not quiet, argv=sys.argv, render=None if no_report else render,
-    )
+    planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
+    if dry_run:
+        _echo_dry_run(planned, out, profile, point_states(planned, out))
+        return
+    try:
+        summary = run_study(
+            study, profile, list(overrides), out, workers=workers, executor=executor, progress=not quiet,
+            argv=["gradlab", *sys.argv[1:]], render=None if no_report else render, echo=click.echo, planned=planned,
+        )
+    except StudyInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
     stale = f" ({summary.stale} of them made before by other code)" if summary.stale else ""
     click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
-    _echo_final(summary.out)
+    if summary.rows:
+        _echo_summary(summary.out)
     for fail in summary.failed[:5]:
         click.echo(f"failed {fail['key']}: {fail['error'].splitlines()[0]}", err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[str]) -> None:
+    import pandas as pd
+
+    from .runner import default_out
+
+    out = out or default_out(planned)
+    todo = [pt for pt, st in zip(planned.points, states) if st != "done"]
+    how = "asked for" if profile is not None else ("the study's default" if planned.study.default_profile else "no profile: the study's own grid")
+    click.echo(f"study {planned.study.name!r}, profile {planned.resolved.profile!r} ({how}), into {out}: {len(states)} points, "
+               f"{states.count('done')} cached, {len(todo)} to compute ({states.count('stale')} made before by other code)")
+    for line in planned.describe_drops():
+        click.echo(f"  excluded: {line}")
+    if todo:
+        axes = planned.resolved.axes or ["seed"]
+        table = pd.DataFrame([{a: getattr(pt, a) for a in axes} for pt in todo])
+        click.echo("points to compute:\n" + table.to_string(index=False, max_rows=40))
+
+
+@main.command()
+@click.argument("study")
+@_friendly
+def show(study: str) -> None:
+    """What STUDY is: its measure, axes, settings, exclusion rules, and every profile with its point count."""
+    from . import measures
+    from .study import expand, load_study, resolve
+
+    s = load_study(study)
+    config = measures.load(s.measure).Config
+    click.echo(f"{s.name} ({s.source}): measure {s.measure}")
+    click.echo(s.description.strip())
+    click.echo("grid:")
+    for k, v in s.grid.items():
+        click.echo(f"  {k} = {v}")
+    click.echo("settings:")
+    for k, v in s.settings.items():
+        click.echo(f"  {k} = {v!r}")
+    if s.exclude:
+        click.echo("exclude:")
+        for rule in resolve(s, config, None).exclude:
+            click.echo(f"  {rule}")
+    click.echo("profiles (points after exclusions):")
+    for name in [None, *s.profiles]:
+        points, dropped = expand(resolve(s, config, name if name else None) if name else _bare(s, config), config)
+        prof = s.profiles.get(name, {}) if name else {}
+        mark = " (default)" if name is not None and name == s.default_profile else ""
+        label = name or "(no profile: the grid above)"
+        click.echo(f"  {label}{mark}: {len(points)} points, {sum(d.count for d in dropped)} excluded. {prof.get('description', '')}".rstrip())
+        for key in ("grid", "settings"):
+            if prof.get(key):
+                click.echo(f"      {key}: " + ", ".join(f"{k} = {v!r}" for k, v in prof[key].items()))
+
+
+def _bare(study, config):
+    """The study without any profile (not even its default)."""
+    from dataclasses import replace
+
+    from .study import resolve
+
+    return resolve(replace(study, default_profile=None), config, None)
 
 
 @main.command("list")
@@ -103,24 +177,22 @@ def list_things() -> None:
             click.echo(f"  {name:16} {text}")
 
 
-FINAL_COLUMNS = ("step", "epoch", "final_train_loss", "final_val_loss", "baseline", "val_metric", "train_ppl", "val_ppl", "solved")
+def _echo_summary(out: Path) -> None:
+    """The run's key points and summary table, as the report's first screen has them."""
+    from .report import summary_of
 
-
-def _echo_final(out: Path) -> None:
-    """A run's final table, and the last generated text where the task writes some."""
-    import pandas as pd
-
-    final = out / "final.parquet"
-    if final.exists():
-        df = pd.read_parquet(final)
-        shown = [c for c in df.columns if c != "point" and df[c].nunique(dropna=False) > 1]
-        shown += [c for c in FINAL_COLUMNS if c in df and c not in shown]
-        click.echo(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    samples = out / "samples.parquet"
-    if samples.exists():
-        s = pd.read_parquet(samples)
-        for row in s[s["epoch"] == s["epoch"].max()].head(8).itertuples():
-            click.echo(f" - [T={row.temperature:g}] {row.text}")
+    section = summary_of(out)
+    for point in section.key_points:
+        click.echo(textwrap.fill(point, 110))
+    if section.summary:
+        title, df = section.summary
+        constant = [c for c in df.columns if len(df) > 1 and df[c].map(repr).nunique() == 1]
+        click.echo(f"{title}:\n" + df.drop(columns=constant).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for title, df in section.tables[:1]:
+        if "text" in df:  # generated text: a few lines, each with the run it came from
+            runs = [c for c in df.columns if c not in ("epoch", "prefix", "temperature", "text")]
+            for _, row in df.head(8).iterrows():
+                click.echo(f" - {' '.join(str(row[c]) for c in runs)} [T={row['temperature']:g}] {row['text']}".replace("  [", " ["))
 
 
 @main.command()
@@ -130,10 +202,36 @@ def report(run_dir: Path) -> None:
     """Re-render RUN_DIR's figures and report.html from its tables alone."""
     from .report import render
 
+    from .report import UnfinishedRun
+
     try:
         click.echo(f"wrote {render(run_dir)}")
+    except UnfinishedRun as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV here.")
+@_friendly
+def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
+    """RUN_A and RUN_B side by side: the same summary table of each (decay rates, final evaluations), rows
+    matched on the settings that vary, each value as A, B and B - A."""
+    from .report import check_finished
+    from .report.compare import compare as compare_runs
+
+    check_finished(run_a), check_finished(run_b)
+    table, differing = compare_runs(run_a, run_b)
+    for key, (va, vb) in differing.items():
+        click.echo(f"{key}: {va} in A, {vb} in B")
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if out is not None:
+        table.to_csv(out, index=False)
+        click.echo(f"wrote {out}")
 
 
 @main.command("lyrics-speed")

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from . import measures
 from .executors import InlineExecutor, default_executor, make_executor
-from .study import Resolved, StudyError, expand, load_study, resolve
 from .env import code_identity
-from .store import PointStore, assemble
+from .store import PLAN_FILE, PointStore, assemble, progress_of, write_json_atomic
+from .study import Dropped, Resolved, Study, StudyError, expand, load_study, resolve
 
 
 @dataclass
@@ -82,7 +82,34 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None) -
         return PointOutcome(key, config, None, error, time.perf_counter() - start, env)
 
 
-def plan(study_ref: str | Path, profile: str | None, overrides: list[str], device: str | None) -> tuple[Resolved, list, object]:
+@dataclass
+class Plan:
+    """A study made concrete and checked: its points in grid order, their cache keys, and what the
+    study's exclusion rules dropped."""
+
+    resolved: Resolved
+    points: list
+    keys: list[str]
+    module: object
+    dropped: list[Dropped]
+
+    @property
+    def study(self) -> Study:
+        return self.resolved.study
+
+    def describe_drops(self) -> list[str]:
+        return [str(d) for d in self.dropped]
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a kill) during a run: every point that finished is saved; rerunning resumes."""
+
+    def __init__(self, out: Path, saved: int, total: int):
+        super().__init__(f"interrupted: {saved} of {total} points saved in {out}; rerun the same command to resume")
+        self.out, self.saved, self.total = out, saved, total
+
+
+def plan(study_ref: str | Path, profile: str | None, overrides: list[str], device: str | None) -> Plan:
     """Load, resolve and expand a study, and check every point before any work."""
     study = load_study(study_ref)
     module = measures.load(study.measure)
@@ -93,9 +120,10 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         resolved = resolve(study, module.Config, profile, [*overrides, f"device={device}"])
-    points = expand(resolved, module.Config)
+    points, dropped = expand(resolved, module.Config)
     if not points:
-        raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions.")
+        raise StudyError(f"study {study.name!r} ({resolved.profile}) has no points left after its exclusions: "
+                         + "; ".join(map(str, dropped)) + ". Change the --set values.")
     if any(str(getattr(cfg, "device", "cpu")).startswith("cuda") for cfg in points):
         import torch
 
@@ -119,7 +147,40 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
         )
     if hasattr(module, "preflight"):
         module.preflight(points)
-    return resolved, points, module
+    keys = [point_key(study.measure, dataclasses.asdict(p)) for p in points]
+    return Plan(resolved, points, keys, module, dropped)
+
+
+def point_states(p: Plan, out: Path | None) -> list[str]:
+    """Each point's state in `out` ('done', 'stale' or 'todo'), for this code."""
+    store = PointStore(Path(out) if out is not None else default_out(p), code_identity())
+    return [store.state(k) for k in p.keys]
+
+
+def default_out(p: Plan) -> Path:
+    return Path("reports") / f"{p.study.name}-{p.resolved.profile}"
+
+
+def previous_run(out: Path, p: Plan) -> str | None:
+    """What reusing `out` for this plan replaces, in a sentence; None when it held this very grid (or nothing)."""
+    path = Path(out) / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if before.get("keys") == p.keys:
+        return None
+    shared = len(set(before.get("keys", [])) & set(p.keys))
+    return (f"{out} held a run of study {before.get('study')!r} ({before.get('profile')}, {len(before.get('keys', []))} points, "
+            f"{' '.join(before.get('argv') or [])!r}); its tables are replaced by this grid's {len(p.keys)} points, "
+            f"{shared} of which it had computed (they are reused if made by this code).")
+
+
+def write_plan(out: Path, p: Plan, argv: list[str]) -> None:
+    write_json_atomic({"study": p.study.name, "profile": p.resolved.profile, "measure": p.study.measure, "argv": argv,
+                       "keys": p.keys}, Path(out) / PLAN_FILE)
 
 
 def run_study(
@@ -133,20 +194,33 @@ def run_study(
     progress: bool = True,
     argv: list[str] | None = None,
     render: Callable[[Path], Path] | None = None,
+    echo: Callable[[str], None] | None = None,
+    planned: Plan | None = None,
 ) -> RunSummary:
-    """Run every point not already finished in `out`, then write the tables, manifest and report."""
-    resolved, points, module = plan(study_ref, profile, list(overrides), device)
-    study = resolved.study
-    out = Path(out) if out is not None else Path("reports") / f"{study.name}-{resolved.profile}"
+    """Run every point not already finished in `out`, then write the tables, manifest and report.
+    `echo` hears what the run is about to do (profile, points, exclusions, a reused folder)."""
+    p = planned or plan(study_ref, profile, list(overrides), device)
+    resolved, points, module, keys, study = p.resolved, p.points, p.module, p.keys, p.study
+    argv = argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]  # the program's name, not its path
+    out = Path(out) if out is not None else default_out(p)
     code = code_identity()
     store = PointStore(out, code)
-    started = datetime.now(timezone.utc).isoformat()
-    configs = [dataclasses.asdict(p) for p in points]
-    keys = [point_key(study.measure, c) for c in configs]
+    configs = [dataclasses.asdict(pt) for pt in points]
     states = [store.state(k) for k in keys]
     todo = [(k, c) for k, c, st in zip(keys, configs, states) if st != "done"]
     stale = states.count("stale")
     cached = len(points) - len(todo)
+    if echo:
+        how = "asked for" if profile is not None else ("the study's default" if study.default_profile else "no profile: the study's own grid")
+        echo(f"study {study.name!r}, profile {resolved.profile!r} ({how}): {len(points)} points, {cached} cached, {len(todo)} to compute"
+             + (f" ({stale} made before by other code)" if stale else ""))
+        for line in p.describe_drops():
+            echo(f"  excluded: {line}")
+        replaced = previous_run(out, p)
+        if replaced:
+            echo(f"  note: {replaced}")
+    write_plan(out, p, argv)
+    started = datetime.now(timezone.utc).isoformat()
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
     executor_name = (executor or default_executor(workers)) if own_executor else type(executor).__name__
@@ -177,10 +251,13 @@ def run_study(
                 bar.update(1)
                 if failed_now:
                     bar.set_postfix(failed=failed_now)
-    except BaseException:  # killed (Ctrl-C) or broken: keep every point that did finish, then stop
+    except BaseException as exc:  # killed (Ctrl-C) or broken: keep every point that did finish, then stop
         for future in in_flight:
             if future.done() and not future.cancelled() and future.exception() is None:
                 store.write(future.result())
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, StudyInterrupted):
+            saved = sum(store.state(k) == "done" for k in keys)
+            raise StudyInterrupted(out, saved, len(keys)) from exc
         raise
     finally:
         bar.close()
@@ -189,12 +266,13 @@ def run_study(
     ended = datetime.now(timezone.utc).isoformat()
     manifest_extra = {
         "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
-        "profile": resolved.profile, "argv": argv if argv is not None else sys.argv, "overrides": list(overrides),
-        "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes, "exclude": resolved.exclude,
+        "profile": resolved.profile, "argv": argv, "overrides": list(overrides),
+        "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
+        "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),
         "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ended": ended,
         "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "code": code,
     }
-    columns = list(dict.fromkeys([*getattr(module, "KEY_COLUMNS", ()), *resolved.axes]))
+    columns = [f.name for f in dataclasses.fields(module.Config)]  # every setting: tables of any two runs stack
     summary = assemble(out, keys, columns, module, manifest_extra | {"columns": columns})
     report = render(out) if render is not None else None
     return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report, stale)

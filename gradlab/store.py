@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -10,12 +11,21 @@ from pathlib import Path
 import pandas as pd
 
 
+@functools.lru_cache(maxsize=1)
+def file_mode() -> int:
+    """0666 less the user's umask: what open() would give (mkstemp's temporary files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,6 +48,7 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+PLAN_FILE = "plan.json"  # written when a run starts: what it is, for resuming and for a reused --out
 VALIDITY = ("source", "torch")  # the parts of a point's code identity that must match for it to be reused
 
 
@@ -96,8 +107,9 @@ def _cell(value: object) -> object:
 
 
 def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra: dict) -> dict:
-    """Long-form tables from the finished points (grid coordinates as leading columns), the measure's
-    derived tables, and manifest.json. Returns the failures and the row count."""
+    """Long-form tables from the finished points (every setting as a leading column, so the tables of
+    any two runs stack), the measure's derived tables, and manifest.json with a column dictionary.
+    Returns the failures and the row count."""
     from .env import environment
 
     store = PointStore(out)
@@ -136,5 +148,18 @@ def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra
         "tables": {name: len(df) for name, df in tables.items()},
         "derived": sorted(derived), "row_count": len(results), "points": points, "failed": len(failed),
     }
+    described = getattr(module, "COLUMNS", {})
+    written = [c for df in [*tables.values(), *derived.values()] for c in df.columns]
+    manifest["column_dictionary"] = {c: described.get(c, "") for c in dict.fromkeys(written)}
     write_json_atomic(manifest, Path(out) / "manifest.json")
     return {"failed": failed, "rows": len(results)}
+
+
+def progress_of(out: Path) -> dict | None:
+    """For a run folder: its plan and how many of its points are saved (None when no run started there)."""
+    path = Path(out) / PLAN_FILE
+    if not path.exists():
+        return None
+    started = read_json(path)
+    store = PointStore(out)
+    return started | {"saved": sum(store.state(k) == "done" for k in started["keys"]), "total": len(started["keys"])}

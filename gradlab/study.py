@@ -19,7 +19,8 @@ else:  # pragma: no cover
 
 from .names import suggest
 
-TOP_KEYS = ("name", "measure", "description", "grid", "settings", "exclude", "profiles")
+TOP_KEYS = ("name", "measure", "description", "default_profile", "grid", "settings", "exclude", "profiles")
+BECAUSE = "because"  # an exclusion rule's optional reason, said whenever the rule drops a point
 PROFILE_KEYS = ("description", "grid", "settings", "exclude")
 
 
@@ -37,7 +38,34 @@ class Study:
     exclude: list[dict[str, Any]]
     profiles: dict[str, dict]
     source: str  # where it was read from, for messages and the manifest
+    default_profile: str | None = None  # the profile a run without --profile uses
 
+
+@dataclass
+class Rule:
+    """An exclusion: a point whose every named key takes one of the listed values is left out."""
+
+    match: dict[str, list]
+    because: str = ""
+
+    def matches(self, point: dict) -> bool:
+        return all(point.get(k) in vals for k, vals in self.match.items())
+
+    def __str__(self) -> str:
+        text = "{" + ", ".join(f"{k}={v[0]!r}" if len(v) == 1 else f"{k} in {v!r}" for k, v in self.match.items()) + "}"
+        return f"{text} ({self.because})" if self.because else text
+
+
+@dataclass
+class Dropped:
+    rule: Rule
+    count: int
+    combos: list[dict]  # the distinct values the dropped points had on the rule's keys, in grid order
+
+    def __str__(self) -> str:
+        shown = "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in self.combos[:6])
+        more = f"; and {len(self.combos) - 6} more" if len(self.combos) > 6 else ""
+        return f"rule {self.rule} dropped {self.count} point{'s' * (self.count != 1)}: {shown}{more}"
 
 @dataclass
 class Resolved:
@@ -47,7 +75,8 @@ class Resolved:
     profile: str
     values: dict[str, list]  # key -> values (one value: fixed)
     axes: list[str]  # keys that are grid coordinates (declared as grid, or given several values)
-    exclude: list[dict[str, list]] = field(default_factory=list)
+    exclude: list[Rule] = field(default_factory=list)
+    overridden: list[str] = field(default_factory=list)  # keys --set gave
 
 
 def studies_dir() -> Path:
@@ -66,18 +95,19 @@ def builtin_studies() -> dict[str, Path]:
 def load_study(ref: str | Path) -> Study:
     """A study by name (shipped with gradlab) or by path to a TOML file."""
     path = Path(ref)
+    source = str(ref)  # as the user named it: a shipped study reads 'studies/NAME.toml', no machine's path
     if not (path.suffix == ".toml" or path.exists()):
         known = builtin_studies()
         if str(ref) not in known:
             raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")
-        path = known[str(ref)]
+        path, source = known[str(ref)], f"studies/{ref}.toml"
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"study file {path} is not valid TOML: {exc}") from None
-    return parse_study(data, str(path))
+        raise StudyError(f"study file {source} is not valid TOML: {exc}") from None
+    return parse_study(data, source)
 
 
 def _expect_table(value: Any, where: str) -> dict:
@@ -112,11 +142,14 @@ def parse_study(data: dict, source: str) -> Study:
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
         raise StudyError(f"{source}: exclude must be a list of tables like {{cell = 'linear', impl = 'cudnn'}}.")
+    default = data.get("default_profile")
+    if default is not None and default not in profiles:
+        raise StudyError(f"{source}: default_profile {default!r} is not one of its profiles. {suggest(str(default), profiles)}")
     return Study(
         name=data["name"], measure=data["measure"], description=str(data.get("description", "")),
         grid=_check_grid(_expect_table(data.get("grid", {}), f"{source}: grid"), "grid"),
         settings=_expect_table(data.get("settings", {}), f"{source}: settings"),
-        exclude=exclude, profiles=profiles, source=source,
+        exclude=exclude, profiles=profiles, source=source, default_profile=default,
     )
 
 
@@ -186,8 +219,10 @@ def parse_override(text: str) -> tuple[str, list[str]]:
 
 
 def resolve(study: Study, config_cls: type, profile: str | None = None, overrides: list[str] = ()) -> Resolved:
-    """Defaults < study settings and grid < profile < --set; every key checked against config_cls."""
+    """Defaults < study settings and grid < profile (the study's default_profile when none is named) <
+    --set; every key checked against config_cls."""
     types_of = field_types(config_cls)
+    profile = profile if profile is not None else study.default_profile
     values: dict[str, list] = {}
     axes: list[str] = []
     exclude = list(study.exclude)
@@ -210,25 +245,39 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         put(prof.get("settings", {}), f"profile {profile!r} settings", False)
         put(prof.get("grid", {}), f"profile {profile!r} grid", True)
         exclude += prof.get("exclude", [])
+    overridden = []
     for text in overrides:
         key, raw = parse_override(text)
         put({key: raw}, "--set", True)
+        overridden.append(key)
     rules = []
     for rule in exclude:
-        for key in rule:
+        because = rule.get(BECAUSE, "")
+        match = {k: v for k, v in rule.items() if k != BECAUSE}
+        for key in match:
             if key not in types_of:
                 raise StudyError(f"{study.source}: exclude names unknown key {key!r}. {suggest(key, types_of)}")
-        rules.append({k: [coerce(k, v, types_of[k], "exclude") for v in (rule[k] if isinstance(rule[k], list) else [rule[k]])] for k in rule})
-    return Resolved(study, profile or "default", values, axes, rules)
+        rules.append(Rule({k: [coerce(k, v, types_of[k], "exclude") for v in (vals if isinstance(vals, list) else [vals])]
+                           for k, vals in match.items()}, str(because)))
+    return Resolved(study, profile or "default", values, axes, rules, overridden)
 
 
-def expand(resolved: Resolved, config_cls: type) -> list:
-    """Every grid point as a config_cls instance, excluded combinations left out, in grid order."""
+def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
+    """Every grid point as a config_cls instance in grid order, and what each exclusion rule dropped
+    (a point is charged to the first rule it matches)."""
     keys = list(resolved.values)
-    points = []
+    points: list = []
+    dropped: dict[int, Dropped] = {}
     for combo in itertools.product(*(resolved.values[k] for k in keys)):
         point = dict(zip(keys, combo))
-        if any(all(point.get(k) in vals for k, vals in rule.items()) for rule in resolved.exclude):
+        rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(point)), None)
+        if rule_index is None:
+            points.append(config_cls(**point))
             continue
-        points.append(config_cls(**point))
-    return points
+        rule = resolved.exclude[rule_index]
+        d = dropped.setdefault(rule_index, Dropped(rule, 0, []))
+        d.count += 1
+        combo = {k: point.get(k) for k in rule.match}
+        if combo not in d.combos:
+            d.combos.append(combo)
+    return points, [dropped[i] for i in sorted(dropped)]

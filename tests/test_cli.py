@@ -100,3 +100,109 @@ def test_lyrics_prefix_outside_vocabulary(tmp_path, corpus_zip):
 def test_lyrics_missing_corpus_says_how_to_supply_it(tmp_path):
     r = invoke("lyrics", "--set", f"corpus={tmp_path / 'nope.zip'}", "--out", str(tmp_path / "x"))
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def _quick_args(out, *more):
+    return ["run", "gradient-decay", "--set", "cell=linear,rnn", "--set", "seq_len=20", "--set", "probe=hidden",
+            "--set", "forget_bias=0", "--device", "cpu", "--out", str(out), "--quiet", *more]
+
+
+def test_show_names_axes_settings_rules_and_point_counts():
+    r = invoke("show", "gradient-decay")
+    assert r.exit_code == 0, r.output
+    for text in ("measure gradient_decay", "grid:", "init_scale = [0.5, 0.9, 1.0, 1.1, 1.5]", "settings:", "hidden_size = 128",
+                 "exclude:", "(torch.nn has no identity-activation RNN)", "quick (default): 81 points, 63 excluded",
+                 "full: 495 points", "gpu: 486 points"):
+        assert text in r.output, text
+    r = invoke("show", "lyrics")
+    assert "book (default): 1 points" in r.output and "full: 8 points" in r.output
+
+
+def test_dry_run_says_what_it_would_compute_and_computes_nothing(tmp_path):
+    out = tmp_path / "run"
+    r = invoke(*_quick_args(out, "--dry-run"))
+    assert r.exit_code == 0, r.output
+    assert "profile 'quick' (the study's default)" in r.output and "9 points, 0 cached, 9 to compute" in r.output
+    assert "rule {cell='linear', impl='cudnn'} (torch.nn has no identity-activation RNN) dropped 3 points" in r.output
+    assert "points to compute:" in r.output and r.output.count("hidden") >= 9 and not out.exists()
+    invoke(*_quick_args(out))
+    r = invoke(*_quick_args(out, "--set", "seed=0,1", "--dry-run"))
+    assert "18 points, 9 cached, 9 to compute" in r.output
+
+
+def test_a_run_says_its_profile_and_points_before_it_starts(tmp_path):
+    r = invoke(*_quick_args(tmp_path / "a"))
+    first = r.output.splitlines()[0]
+    assert first == "study 'gradient-decay', profile 'quick' (the study's default): 9 points, 0 cached, 9 to compute", r.output
+    r = invoke(*_quick_args(tmp_path / "a", "--profile", "full", "--set", "seed=0", "--set", "init_scale=1"))
+    assert "profile 'full' (asked for)" in r.output
+
+
+def test_interrupted_run_says_how_much_is_saved_and_report_says_the_same(tmp_path, monkeypatch):
+    from gradlab import runner
+
+    out = tmp_path / "run"
+    real, calls = runner.execute_point, []
+
+    def dies_on_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_point", dies_on_fourth)
+    r = CliRunner().invoke(main, _quick_args(out))
+    assert r.exit_code == 130 and "interrupted: 3 of 9 points saved" in r.output and "rerun the same command to resume" in r.output
+    r = invoke("report", str(out))
+    assert r.exit_code == 1 and "unfinished run of study 'gradient-decay' (quick): 3 of 9 points saved; rerun the same command" in r.output
+    monkeypatch.setattr(runner, "execute_point", real)
+    assert "9 points, 3 cached, 6 to compute" in invoke(*_quick_args(out)).output
+
+
+def test_reusing_out_for_another_grid_says_what_it_replaces(tmp_path):
+    out = tmp_path / "run"
+    invoke(*_quick_args(out))
+    r = invoke(*_quick_args(out, "--set", "seq_len=30"))
+    assert f"note: {out} held a run of study 'gradient-decay' (quick, 9 points" in r.output
+    assert "its tables are replaced by this grid's 9 points, 0 of which it had computed" in r.output
+    r = invoke(*_quick_args(out, "--set", "seq_len=30"))
+    assert "note:" not in r.output  # the same grid again: nothing replaced
+
+
+def test_every_file_a_run_writes_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    from gradlab import store
+
+    old = os.umask(0o027)
+    store.file_mode.cache_clear()
+    try:
+        invoke(*_quick_args(tmp_path / "run"))
+    finally:
+        os.umask(old)
+        store.file_mode.cache_clear()
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(files) > 20 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+
+
+def test_meaningless_values_are_errors():
+    for setting, message in [("init_scale=-1", "init_scale must be > 0"), ("hidden_size=0", "hidden_size must be >= 1"),
+                             ("input_std=-0.5", "input_std must be >= 0"), ("batch_size=-2", "batch_size must be >= 1")]:
+        r = invoke("run", "gradient-decay", "--set", setting, "--dry-run")
+        assert r.exit_code == 2 and message in r.output, (setting, r.output)
+    r = invoke("run", "lyrics", "--set", "lr=0", "--dry-run")
+    assert r.exit_code == 2 and "lr must be > 0" in r.output
+
+
+def test_compare_puts_two_runs_side_by_side(tmp_path):
+    invoke(*_quick_args(tmp_path / "a"))
+    invoke(*_quick_args(tmp_path / "b", "--set", "seed=1"))
+    r = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.csv"))
+    assert r.exit_code == 0, r.output
+    assert "seed: 0 in A, 1 in B" in r.output
+    table = pd.read_csv(tmp_path / "c.csv")
+    assert len(table) == 9 and (table["in"] == "both").all()  # (linear scratch, rnn scratch, rnn cudnn) x 3 init_scales
+    linear = table[table["cell"] == "linear"]
+    assert (linear["factor_per_step B-A"].abs() < 1e-12).all()  # exactly rho per step, whatever the seed
+    assert (table[table["cell"] == "rnn"]["factor_per_step B-A"].abs() > 0).any()

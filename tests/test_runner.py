@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import subprocess
 import sys
@@ -48,15 +49,21 @@ def test_run_writes_tidy_tables_and_a_manifest(tiny, tmp_path):
     s = run_study(tiny, out=out, device="cpu", progress=False, argv=["gradlab", "run", "tiny"])
     assert (s.points, s.cached, s.computed, s.failed) == (N_POINTS, 0, N_POINTS, [])
     res = pd.read_parquet(out / "results.parquet")
-    assert list(res.columns[:7]) == ["cell", "impl", "seq_len", "init", "init_scale", "seed", "probe"]  # fixed or not
+    from gradlab.measures.gradient_decay import Config
+
+    settings = [f.name for f in dataclasses.fields(Config)]
+    assert list(res.columns[: len(settings)]) == settings  # every setting, fixed or not: two runs' tables stack
     assert {"t", "distance", "grad_norm", "wrt"} <= set(res.columns)
     assert (res["seq_len"] == 12).all()
     assert len(res) == s.rows and res["point"].nunique() == N_POINTS
     rates = pd.read_parquet(out / "decay_rates.parquet")
     assert {"factor_per_step", "vanish_distance", "r2"} <= set(rates.columns)
     m = json.loads((out / "manifest.json").read_text())
-    for key in ["study", "resolved", "argv", "seeds", "environment", "backends", "started", "ended", "row_count", "points"]:
+    for key in ["study", "resolved", "argv", "seeds", "environment", "backends", "started", "ended", "row_count", "points", "column_dictionary"]:
         assert key in m, key
+    described = m["column_dictionary"]
+    for name in ("results", "decay_rates", "summary", "impl_agreement"):
+        assert all(described.get(c) for c in pd.read_parquet(out / f"{name}.parquet").columns), name  # every column has a meaning
     assert m["row_count"] == len(res) and m["argv"] == ["gradlab", "run", "tiny"]
     assert {"gradlab", "torch", "cuda", "cudnn", "device", "git"} <= set(m["environment"])
     assert set(m["backends"]) >= {"python-loop"}
@@ -124,7 +131,8 @@ def test_report_reads_tables_only_and_is_self_contained(tiny, tmp_path):
     assert pngs and text.count("data:image/png;base64,") == len(pngs)
     assert "src=\"http" not in text and "<script" not in text.lower()
     assert "a tiny &lt;b&gt;study&lt;/b&gt;" in text  # every string escaped
-    assert text.index("<h2>Figures") < text.index("<h2>Tables") < text.index("<h2>Manifest")  # pictures first
+    assert text.index("<h2>Summary") < text.index("<h2>Figures") < text.index("<h2>Tables") < text.index("<summary>Manifest")  # pictures first
+    assert "<details><summary>Column dictionary" in text and "<details><summary>Manifest" in text  # folded
     for p in (out / "figures").glob("*.png"):
         p.unlink()
     (out / "points").rename(tmp_path / "moved")  # no recomputation possible: the tables alone
@@ -133,7 +141,7 @@ def test_report_reads_tables_only_and_is_self_contained(tiny, tmp_path):
 
 
 def test_report_never_imports_torch():
-    code = "import sys, gradlab.report, gradlab.report.studies; print('torch' in sys.modules)"
+    code = "import sys, gradlab.report, gradlab.report.compare, gradlab.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

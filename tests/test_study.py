@@ -46,9 +46,10 @@ def test_resolve_layers_and_types(tmp_path):
     assert r.values["seq_len"] == [3, 4] and r.values["batch_size"] == [2] and r.values["hidden_size"] == [4]
     assert r.values["init_scale"] == [0.5, 1.0] and all(isinstance(v, float) for v in r.values["init_scale"])
     assert r.axes == ["cell", "impl", "seq_len", "init_scale", "dtype"]
-    points = expand(r, gradient_decay.Config)
+    points, dropped = expand(r, gradient_decay.Config)
     assert len(points) == 3 * 2 * 2  # (linear/scratch, rnn/scratch, rnn/cudnn) x seq_len x init_scale
     assert not any(p.cell == "linear" and p.impl == "cudnn" for p in points)
+    assert len(dropped) == 1 and dropped[0].count == 4 and dropped[0].combos == [{"cell": "linear", "impl": "cudnn"}]
     assert resolve(study, gradient_decay.Config, None, ["variant=none", "init_scale=None"]).values["init_scale"] == [None]
 
 

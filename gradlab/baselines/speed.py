@@ -73,7 +73,7 @@ def book_config(**overrides) -> TrainConfig:
     from ..study import expand, load_study, resolve
 
     resolved = resolve(load_study("lyrics"), train_measure.Config, "book", [f"{k}={v}" for k, v in overrides.items()])
-    (cfg,) = expand(resolved, train_measure.Config)
+    (cfg,), _ = expand(resolved, train_measure.Config)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Measures: one module per study kind (named in gradlab.names.MEASURES), each with a Config dataclass,
-run(cfg) -> tables (no file I/O), derive(tables, axes), KEY_COLUMNS (the config keys every table carries
-even when a study fixes them), and optionally preflight(configs): checks of shared inputs made once
-before any work."""
+run(cfg) -> tables (no file I/O), derive(tables, columns) -> derived tables, COLUMNS (the column
+dictionary: every column it writes, with its unit and meaning), and optionally preflight(configs): checks
+of shared inputs made once before any work. Every table carries every setting as a column."""
 
 from __future__ import annotations
 
@@ -9,6 +9,25 @@ import importlib
 from types import ModuleType
 
 from ..names import MEASURES, lookup
+
+
+COMMON_COLUMNS: dict[str, str] = {
+    "point": "the point's cache key: a hash of its whole config",
+    "seed": "seed of the weights (and of the data's own generator)",
+    "cell": "recurrent cell: linear, rnn, gru or lstm",
+    "impl": "scratch (equations written out) or cudnn (torch.nn's fused kernels)",
+    "variant": "GRU variant (reset_after, reset_before); empty for other cells",
+    "init": "weight initialisation (gradlab list: inits)",
+    "init_scale": "spectral norm each recurrent matrix is scaled to; empty: the init's own",
+    "forget_bias": "LSTM forget-gate bias at initialisation",
+    "hidden_size": "hidden units H",
+    "seq_len": "steps T per sequence (the lag)",
+    "batch_size": "sequences B per batch",
+    "dtype": "floating-point type of weights and data",
+    "device": "cpu or cuda",
+    "backend": "the kernel that ran, read off autograd (python-loop, aten-cpu, onednn, cudnn)",
+    "error": "the failed point's exception and the end of its traceback",
+}
 
 
 def load(name: str) -> ModuleType:

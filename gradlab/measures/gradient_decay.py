@@ -11,8 +11,27 @@ import torch
 from ..cells import check, create, family
 from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, input_grad_norms, jacobian_norms
+from . import COMMON_COLUMNS
 
-KEY_COLUMNS = ("cell", "impl", "seq_len", "init", "init_scale", "seed", "probe")  # in every table, axes or not
+COLUMNS = COMMON_COLUMNS | {
+    "probe": "hidden (||dL/dh_t||, ||dL/dc_t||), input (||dL/dx_t||) or jacobian (||ds_{T-1}/ds_t||_2)",
+    "input_size": "input width I",
+    "input_std": "standard deviation of the Gaussian inputs",
+    "jacobian_batch": "sequences whose full Jacobians the jacobian probe forms",
+    "wrt": "what the gradient is taken with respect to: h, c (LSTM cell state), x, or the full state h,c",
+    "t": "step index, 0 .. T-1",
+    "distance": "steps from the loss, T-1-t",
+    "grad_norm": "RMS over the batch of the per-sequence L2 norm (unitless; 1 at distance 0 for the hidden probe)",
+    "log10_rate_per_step": "slope of log10 grad_norm against distance (median over seeds), by least squares",
+    "factor_per_step": "10^slope: the norm's factor per step (1 keeps, < 1 decays, > 1 explodes)",
+    "r2": "the fit's coefficient of determination on the log axis (low: not one rate)",
+    "fit_points": "distances in the fit (norms > 0 and finite; float32 underflow left out)",
+    "vanish_distance": "first distance (steps) where the norm is below 1e-6 of its value nearest the loss",
+    "max_distance": "largest distance measured (steps)",
+    "pairs": "norms measured by both impls at the same settings and step",
+    "max_abs_diff": "largest |scratch - cudnn| over those pairs", "max_rel_diff": "largest |scratch - cudnn| / max(|scratch|, |cudnn|)",
+    "fit": "one rate (r2 >= 0.95) or not one rate (the curve bends: read the figure, not the number)",
+}
 FLOOR_RATIO = 1e-6  # "vanished": the norm falls below this fraction of its value at distance 0
 
 
@@ -42,6 +61,8 @@ class Config:
         lookup(INITS, self.init, "init")
         if self.init_scale is not None and not self.init_scale > 0:
             raise ValueError(f"init_scale must be > 0 (a spectral norm), or none; got {self.init_scale}.")
+        if self.input_std < 0:
+            raise ValueError(f"input_std must be >= 0, got {self.input_std}.")
         for name in ("seq_len", "hidden_size", "input_size", "batch_size", "jacobian_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -96,7 +117,49 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def derive(tables: dict[str, pd.DataFrame], axes: list[str]) -> dict[str, pd.DataFrame]:
+def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per probe and wrt: how far scratch and cudnn are apart on the same norms (same settings, t)."""
+    if results["impl"].nunique() < 2:
+        return pd.DataFrame(columns=["probe", "wrt", "pairs", "max_abs_diff", "max_rel_diff"])
+    keys = [c for c in columns if c not in ("impl", "point") and c in results] + ["wrt", "t"]
+    key = pd.Series(["|".join(parts) for parts in zip(*(results[c].map(repr) for c in keys))], index=results.index)  # None, NaN match as text
+    rows = []
+    for (probe, wrt), idx in results.groupby(["probe", "wrt"], sort=False).groups.items():
+        g = results.loc[idx]
+        a = g[g["impl"] == "scratch"].set_index(key[idx][g["impl"] == "scratch"])["grad_norm"]
+        b = g[g["impl"] == "cudnn"].set_index(key[idx][g["impl"] == "cudnn"])["grad_norm"]
+        a, b = a.align(b, join="inner")
+        if not len(a):
+            continue
+        diff = (a - b).abs()
+        scale = np.maximum(a.abs(), b.abs())
+        rel = (diff / scale)[scale > 0]
+        rows.append({"probe": probe, "wrt": wrt, "pairs": len(a), "max_abs_diff": float(diff.max()),
+                     "max_rel_diff": float(rel.max()) if len(rel) else 0.0})
+    return pd.DataFrame(rows, columns=["probe", "wrt", "pairs", "max_abs_diff", "max_rel_diff"])
+
+
+AGREE = 1e-6  # relative: scratch and cudnn closer than this are one curve on any figure
+GOOD_FIT = 0.95  # r2 below this: the decay is not one rate per step
+
+
+def summary(rates: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
+    """The numbers the study exists for: the hidden probe's factor per step (else the first probe's), its
+    r2 and vanishing distance, one row per setting; impls merged where they agree."""
+    main = ("hidden", "h") if ((rates["probe"] == "hidden") & (rates["wrt"] == "h")).any() else tuple(rates[["probe", "wrt"]].iloc[0])
+    out = rates[(rates["probe"] == main[0]) & (rates["wrt"] == main[1])].copy()
+    agree = agreement[(agreement["probe"] == main[0]) & (agreement["wrt"] == main[1])]
+    if len(agree) and agree["max_rel_diff"].max() < AGREE:
+        twinned = set(out.loc[out["impl"] == "cudnn", "cell"])
+        out = out[out["impl"] == "scratch"]
+        out["impl"] = [("scratch = cudnn" if c in twinned else "scratch") for c in out["cell"]]
+    out["fit"] = np.where(out["r2"] >= GOOD_FIT, "one rate", "not one rate")
+    return out.reset_index(drop=True)
+
+
+def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
     results = tables["results"]
-    by = [a for a in axes if a != "seed" and a in results.columns] + ["wrt"]  # seeds pooled by the median
-    return {"decay_rates": decay_rates(results, by)}
+    by = [c for c in columns if c != "seed" and c in results.columns] + ["wrt"]  # seeds pooled by the median
+    rates = decay_rates(results, by)
+    agreement = impl_agreement(results, columns)
+    return {"decay_rates": rates, "impl_agreement": agreement, "summary": summary(rates, agreement)}

@@ -6,8 +6,52 @@ from __future__ import annotations
 import pandas as pd
 
 from ..training import TrainConfig, train, with_task_params
+from . import COMMON_COLUMNS
 
-KEY_COLUMNS = ("task", "cell", "impl", "seq_len", "seed")  # in every table, axes or not
+COLUMNS = COMMON_COLUMNS | {
+    # settings
+    "task": "what the model learns (gradlab list: tasks)",
+    "optimizer": "sgd, adam or rmsprop", "lr": "learning rate",
+    "clip": "clipping strategy: none, norm:THETA (global norm), value:THETA (element-wise)",
+    "steps": "optimiser steps asked for", "eval_every": "steps between evaluations on the held-out set",
+    "solve_fraction": "solved: held-out loss below this fraction of the baseline",
+    "stop_when_solved": "whether a run stops at its first solved evaluation",
+    "eval_size": "held-out sequences of a synthetic task", "eval_seed": "seed of the held-out sequences",
+    "n_symbols": "symbols to remember (copy, recall)", "copy_len": "symbols copied (copy)",
+    "n_distractors": "distractor alphabet size (recall)", "sampling": "lyrics: consecutive or random batches",
+    "setting": "lyrics: book (first 10,000 characters) or full training text",
+    "val_fraction": "lyrics: share of the corpus's lines held out", "corpus": "lyrics: the corpus path given, if any",
+    "prefixes": "lyrics: prefixes text is generated from", "pred_len": "lyrics: characters generated per prefix",
+    "sample_temperature": "lyrics: temperature of the sampled text (greedy text is drawn too)",
+    # per evaluation (results) and per step (steps)
+    "step": "optimiser steps taken", "epoch": "lyrics: epochs completed (results), epoch of the step (steps)",
+    "train_loss": "mean training loss over the last epoch (lyrics) or since the last evaluation (nats, or MSE)",
+    "val_loss": "held-out loss (nats per scored target, or MSE); NaN once diverged",
+    "val_metric": "accuracy (0-1), MSE, or perplexity (lyrics), on the held-out set",
+    "baseline": "the task's memoryless baseline: the loss of the best predictor that ignores the past",
+    "grad_norm": "median global gradient L2 norm before clipping, over the steps since the last evaluation",
+    "grad_norm_pre": "global gradient L2 norm before clipping", "grad_norm_post": "after clipping (median, in results)",
+    "clipped": "whether clipping changed the gradient", "clip_rate": "share of steps clipped since the last evaluation",
+    "loss": "training loss of the step", "seconds": "training seconds (a step, or the steps since the last evaluation)",
+    "diverged": "a non-finite loss or gradient ended the run", "train_ppl": "lyrics: exp(train_loss)",
+    "val_ppl": "lyrics: held-out perplexity over in-vocabulary targets",
+    # per run (runs, final)
+    "parameters": "trainable parameters", "steps_done": "optimiser steps taken", "steps_per_epoch": "lyrics: batches per epoch",
+    "diverged_step": "the step whose loss or gradient was not finite", "solved_step": "first evaluation step below solve_fraction x baseline",
+    "train_seconds": "training seconds in all (evaluation excluded)", "train_chars": "lyrics: training characters",
+    "vocab_size": "lyrics: characters in the vocabulary", "val_lines": "lyrics: held-out lines never seen in training",
+    "val_lines_dropped_as_seen": "lyrics: held-out lines dropped because the training text holds them",
+    "val_chars": "lyrics: held-out characters", "val_oov_chars": "lyrics: held-out characters outside the vocabulary",
+    "val_targets": "lyrics: held-out next-character targets", "val_targets_scored": "lyrics: of them, in the vocabulary (scored once each)",
+    "val_targets_oov": "lyrics: of them, outside the vocabulary (read as context, not scored)",
+    "unigram_entropy": "lyrics: entropy of the training characters (nats): the baseline",
+    "final_train_loss": "train_loss at the last evaluation", "final_val_loss": "val_loss at the last evaluation",
+    "best_val_loss": "lowest val_loss of the run", "loss_over_baseline": "final_val_loss / baseline (1: no better than ignoring the past)",
+    "solved": "val_loss went below solve_fraction x baseline at some evaluation", "steps_to_solve": "the first such step",
+    "seconds_per_epoch": "lyrics: training seconds per epoch",
+    # samples
+    "prefix": "lyrics: the prefix", "temperature": "lyrics: 0 for greedy text", "text": "lyrics: prefix and generated text",
+}
 
 Config = with_task_params(TrainConfig)
 
@@ -29,21 +73,20 @@ def run(cfg) -> dict[str, list[dict]]:
     return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
 
 
-def derive(tables: dict[str, pd.DataFrame], axes: list[str]) -> dict[str, pd.DataFrame]:
+def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
     """Per run: the last evaluation, the best held-out loss, solved or not, and the training time."""
     results, runs = tables["results"], tables.get("runs")
-    by = [a for a in axes if a in results.columns]
-    last = results.groupby(by, dropna=False, sort=False).tail(1).set_index(by)  # rows come in step order, points in grid order
+    last = results.groupby("point", sort=False).tail(1).set_index("point")  # rows come in step order, points in grid order
     final = last.drop(columns=[c for c in ("grad_norm_post", "seconds") if c in last]).rename(
         columns={"val_loss": "final_val_loss", "train_loss": "final_train_loss"})
-    final["best_val_loss"] = results.groupby(by, dropna=False)["val_loss"].min()
+    final["best_val_loss"] = results.groupby("point")["val_loss"].min()
     final["loss_over_baseline"] = final["final_val_loss"] / final["baseline"]
     if runs is not None and len(runs):
-        r = runs.set_index(by)
+        r = runs.set_index("point")
         final["solved"] = r["solved_step"].notna()
         final["steps_to_solve"] = r["solved_step"]
         final["diverged_step"] = r["diverged_step"]
         final["train_seconds"] = r["train_seconds"]
-        if "steps_per_epoch" in r and r["steps_per_epoch"].notna().all():
+        if r["steps_per_epoch"].notna().all():
             final["seconds_per_epoch"] = r["train_seconds"] / (r["steps_done"] / r["steps_per_epoch"])
     return {"final": final.reset_index()}

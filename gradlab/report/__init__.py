@@ -1,69 +1,100 @@
-"""The report of a run: PNG figures and one self-contained HTML page, read from the run's tables alone."""
+"""The report of a run: PNG figures and one self-contained HTML page, read from the run's tables alone.
+Pictures first: the few numbers the study exists for, then figures, then tables; details folded."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from ..store import read_json
-from . import figures
-from .studies import FIGURES, TABLES
+from ..store import progress_of, read_json
+from . import figures, gradient_decay, page, train
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:.9em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px}
-pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.8em}.failed{color:#a00}"""
+VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view}  # measure -> its view
+
+
+class UnfinishedRun(FileNotFoundError):
+    """A folder a run started in but did not finish: the message says how far it got and how to resume."""
 
 
 def load_tables(out: Path) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_parquet(p) for p in sorted(Path(out).glob("*.parquet"))}
 
 
+def check_finished(out: Path) -> dict:
+    """The run's manifest; an error that says what the folder holds when there is none."""
+    out = Path(out)
+    if (out / "manifest.json").exists():
+        return read_json(out / "manifest.json")
+    started = progress_of(out)
+    if started is None:
+        raise FileNotFoundError(f"{out} holds no manifest.json: not a gradlab run folder (make one with `gradlab run`).")
+    raise UnfinishedRun(
+        f"{out} is an unfinished run of study {started['study']!r} ({started['profile']}): {started['saved']} of "
+        f"{started['total']} points saved; rerun the same command to resume: {' '.join(started.get('argv') or [])}")
+
+
+def summary_of(out: Path) -> page.Section:
+    """A finished run's key points and summary table (nothing drawn): what `gradlab run` prints at the end."""
+    manifest = check_finished(out)
+    tables = load_tables(out)
+    view = VIEWS.get(manifest.get("measure", ""))
+    return view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
+
+
 def render(out: Path) -> Path:
     """Write DIR/figures/*.png and DIR/report.html from DIR's tables and manifest; returns the page."""
     out = Path(out)
-    if not (out / "manifest.json").exists():
-        raise FileNotFoundError(f"{out} holds no manifest.json: not a gradlab run folder (make one with `gradlab run`).")
-    manifest = read_json(out / "manifest.json")
+    manifest = check_finished(out)
     tables = load_tables(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     for old in fig_dir.glob("*.png"):
         old.unlink()
-    blocks = []
     measure = manifest.get("measure", "")
-    if len(tables.get("results", [])) and measure in FIGURES:
-        for stem, caption, fig in FIGURES[measure](tables, manifest.get("columns", manifest.get("axes", []))):
-            path = fig_dir / f"{stem.strip('-') or 'figure'}.png"
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-            figures.close(fig)
-            data = base64.b64encode(path.read_bytes()).decode()
-            blocks.append(f'<figure><img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">'
-                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    sections = [f"<h2>Figures</h2>{''.join(blocks) or '<p>No figures: the run has no results yet.</p>'}"]
-    shown = TABLES.get(measure, lambda t: [])(tables)
+    view = VIEWS.get(measure)
+    section = view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
+    blocks = []
+    for stem, caption, draw in section.figures:
+        fig = draw()
+        path = fig_dir / f"{stem.strip('-') or 'figure'}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        figures.close(fig)
+        blocks.append(page.figure(path, caption))
+    title = f"{manifest.get('study', 'gradlab run')} ({manifest.get('profile', '')})"
+    failed = int(manifest.get("failed", 0))
+    git = manifest.get("environment", {}).get("git", {})
+    commit = (git.get("commit") or "unknown commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+    body = [f"<h1>{html.escape(title)}</h1><p class='lede'>{html.escape(manifest.get('description', ''))}</p>",
+            f"<p class='run'>{manifest.get('row_count', 0):,} rows from {len(manifest.get('points', []))} points"
+            + (f", <span class='failed'>{failed} failed</span>" if failed else "")
+            + f"; {html.escape(' '.join(manifest.get('argv') or []))}; gradlab {html.escape(str(manifest.get('environment', {}).get('gradlab')))}"
+            f" at {html.escape(commit)}, torch {html.escape(str(manifest.get('environment', {}).get('torch')))}, "
+            f"{html.escape(str(manifest.get('environment', {}).get('device')))}; {html.escape(str(manifest.get('started')))[:19]} to "
+            f"{html.escape(str(manifest.get('ended')))[:19]} UTC.</p>"]
+    if section.key_points or section.summary:
+        body.append("<h2>Summary</h2><div class='key'>" + "".join(f"<p>{html.escape(k)}</p>" for k in section.key_points) + "</div>")
+        if section.summary:
+            body.append(page.table(section.summary[1], section.summary[0]))
+    body.append("<h2>Figures</h2>" + ("".join(blocks) or "<p>No figures: the run has no results yet.</p>"))
+    shown = list(section.tables)
     failures = tables.get("failures")
     if failures is not None and len(failures):
         shown.append(("Failed points", failures))
-    if shown:
-        sections.append("<h2>Tables</h2>" + "".join(
-            f"<h3>{html.escape(title)}</h3>{df.to_html(index=False, escape=True, float_format=lambda v: f'{v:.4g}', na_rep='')}"
-            for title, df in shown))
-    sections.append(f"<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))}</pre>")
-    failed = manifest.get("failed", 0)
-    title = f"{manifest.get('study', 'gradlab run')} ({manifest.get('profile', '')})"
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(manifest.get('description', ''))}</p>"
-        f"<p>{manifest.get('row_count', 0)} rows from {len(manifest.get('points', []))} points"
-        + (f", <span class='failed'>{int(failed)} failed</span>" if failed else "")
-        + f"; started {html.escape(str(manifest.get('started')))}, ended {html.escape(str(manifest.get('ended')))}.</p>"
-        + "".join(sections) + "</body></html>"
-    )
+    if shown or section.folded:
+        body.append("<h2>Tables</h2>" + "".join(page.table(df, t) for t, df in shown)
+                    + "".join(page.details(f"{t} ({len(df)} rows)", page.table(df)) for t, df in section.folded))
+    if manifest.get("dropped"):
+        body.append("<p class='cap'>Left out by the study's exclusion rules: "
+                    + html.escape("; ".join(manifest["dropped"])) + ".</p>")
+    columns = manifest.get("column_dictionary", {})
+    if columns:
+        body.append(page.details(f"Column dictionary ({len(columns)} columns)", page.table(
+            pd.DataFrame({"column": list(columns), "unit and meaning": list(columns.values())}))))
+    body.append(page.details("Manifest (study, resolved settings, versions, device, points)",
+                             f"<pre>{html.escape(json.dumps(manifest, indent=1, ensure_ascii=False, default=str))}</pre>"))
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(page.page(title, "".join(body)), encoding="utf-8")
     return path

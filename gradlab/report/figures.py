@@ -1,42 +1,127 @@
-"""Plot functions in seaborn's style: (df, roles) -> Figure. They draw; they never compute."""
+"""Plot helpers in seaborn's style: (df, roles) -> Figure. They draw; they never compute."""
 
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")  # files, not windows
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-
-def log_lines(df: pd.DataFrame, x: str, y: str, hue: str | None = None, style: str | None = None, col: str | None = None,
-              title: str = "", ylabel: str | None = None) -> plt.Figure:
-    """Lines of y against x on a log y axis; seeds and repeats drawn as their median."""
-    col = col if col and df[col].nunique() > 1 else None
-    grid = sns.relplot(data=df, x=x, y=y, hue=hue, style=style, col=col, kind="line", estimator="median",
-                       errorbar=None, height=3.4, aspect=1.15, facet_kws={"sharey": True}, col_wrap=min(3, df[col].nunique()) if col else None)
-    grid.set(yscale="log")
-    grid.set_axis_labels(x, ylabel or y)
-    grid.figure.suptitle(title, y=1.02)
-    return grid.figure
+CELL_ORDER = ("linear", "rnn", "gru", "lstm")  # simplest first
+NAMELESS = {"model", "split", "quantity"}  # panels titled by their value alone
+sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 
 
-def heatmap(df: pd.DataFrame, index: list[str], columns: str, values: str, title: str = "", fmt: str = ".3f",
-            center: float | None = None) -> plt.Figure:
-    wide = df.pivot_table(index=index, columns=columns, values=values, aggfunc="first")
-    wide.index = ["/".join(map(str, k)) if isinstance(k, tuple) else str(k) for k in wide.index]
-    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * max(1, wide.shape[1]), 0.9 + 0.45 * max(1, wide.shape[0])))
-    sns.heatmap(wide, annot=True, fmt=fmt, cmap="vlag", center=center, ax=ax, cbar_kws={"label": values})
-    ax.set_title(title)
-    ax.set_xlabel(columns)
+def ordered(values, order: tuple = CELL_ORDER) -> list:
+    """Known names in `order`, then the rest in their own order."""
+    values = list(dict.fromkeys(values))
+    return [v for v in order if v in values] + [v for v in values if v not in order]
+
+
+def palette(values) -> dict:
+    """One colour per value, the same in every figure of a page (values sorted)."""
+    values = sorted(dict.fromkeys(values), key=lambda v: (str(type(v)), v))
+    return dict(zip(values, sns.color_palette("viridis" if len(values) > 4 else "deep", len(values))))
+
+
+def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
+    """The figure's title and, below it, every setting fixed in the drawn data, so a PNG stands alone."""
+    shown = ", ".join(f"{k} {v}" for k, v in fixed.items())
+    return "\n".join([title, *textwrap.wrap(shown, width)]) if shown else title
+
+
+def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, title: str, xlabel: str, ylabel: str,
+                    panel_order: list | None = None, zeros_at_floor: bool = True, baseline: float | None = None,
+                    style: str | None = None, col_wrap: int = 4) -> plt.Figure:
+    """One panel per value of `panel`, lines of y against x on a log axis coloured by `hue` (one colour per
+    value across panels). Exact zeros cannot sit on a log axis: they are marked at the panel's floor as
+    'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline)."""
+    order = panel_order or ordered(df[panel].unique())
+    n = len(order)
+    cols = min(n, col_wrap)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.6, 2.8 * rows + 0.9), sharex=True, sharey=True, squeeze=False)
+    colours = palette(df[hue].unique())
+    styles = {v: ls for v, ls in zip(ordered(df[style].unique()), ("-", "--", ":", "-."))} if style else {None: "-"}
+    positive = df[y][(df[y] > 0) & np.isfinite(df[y])]
+    floor = positive.min() / 3 if len(positive) else 1e-12
+    has_zero = False
+    for ax, value in zip(axes.flat, order):
+        g = df[df[panel] == value]
+        for (h, st), line in g.groupby([hue, style] if style else [hue, panel], sort=False, dropna=False):
+            line = line.sort_values(x)
+            pos = line[line[y] > 0]
+            ax.plot(pos[x], pos[y], color=colours[h], ls=styles.get(st if style else None, "-"), lw=1.4,
+                    label=f"{hue} {h}" + (f", {style} {st}" if style else ""))
+            zero = line[line[y] == 0]
+            if zeros_at_floor and len(zero):
+                has_zero = True
+                ax.plot(zero[x], np.full(len(zero), floor), "x", color=colours[h], ms=5)
+        if baseline is not None:
+            ax.axhline(baseline, color="0.3", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(str(value) if panel in NAMELESS else f"{panel} {value}", fontsize=9)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for k, ax in enumerate(axes.flat[:n]):
+        if k + cols >= n:  # nothing drawn below it: its column's x axis is labelled here
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    for ax in axes.flat[1:n]:
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lb, hd)
+    if has_zero:
+        seen["exactly 0 (marked at the floor)"] = plt.Line2D([], [], marker="x", ls="", color="0.3")
+    if baseline is not None:
+        seen["baseline"] = plt.Line2D([], [], ls="--", color="0.3")
+    fig.legend(seen.values(), seen.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
 
 
-def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "") -> plt.Figure:
+def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, title: str, center: float = 1.0,
+             weak: str | None = None, weak_below: float = 0.95, fmt: str = ".3f", row_order: list | None = None) -> plt.Figure:
+    """One heatmap per value of `panel`, on one shared colour scale centred at `center`. Where the column
+    `weak` is under `weak_below` (a poor fit), the number is written '~x' in grey: not a crisp rate."""
+    panels = list(dict.fromkeys(df[panel]))
+    finite = df[values][np.isfinite(df[values])]
+    span = max(abs(finite.max() - center), abs(finite.min() - center), 1e-9) if len(finite) else 1.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 + 1.6 + 1.25 * df[cols].nunique() * len(panels), 1.3 + 0.42 * df[rows].nunique()),
+                             squeeze=False)
+    for k, (ax, value) in enumerate(zip(axes.flat, panels)):
+        g = df[df[panel] == value]
+        wide = g.pivot_table(index=rows, columns=cols, values=values, aggfunc="first", dropna=False)
+        present = set(wide.dropna(how="all").index)
+        wide = wide.reindex([r for r in (row_order or ordered(wide.index)) if r in present])
+        text = wide.map(lambda v: "" if pd.isna(v) else format(v, fmt))
+        if weak:
+            fit = g.pivot_table(index=rows, columns=cols, values=weak, aggfunc="first", dropna=False).reindex(wide.index)
+            text = text.where(~(fit < weak_below), "~" + text)
+        sns.heatmap(wide, annot=text, fmt="", cmap="vlag", center=center, vmin=center - span, vmax=center + span, ax=ax,
+                    cbar=k == len(panels) - 1, cbar_kws={"label": values}, linewidths=0.5, annot_kws={"fontsize": 8})
+        ax.set_title(str(value), fontsize=9)
+        ax.set_ylabel(rows if k == 0 else "")
+        ax.set_xlabel(cols)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bars(df: pd.DataFrame, x: str, y: str, hue: str | None, title: str, ylabel: str, order: list | None = None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None)
-    ax.set_title(title)
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None, order=order or ordered(df[x].unique()))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -91,7 +91,6 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> Lyric
     targets = max(0, len(val_ids) - 1)  # every character after the first is a next-character target
     oov_targets = int(oov[1:].sum())
     stats = {
-        "setting": setting,
         "train_chars": len(train_text),
         "vocab_size": len(vocab),
         "val_lines": len(fresh),
