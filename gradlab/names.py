@@ -20,7 +20,7 @@ IMPLS: dict[str, str] = {
     "cudnn": "torch.nn.RNN/GRU/LSTM: cuDNN on CUDA, PyTorch's fused kernels on CPU",
 }
 GRU_VARIANTS: dict[str, str] = {
-    "reset_after": "n = tanh(x W_xh + b_h + r * (h W_hh + b_hh)): torch.nn.GRU, cuDNN, the book's code",
+    "reset_after": "n = tanh(x W_xh + b_h + r * (h W_hh + b_hh)): torch.nn.GRU, cuDNN; the book's code without b_hh",
     "reset_before": "n = tanh(x W_xh + (r * h) W_hh + b_h): Cho et al. 2014, the book's equation (scratch only)",
 }
 INITS: dict[str, str] = {
