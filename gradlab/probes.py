@@ -90,3 +90,42 @@ def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
         for t in range(len(states))
     ])
     return sigma.pow(2).mean(-1).sqrt()
+
+
+def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
+    """||dL/dh_t|| (and ||dL/dc_t||) at every t for a task's own loss on one batch, from one backward pass.
+
+    L sums each sequence's loss (its mean over the scored steps), so a sequence's gradient is that of its
+    own loss; norms are RMS over the batch. The state gradients are taken at the interface between steps,
+    as for hidden_grad_norms."""
+    from .tasks.base import loss_of
+
+    cell = model.cell
+    states, taps = run_steps(cell, batch.x)
+    hidden = torch.stack([hidden_of(s) for s in states])  # (T, B, H)
+    if batch.mask is not None:
+        hidden = hidden[batch.mask]  # (S, B, H)
+    outputs = model.readout(hidden)  # (S, B, O)
+    loss = loss_of(spec, outputs, batch.targets(), reduction="sum") / outputs.shape[0]
+    names = cell.family.state
+    targets = [tap[k] for k in range(len(names)) for tap in taps]
+    grads = torch.autograd.grad(loss, targets, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+    T = len(taps)
+    return {name: _rms_norms(grads[k * T : (k + 1) * T]) for k, name in enumerate(names)}
+
+
+def input_grads_at_last_step(model, x: torch.Tensor, loss_of_last) -> torch.Tensor:
+    """||dL/dz_t|| for every t, z_t = x_t W_x + b the projected input (for token ids: the embedding row the
+    step reads), L a loss on the last step's output; RMS over the batch. Driven through the scratch twin
+    of the model's cell (the same function), so both impls give the same numbers."""
+    from .cells import convert
+
+    cell = convert(model.cell, "scratch") if model.cell.impl != "scratch" else model.cell
+    projected = cell.project(x).detach().requires_grad_()  # (T, B, G*H)
+    state = cell.init_state(x.shape[1])
+    weights = cell.recurrent()
+    for inp in cell.per_step(projected):
+        state = cell.step(inp, state, weights)
+    (grad,) = torch.autograd.grad(loss_of_last(model.readout(hidden_of(state)[None])[0]), projected)
+    return _rms_norms(list(grad.unbind(0)))

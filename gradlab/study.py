@@ -207,11 +207,16 @@ def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
     raise StudyError(f"{where}: {key}={value!r} is not a valid {names} value.")
 
 
-def parse_override(text: str) -> tuple[str, list[str]]:
-    """'KEY=V1,V2' -> ('KEY', ['V1', 'V2'])."""
+def parse_override(text: str) -> tuple[str, list]:
+    """'KEY=V1,V2' -> ('KEY', ['V1', 'V2']); 'KEY=[1, 2]' is one list value (a TOML array), for list settings."""
     if "=" not in text:
         raise StudyError(f"--set {text!r} must read KEY=VALUE or KEY=V1,V2,...")
     key, _, raw = text.partition("=")
+    if raw.strip().startswith("["):
+        try:
+            return key.strip(), [tomllib.loads(f"v = {raw.strip()}")["v"]]
+        except tomllib.TOMLDecodeError as exc:
+            raise StudyError(f"--set {text!r}: {raw.strip()!r} is not a TOML array like [0, 100, 1000] ({exc}).") from None
     values = [v.strip() for v in raw.split(",")]
     if not key.strip() or any(v == "" for v in values):
         raise StudyError(f"--set {text!r} must read KEY=VALUE or KEY=V1,V2,... with no empty value.")

@@ -139,3 +139,47 @@ def test_decay_rates_oracle():
     assert r["factor_per_step"] == pytest.approx(0.5, rel=1e-12) and r["r2"] == pytest.approx(1.0)
     assert r["vanish_distance"] == 20  # 0.5^20 < 1e-6 < 0.5^19
     assert r["fit_points"] == 46
+
+
+@pytest.mark.parametrize("cell_name,impl", [("rnn", "scratch"), ("lstm", "scratch"), ("gru", "cudnn"), ("lstm", "cudnn")])
+@pytest.mark.parametrize("task_name", ["adding", "copy"])
+def test_task_loss_probe_matches_autograd_on_each_step(cell_name, impl, task_name):
+    """The flow probe's ||dL/dh_t|| for a task's own loss, against autograd from the state handed out by
+    step t, one sequence at a time (each sequence's own loss: its mean over the scored steps)."""
+    from gradlab.probes import task_loss_grad_norms
+    from gradlab.tasks import build
+    from gradlab.tasks.base import loss_of
+    from gradlab.training import build_model
+
+    task = build(task_name, {"copy_len": 2} if task_name == "copy" else {})
+    batch = task.sample(torch.Generator().manual_seed(0), 3, 4)
+    model = build_model(task.spec, cell_name, impl, 5, seed=1, init="xavier", dtype=F64)
+    batch.x = batch.x.double() if batch.x.is_floating_point() else batch.x
+    got = task_loss_grad_norms(model, batch, task.spec)
+    cell = model.cell
+    T = batch.x.shape[0]
+    states = _states(cell, batch.x)
+    for t in range(T):
+        per_seq = []
+        for b in range(batch.x.shape[1]):
+            s_t = _join(states[t]).detach()[b : b + 1].requires_grad_()
+            inputs, ctx = cell.prepare(batch.x[:, b : b + 1])
+            state, hs = _split(s_t, cell), [None] * T
+            hs[t] = state[0] if isinstance(state, tuple) else state  # the loss may read step t itself
+            for k, inp in enumerate(list(inputs)[t + 1 :], start=t + 1):
+                state = cell.step(inp, state, ctx)
+                hs[k] = state[0] if isinstance(state, tuple) else state
+            scored = [k for k in range(T) if (batch.mask is None or batch.mask[k]) and k >= t]
+            if not scored:
+                per_seq.append(torch.zeros_like(s_t))
+                continue
+            out = model.readout(torch.stack([hs[k] for k in scored]))
+            y = batch.y[:, b : b + 1][scored]
+            n = T if batch.mask is None else int(batch.mask.sum())
+            loss = loss_of(task.spec, out, y, reduction="sum") / n
+            (grad,) = torch.autograd.grad(loss, s_t)
+            per_seq.append(grad)
+        grad = torch.cat(per_seq)  # (B, D)
+        parts = _split(grad, cell)
+        for name, part in zip(("h", "c"), parts if isinstance(parts, tuple) else (parts,)):
+            torch.testing.assert_close(got[name][t], part.pow(2).sum(-1).mean().sqrt(), rtol=1e-10, atol=1e-15)

@@ -62,11 +62,15 @@ class ScratchCell(nn.Module):
         unbind, not indexing: its backward stacks the T step gradients once, where indexing step by
         step would allocate a (T, B, G*H) gradient per step.
         """
-        inputs = self.project(x)
-        if self.cell == "gru":  # the candidate's input part stays apart: r acts between the two
-            x_zr, x_h = inputs.split([2 * self.hidden_size, self.hidden_size], dim=2)
-            return tuple(zip(x_zr.unbind(0), x_h.unbind(0))), self.recurrent()
-        return inputs.unbind(0), self.recurrent()
+        return self.per_step(self.project(x)), self.recurrent()
+
+    def per_step(self, projected: torch.Tensor) -> tuple:
+        """Projected inputs (T, B, G*H) as the step takes them: T tensors, or T pairs (x_zr, x_h) for the GRU,
+        whose candidate's input part stays apart (r acts between the two)."""
+        if self.cell == "gru":
+            x_zr, x_h = projected.split([2 * self.hidden_size, self.hidden_size], dim=2)
+            return tuple(zip(x_zr.unbind(0), x_h.unbind(0)))
+        return projected.unbind(0)
 
     def step(self, inp, state: State, weights: tuple[torch.Tensor, ...]) -> State:
         """One time step from this step's projected input (B, G*H) (a pair (x_zr, x_h) for the GRU)."""

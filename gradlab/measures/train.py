@@ -32,7 +32,7 @@ COLUMNS = COMMON_COLUMNS | {
     "grad_norm": "median global gradient L2 norm before clipping, over the steps since the last evaluation",
     "grad_norm_pre": "global gradient L2 norm before clipping", "grad_norm_post": "after clipping (median, in results)",
     "clipped": "whether clipping changed the gradient", "clip_rate": "share of steps clipped since the last evaluation",
-    "loss": "training loss of the step", "seconds": "training seconds (a step, or the steps since the last evaluation)",
+    "seconds": "training seconds (a step, or the steps since the last evaluation)",
     "diverged": "a non-finite loss or gradient ended the run", "train_ppl": "lyrics: exp(train_loss)",
     "val_ppl": "lyrics: held-out perplexity over in-vocabulary targets",
     # per run (runs, final)
@@ -49,6 +49,21 @@ COLUMNS = COMMON_COLUMNS | {
     "best_val_loss": "lowest val_loss of the run", "loss_over_baseline": "final_val_loss / baseline (1: no better than ignoring the past)",
     "solved": "val_loss went below solve_fraction x baseline at some evaluation", "steps_to_solve": "the first such step",
     "seconds_per_epoch": "lyrics: training seconds per epoch",
+    "lags_tried": "the seq_len values run with these settings", "seeds_solved": "per lag tried: seeds solved / seeds run",
+    "longest_lag_solved": "the largest seq_len (steps) solved by most of its seeds; empty: none",
+    "probe_steps": "steps at which the gradient flow is measured (0: at initialisation)",
+    "probe_size": "held-out sequences the gradient-flow probe uses",
+    "wrt": "flow: the state part the gradient is taken with respect to (h, or c for the LSTM)",
+    "t": "flow: step index of the held-out sequence",
+    "distance": "steps back: from the sequence's last step (flow), from the predicted character (context_grads)",
+    "input_grad_norm": "context_grads: ||dL/dz|| for the input that many characters back (z: its row of W_x), RMS over positions",
+    "split": "context: held out or training text", "k": "context: characters the model saw before the one it predicts",
+    "positions": "context: predicted characters scored (the same for every k)",
+    "loss": "training loss of the step; context: mean next-character loss (nats) with k characters of context",
+    "effective_context": "the smallest k (characters) whose loss is within 0.01 nats of the longest context's",
+    "longest_context": "the longest k tried", "loss_longest": "loss (nats) with the longest context", "loss_1": "loss (nats) with one character",
+    "context_lengths": "lyrics: the k of the context analysis (empty: none)", "context_positions": "lyrics: positions the analysis scores",
+    "state_grad_norm": "flow: ||dL/dh_t|| (or dL/dc_t) for the task's loss, RMS over the probed sequences",
     # samples
     "prefix": "lyrics: the prefix", "temperature": "lyrics: 0 for greedy text", "text": "lyrics: prefix and generated text",
 }
@@ -89,4 +104,40 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
         final["train_seconds"] = r["train_seconds"]
         if r["steps_per_epoch"].notna().all():
             final["seconds_per_epoch"] = r["train_seconds"] / (r["steps_done"] / r["steps_per_epoch"])
-    return {"final": final.reset_index()}
+    final = final.reset_index()
+    derived = {"final": final}
+    if "solved" in final:
+        derived["longest_lag"] = longest_lag(final, columns)
+    if "context" in tables and len(tables["context"]):
+        derived["effective_context"] = effective_context(tables["context"], columns)
+    return derived
+
+
+CONTEXT_NATS = 0.01  # effective context: within this many nats of the longest context's loss
+
+
+def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per run and text: the smallest k whose loss is within 0.01 nats of the longest context's."""
+    by = [c for c in columns if c in context] + ["split"]
+    rows = []
+    for key, g in context.groupby(by, dropna=False, sort=False):
+        g = g.sort_values("k")
+        longest = g["loss"].iloc[-1]
+        within = g[g["loss"] <= longest + CONTEXT_NATS]
+        rows.append(dict(zip(by, key)) | {"effective_context": int(within["k"].iloc[0]), "longest_context": int(g["k"].iloc[-1]),
+                                          "loss_longest": longest, "loss_1": g["loss"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def longest_lag(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per task, cell and every other setting but the lag and the seed: the lags tried, how many seeds
+    solved each, and longest_lag_solved, the largest seq_len solved by most of its seeds (NaN: none)."""
+    by = [c for c in columns if c in final and c not in ("seq_len", "seed", "point")]
+    rows = []
+    for key, g in final.groupby(by, dropna=False, sort=False):
+        per_lag = g.groupby("seq_len")["solved"].agg(["sum", "count"]).sort_index()  # (lags,) seeds solved, seeds run
+        solved = per_lag[per_lag["sum"] > per_lag["count"] / 2].index
+        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
+            "lags_tried": " ".join(map(str, per_lag.index)), "seeds_solved": " ".join(f"{s}/{c}" for s, c in zip(per_lag["sum"], per_lag["count"])),
+            "longest_lag_solved": float(solved.max()) if len(solved) else float("nan")})
+    return pd.DataFrame(rows)

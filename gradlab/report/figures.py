@@ -23,10 +23,12 @@ def ordered(values, order: tuple = CELL_ORDER) -> list:
     return [v for v in order if v in values] + [v for v in values if v not in order]
 
 
-def palette(values) -> dict:
-    """One colour per value, the same in every figure of a page (values sorted)."""
+def palette(values, ordered_values: bool = False) -> dict:
+    """One colour per value, the same in every figure of a page (values sorted): a sequential map for
+    ordered quantities (steps, scales) with many values, distinct colours otherwise."""
     values = sorted(dict.fromkeys(values), key=lambda v: (str(type(v)), v))
-    return dict(zip(values, sns.color_palette("viridis" if len(values) > 4 else "deep", len(values))))
+    many = ordered_values and len(values) > 4
+    return dict(zip(values, sns.color_palette("viridis" if many else "deep", len(values))))
 
 
 def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
@@ -37,7 +39,7 @@ def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
 
 def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, title: str, xlabel: str, ylabel: str,
                     panel_order: list | None = None, zeros_at_floor: bool = True, baseline: float | None = None,
-                    style: str | None = None, col_wrap: int = 4) -> plt.Figure:
+                    style: str | None = None, col_wrap: int = 4, log: bool = True, logx: bool = False) -> plt.Figure:
     """One panel per value of `panel`, lines of y against x on a log axis coloured by `hue` (one colour per
     value across panels). Exact zeros cannot sit on a log axis: they are marked at the panel's floor as
     'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline)."""
@@ -46,16 +48,17 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
     cols = min(n, col_wrap)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.6, 2.8 * rows + 0.9), sharex=True, sharey=True, squeeze=False)
-    colours = palette(df[hue].unique())
+    colours = palette(df[hue].unique(), ordered_values=hue in ("step", "init_scale", "seq_len"))
     styles = {v: ls for v, ls in zip(ordered(df[style].unique()), ("-", "--", ":", "-."))} if style else {None: "-"}
     positive = df[y][(df[y] > 0) & np.isfinite(df[y])]
     floor = positive.min() / 3 if len(positive) else 1e-12
+    zeros_at_floor = zeros_at_floor and log
     has_zero = False
     for ax, value in zip(axes.flat, order):
         g = df[df[panel] == value]
         for (h, st), line in g.groupby([hue, style] if style else [hue, panel], sort=False, dropna=False):
             line = line.sort_values(x)
-            pos = line[line[y] > 0]
+            pos = line[line[y] > 0] if log else line
             ax.plot(pos[x], pos[y], color=colours[h], ls=styles.get(st if style else None, "-"), lw=1.4,
                     label=f"{hue} {h}" + (f", {style} {st}" if style else ""))
             zero = line[line[y] == 0]
@@ -64,7 +67,9 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
                 ax.plot(zero[x], np.full(len(zero), floor), "x", color=colours[h], ms=5)
         if baseline is not None:
             ax.axhline(baseline, color="0.3", ls="--", lw=1)
-        ax.set_yscale("log")
+        ax.set_yscale("log" if log else "linear")
+        if logx:
+            ax.set_xscale("log", base=2)
         ax.set_title(str(value) if panel in NAMELESS else f"{panel} {value}", fontsize=9)
     for ax in axes.flat[n:]:
         ax.set_visible(False)

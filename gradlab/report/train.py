@@ -73,9 +73,80 @@ def view(t: Tables, manifest: dict) -> Section:
                             partial(figures.bars, f, "model", "seconds_per_epoch", hue="impl" if f["impl"].nunique() > 1 else None,
                                          title=figures.fixed_title("seconds per epoch", fixed_settings(f, settings, DRAWN)),
                                          ylabel="seconds per epoch", order=model_order(f["model"]))))
+    accuracy(sec, curves, settings, x, xlabel, lyrics)
+    longest(sec, t.get("longest_lag"), settings)
+    flow(sec, t.get("flow"), settings)
+    context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings)
     samples = t.get("samples")
     if samples is not None and len(samples):
         last = samples[samples["epoch"] == samples["epoch"].max()]
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy)", last[list(dict.fromkeys(cols))]))
     return sec
+
+
+def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xlabel: str, lyrics: bool) -> None:
+    """Held-out accuracy against step, for the tasks whose metric is an accuracy."""
+    if lyrics or "val_metric" not in curves:
+        return
+    acc = curves[curves["task"].isin(["copy", "temporal_order", "recall"])] if "task" in curves else curves.iloc[:0]
+    for extra, g in group_by_others(acc, settings, DRAWN | {"model", "seq_len"}):
+        panel = "seq_len" if g["seq_len"].nunique() > 1 else "task"
+        sec.figures.append((f"accuracy{extra.replace(' ', '').replace(',', '-')}",
+                            "Held-out accuracy against " + xlabel + " (for copy: on the symbols written back), one colour per model.",
+                            partial(figures.panels_of_lines, g, x, "val_metric", panel=panel, hue="model", xlabel=xlabel, ylabel="accuracy",
+                                    log=False, title=figures.fixed_title(f"held-out accuracy{extra}", fixed_settings(g, settings, DRAWN)))))
+
+
+def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None:
+    """The longest lag solved by most seeds, per task and model (0: none of the lags tried)."""
+    if lag is None or not len(lag) or lag["lags_tried"].str.contains(" ").sum() == 0:
+        return
+    lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
+    sec.tables.append(("Longest lag solved (by most seeds) per task and model", lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved",
+                                                                                                  "longest_lag_solved"] if c in lag]]))
+    sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model; 0: none of the lags tried.",
+                        partial(figures.bars, lag, "task", "longest", hue="model", ylabel="longest lag solved (steps)",
+                                title=figures.fixed_title("longest lag solved", fixed_settings(lag, settings, DRAWN | {"task"})),
+                                order=list(dict.fromkeys(lag["task"])))))
+
+
+def flow(sec: Section, flow_table: pd.DataFrame | None, settings: list[str]) -> None:
+    """||dL/dh_t|| on held-out data at initialisation and while learning: one curve per training step."""
+    if flow_table is None or not len(flow_table):
+        return
+    f = label_models(flow_table[flow_table["wrt"] == "h"])
+    for extra, g in group_by_others(f, settings, DRAWN | {"model", "probe_steps"}):
+        sec.figures.append((f"flow{extra.replace(' ', '').replace(',', '-')}",
+                            "||dL/dh_t|| for the task's own loss on held-out sequences (RMS over them) against distance from the last "
+                            "step, one colour per training step (0: at initialisation), one panel per model: does a cell that learns "
+                            "the lag keep its gradient alive across it? (Arjovsky et al. 2016, Fig. 4)",
+                            partial(figures.panels_of_lines, g, "distance", "state_grad_norm", panel="model", hue="step",
+                                    xlabel="distance from the last step (steps)", ylabel="||dL/dh_t||",
+                                    title=figures.fixed_title(f"gradient flow while learning{extra}", fixed_settings(g, settings, DRAWN)))))
+
+
+def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, eff: pd.DataFrame | None, settings: list[str]) -> None:
+    """How far back a trained language model looks: loss by available context, and input gradients."""
+    if ctx is None or not len(ctx):
+        return
+    if eff is not None and len(eff):
+        e = label_models(eff)
+        held = e[e["split"] == "held out"]
+        sec.key_points.append("Effective context (held out; the fewest characters within 0.01 nats of the longest context's loss): "
+                              + ", ".join(f"{m} {impl} {k} characters" for m, impl, k in zip(held["model"], held["impl"], held["effective_context"])) + ".")
+        sec.tables.append(("Effective context", e[[c for c in ["model", "impl", "split", "effective_context", "longest_context", "loss_1", "loss_longest"] if c in e]]))
+    c = label_models(ctx)
+    sec.figures.append(("context-loss", "Next-character loss when the trained model sees only the last k characters (state from zero), "
+                        "held out and training text, the same positions for every k; log x axis.",
+                        partial(figures.panels_of_lines, c, "k", "loss", panel="split", hue="model", style="impl" if c["impl"].nunique() > 1 else None,
+                                xlabel="characters of context k", ylabel="loss (nats per character)", log=False, logx=True,
+                                panel_order=["held out", "training"],
+                                title=figures.fixed_title("loss by available context", fixed_settings(c, settings, DRAWN)))))
+    if grads is not None and len(grads):
+        g = label_models(grads)
+        sec.figures.append(("context-grads", "||dL/dz|| for the input k characters before the predicted one (z: its row of W_x), "
+                            "RMS over held-out positions, with the longest context: how fast the trained model's sensitivity fades.",
+                            partial(figures.panels_of_lines, g.assign(panel="held out"), "distance", "input_grad_norm", panel="panel", hue="model",
+                                    style="impl" if g["impl"].nunique() > 1 else None, xlabel="characters back", ylabel="||dL/dz||",
+                                    title=figures.fixed_title("input gradient by distance", fixed_settings(g, settings, DRAWN)))))

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+from torch.nn import functional as F
 
 from ..names import SAMPLINGS, TEXT_SETTINGS, lookup
+from ..probes import input_grads_at_last_step
 from .base import IGNORE, Batch, Spec, Task, exp_or_inf
 from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
@@ -40,6 +42,8 @@ class Lyrics(Task):
     prefixes: tuple[str, ...] = ("分开", "不分开")  # the book's
     pred_len: int = 50  # the book's: characters generated from each prefix
     sample_temperature: float = 1.0  # samples are drawn greedily (as the book) and at this temperature
+    context_lengths: tuple[int, ...] = ()  # after training: loss with only the last k characters seen (empty: skip)
+    context_positions: int = 1000  # positions of each text that context analysis scores (a fixed random draw)
     _data: LyricsData | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -75,6 +79,8 @@ class Lyrics(Task):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if self.pred_len < 0:
             raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
+        if any(k < 1 for k in self.context_lengths) or self.context_positions < 1:
+            raise ValueError(f"context_lengths must be >= 1 and context_positions >= 1, got {self.context_lengths}, {self.context_positions}.")
 
     def ready(self, batch_size: int, length: int) -> None:
         """Checks that need the text (found, or fetched, on first use): fail before any training."""
@@ -129,6 +135,45 @@ class Lyrics(Task):
                 text = generate(model, self.vocab, prefix, self.pred_len, temperature, gen)
                 rows.append({"epoch": epoch, "prefix": prefix, "temperature": temperature, "text": text})
         return {"samples": rows}
+
+    def analyse(self, model: torch.nn.Module) -> dict[str, list[dict]]:
+        """How far back the trained model looks. 'context': the next-character loss when it sees only the
+        last k characters (state from zero), on held-out and on training text, at the same positions for
+        every k; 'context_grads': ||dL/dz_t|| for the input k steps before the predicted character, with
+        the longest context (z: the input's projection, the row of W_x the step reads)."""
+        if not self.context_lengths:
+            return {}
+        lengths, longest = sorted(set(self.context_lengths)), max(self.context_lengths)
+        device = next(model.parameters()).device
+        context, grads = [], []
+        for split, ids in (("held out", self.data.val_ids), ("training", self.data.train_ids)):
+            pos = self._positions(ids, longest)  # (N,) target positions
+            targets = ids[pos].to(device)
+            for k in lengths:
+                windows = ids[pos[None, :] - torch.arange(k, 0, -1)[:, None]].to(device)  # (k, N): the k characters before
+                context.append({"split": split, "k": k, "loss": self._last_step_loss(model, windows, targets), "positions": len(pos)})
+            if split == "held out":
+                windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]].to(device)  # (K, N)
+                norms = torch.stack([  # (chunks, K): sequences scored in chunks (the graph holds K x chunk x G*H)
+                    input_grads_at_last_step(model, windows[:, i : i + 125], lambda out, y=targets[i : i + 125]: F.cross_entropy(out, y, reduction="sum")).pow(2)
+                    * min(125, len(pos) - i) for i in range(0, len(pos), 125)]).sum(0).div(len(pos)).sqrt()
+                grads += [{"distance": longest - t, "input_grad_norm": float(v)} for t, v in enumerate(norms.tolist())]
+        return {"context": context, "context_grads": grads}
+
+    def _positions(self, ids: torch.Tensor, longest: int) -> torch.Tensor:
+        """Target positions with `longest` characters before them and a target in the vocabulary: a fixed draw."""
+        candidates = torch.arange(longest, len(ids))
+        candidates = candidates[ids[candidates] != self.vocab.unknown_id]
+        pick = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[: self.context_positions]
+        return candidates[pick].sort().values
+
+    @torch.no_grad()
+    def _last_step_loss(self, model: torch.nn.Module, windows: torch.Tensor, targets: torch.Tensor) -> float:
+        total = 0.0
+        for i in range(0, windows.shape[1], 250):  # chunks bound the (k, chunk, H) outputs
+            out, _ = model(windows[:, i : i + 250])
+            total += F.cross_entropy(out[-1], targets[i : i + 250], reduction="sum").item()
+        return total / windows.shape[1]
 
     def stats(self) -> dict:
         return dict(self.data.stats)

@@ -32,6 +32,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations on the fixed held-out set
     solve_fraction: float = 0.1  # solved: held-out loss below this fraction of the memoryless baseline
     stop_when_solved: bool = False
+    probe_steps: tuple[int, ...] = ()  # steps at which ||dL/dh_t|| is measured on held-out data (0: at initialisation)
+    probe_size: int = 100  # held-out sequences the gradient-flow probe uses
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -59,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"init_scale must be > 0 (a spectral norm), or none; got {self.init_scale}.")
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
+            raise ValueError(f"probe_steps must be steps >= 0 (0: at initialisation) and probe_size >= 1, got {self.probe_steps}, {self.probe_size}.")
         task = self.make_task()
         task.check(self.seq_len)
         return task

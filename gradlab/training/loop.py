@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cells import detach
-from ..tasks import Task
+from ..probes import task_loss_grad_norms
+from ..tasks import Batch, Task
 from ..tasks.base import loss_of
 from ..timing import sync
 from .clipping import parse_clip
@@ -78,6 +79,9 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
     stream = task.stream(gen, cfg.batch_size, cfg.seq_len, device)
     result = TrainResult(model=model)
+    probe_at = set(cfg.probe_steps)
+    if 0 in probe_at:
+        result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, 0))
     window: list[dict] = []  # step rows since the last evaluation
     diverged_step = solved_step = None
     state = None
@@ -97,6 +101,8 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         bar.update(1)
         if not finite:
             diverged_step = step
+        elif step in probe_at:
+            result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, step))
         if finite and step % cfg.eval_every and step != cfg.steps:
             continue
         hist = _history_row(model, task, held_out, window, per_epoch, baseline, diverged=not finite)
@@ -110,6 +116,9 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         if not finite or (solved_step is not None and cfg.stop_when_solved):
             break
     bar.close()
+    if diverged_step is None and hasattr(task, "analyse"):  # what the trained model does (lyrics: how far back it looks)
+        for name, rows in task.analyse(model).items():
+            result.tables.setdefault(name, []).extend(rows)
     result.run = {
         "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in params), "baseline": baseline,
         "steps_done": len(result.steps), "steps_per_epoch": per_epoch, "diverged": diverged_step is not None,
@@ -117,6 +126,17 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(),
     }
     return result
+
+
+def flow_rows(model: SeqModel, task: Task, held_out: list, size: int, step: int) -> list[dict]:
+    """The gradient flow now: ||dL/dh_t|| for the task's own loss on the first `size` held-out sequences."""
+    batch = held_out[0]
+    n = min(size, batch.x.shape[1])
+    batch = Batch(batch.x[:, :n], batch.y[:, :n], batch.mask)
+    norms = task_loss_grad_norms(model, batch, task.spec)
+    T = batch.x.shape[0]
+    return [{"step": step, "wrt": wrt, "t": t, "distance": T - 1 - t, "state_grad_norm": v}
+            for wrt, values in norms.items() for t, v in enumerate(values.cpu().tolist())]
 
 
 def _history_row(model: SeqModel, task: Task, held_out: list, window: list[dict], per_epoch: int | None,

@@ -30,8 +30,12 @@ class SeqModel(nn.Module):
         out, state = self.cell(x, state)  # (T, B, H)
         if steps is not None:
             out = out[steps]  # (S, B, H): only the scored steps reach the output layer
-        logits = torch.addmm(self.b_q, out.reshape(-1, out.shape[-1]), self.W_hq)  # (S*B, O), bias fused
-        return logits.view(*out.shape[:-1], -1), state  # (S, B, O)
+        return self.readout(out), state
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer: (S, B, H) -> (S, B, O)."""
+        logits = torch.addmm(self.b_q, hidden.reshape(-1, hidden.shape[-1]), self.W_hq)  # (S*B, O), bias fused
+        return logits.view(*hidden.shape[:-1], -1)
 
 
 def build_model(spec: Spec, cell: str, impl: str, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
