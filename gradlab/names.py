@@ -27,7 +27,7 @@ INITS: dict[str, str] = {
     "normal": "N(0, 0.01) for every weight, biases 0: the book's scratch models",
     "xavier": "U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio 2010), biases 0",
     "orthogonal": "Haar-random orthogonal matrices (Saxe et al. 2014), biases 0",
-    "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight: torch.nn's default, biases 0",
+    "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias: torch.nn's default (a bias here: the sum of its two)",
 }
 TASKS: dict[str, str] = {
     "adding": "sum of the two marked values of a long sequence; MSE; baseline 1/6 (Arjovsky et al. 2016)",

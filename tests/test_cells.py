@@ -216,30 +216,54 @@ def test_convert_refuses_what_has_no_twin():
         convert(create("gru", "scratch", 2, 3, variant="reset_before"), "cudnn")
 
 
-def test_written_out_gru_backward_refuses_second_derivatives():
+@pytest.mark.parametrize("cell_name", ["rnn", "gru", "lstm"])
+def test_written_out_backward_refuses_second_derivatives(cell_name):
     """A gradient with create_graph=True through the written-out BPTT would be incomplete: it must raise,
     for the input and the parameters alike, while the step-by-step path gives a true second derivative."""
-    cell = create("gru", "scratch", 3, 4, seed=0, init="xavier", dtype=torch.float64)
+    cell = create(cell_name, "scratch", 3, 4, seed=0, init="xavier", dtype=torch.float64)
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     out, _ = cell(x)
     with pytest.raises(RuntimeError, match="not twice differentiable"):
-        torch.autograd.grad(out.pow(2).sum(), [x, cell.W_hz], create_graph=True)
+        torch.autograd.grad(out.pow(2).sum(), [x, next(cell.parameters())], create_graph=True)
     inputs, weights = cell.prepare(x)  # step by step: autograd's own graph, twice differentiable
     h = cell.init_state(2)
     for inp in inputs:
         h = cell.step(inp, h, weights)
-    (g,) = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(hidden_of(h).pow(2).sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
     assert torch.isfinite(gg).all() and gg.abs().sum() > 0
 
 
-def test_written_out_gru_backward_passes_gradcheck():
-    """Finite differences in float64 against the written-out BPTT (every input, the initial state,
-    the recurrent weights and the biases)."""
-    from gradlab.cells.bptt import GRUSequence
+@pytest.mark.parametrize("cell_name", ["rnn", "gru", "lstm"])
+def test_written_out_backward_passes_gradcheck(cell_name):
+    """Finite differences in float64 against the written-out BPTT: every input, the initial state(s), the
+    recurrent weights (and the GRU's recurrent bias), through outputs and the last cell state."""
+    from gradlab.cells.bptt import GRUSequence, LSTMSequence, RNNSequence
 
     gen = torch.Generator().manual_seed(0)
     T, B, H = 4, 2, 3
-    args = [torch.randn(T, B, 3 * H, generator=gen, dtype=torch.float64), torch.randn(B, H, generator=gen, dtype=torch.float64),
-            torch.randn(H, 3 * H, generator=gen, dtype=torch.float64) * 0.5, torch.randn(3 * H, generator=gen, dtype=torch.float64)]
-    assert torch.autograd.gradcheck(GRUSequence.apply, [a.requires_grad_() for a in args])
+    rand = lambda *shape, scale=1.0: (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()  # noqa: E731
+    if cell_name == "rnn":
+        fn, args = RNNSequence.apply, [rand(T, B, H), rand(B, H), rand(H, H, scale=0.5)]
+    elif cell_name == "gru":
+        fn, args = GRUSequence.apply, [rand(T, B, 3 * H), rand(B, H), rand(H, 3 * H, scale=0.5), rand(3 * H)]
+    else:
+        fn, args = LSTMSequence.apply, [rand(T, B, 4 * H), rand(B, H), rand(B, H), rand(H, 4 * H, scale=0.5)]
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_uniform_init_is_torch_nn_default():
+    """torch.nn draws every weight and both biases from U(-1/sqrt(H), 1/sqrt(H)); gradlab's one bias per gate is
+    their sum (the GRU candidate's input bias and b_hh stay apart, as torch.nn's do). forget_bias adds on top."""
+    H = 400
+    k = 1 / H**0.5
+    lstm = parameters_in_scratch_layout(create("lstm", "scratch", 30, H, init="uniform", seed=0, dtype=torch.float64))
+    assert all(v.abs().max() <= k for n, v in lstm.items() if n.startswith("W_"))
+    for g in "ifoc":
+        b = lstm[f"b_{g}"]
+        assert b.abs().max() <= 2 * k and b.var().item() == pytest.approx(2 * k**2 / 3, rel=0.15)  # sum of two uniforms
+    shifted = parameters_in_scratch_layout(create("lstm", "scratch", 30, H, init="uniform", forget_bias=1.0, seed=0, dtype=torch.float64))
+    torch.testing.assert_close(shifted["b_f"], lstm["b_f"] + 1.0)
+    gru = parameters_in_scratch_layout(create("gru", "scratch", 30, H, init="uniform", seed=0, dtype=torch.float64))
+    for name in ("b_h", "b_hh"):
+        assert gru[name].abs().max() <= k and gru[name].var().item() == pytest.approx(k**2 / 3, rel=0.15)

@@ -57,6 +57,7 @@ def init_params(
     fam = family(cell)
     gen = torch.Generator().manual_seed(seed)
     params: dict[str, torch.Tensor] = {}
+    gru_candidate = cell == "gru" and reset_after
     for gate in fam.gates:
         params[f"W_x{gate}"] = _matrix(input_size, hidden_size, init, gen, hidden_size)  # (I, H)
         w_h = _matrix(hidden_size, hidden_size, init, gen, hidden_size)  # (H, H)
@@ -64,8 +65,15 @@ def init_params(
             w_h = w_h * (init_scale / spectral_norm(w_h))
         params[f"W_h{gate}"] = w_h
         params[f"b_{gate}"] = torch.zeros(hidden_size, dtype=torch.float64)
+        if init == "uniform":  # torch.nn draws b_ih and b_hh, each U(-k, k): the one bias here is their sum
+            params[f"b_{gate}"] = _bias(hidden_size, gen) + (0 if gru_candidate and gate == "h" else _bias(hidden_size, gen))
     if fam.forget_gate is not None:
-        params[f"b_{fam.forget_gate}"].fill_(forget_bias)
-    if cell == "gru" and reset_after:
-        params["b_hh"] = torch.zeros(hidden_size, dtype=torch.float64)  # recurrent bias inside r * (.)
+        params[f"b_{fam.forget_gate}"] += forget_bias  # on top of the init's own bias (0 but for 'uniform')
+    if gru_candidate:  # the recurrent bias inside r * (h W_hh + b_hh): its own parameter, as in torch.nn.GRU
+        params["b_hh"] = _bias(hidden_size, gen) if init == "uniform" else torch.zeros(hidden_size, dtype=torch.float64)
     return params
+
+
+def _bias(hidden_size: int, gen: torch.Generator) -> torch.Tensor:
+    """U(-1/sqrt(H), 1/sqrt(H)): one of torch.nn's biases."""
+    return (torch.rand(hidden_size, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(hidden_size)

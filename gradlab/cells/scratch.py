@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bptt import GRUSequence
+from .bptt import GRUSequence, LSTMSequence, RNNSequence
 from .families import family
 
 State = Any  # h (B, H), or (h, c) for the LSTM
@@ -110,6 +110,12 @@ class ScratchCell(nn.Module):
         if self.cell == "gru" and self.variant == "reset_after":  # BPTT written out (bptt.py)
             outputs = GRUSequence.apply(self.project(x), state, *self.recurrent())
             return outputs, outputs[-1]
+        if self.cell == "rnn":
+            outputs = RNNSequence.apply(self.project(x), state, *self.recurrent())
+            return outputs, outputs[-1]
+        if self.cell == "lstm":
+            outputs, c = LSTMSequence.apply(self.project(x), *state, *self.recurrent())
+            return outputs, (outputs[-1], c)
         inputs, weights = self.prepare(x)
         outputs = []
         for inp in inputs:

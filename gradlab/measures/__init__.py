@@ -19,7 +19,7 @@ COMMON_COLUMNS: dict[str, str] = {
     "variant": "GRU variant (reset_after, reset_before); empty for other cells",
     "init": "weight initialisation (gradlab list: inits)",
     "init_scale": "spectral norm each recurrent matrix is scaled to; empty: the init's own",
-    "forget_bias": "LSTM forget-gate bias at initialisation",
+    "forget_bias": "added to the LSTM forget gate's initial bias (0, but under init uniform)",
     "hidden_size": "hidden units H",
     "seq_len": "steps T per sequence (the lag)",
     "batch_size": "sequences B per batch",
