@@ -188,7 +188,7 @@ def _echo_summary(out: Path) -> None:
         title, df = section.summary
         constant = [c for c in df.columns if len(df) > 1 and df[c].map(repr).nunique() == 1]
         click.echo(f"{title}:\n" + df.drop(columns=constant).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for title, df in section.tables[:1]:
+    for title, df in section.tables:
         if "text" in df:  # generated text: a few lines, each with the run it came from
             runs = [c for c in df.columns if c not in ("epoch", "prefix", "temperature", "text")]
             for _, row in df.head(8).iterrows():

@@ -62,7 +62,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute_point(measure_name: str, config: dict, threads: int | None = None) -> PointOutcome:
+def execute_point(measure_name: str, config: dict, threads: int | None = None, progress: bool = False) -> PointOutcome:
     """Run one point (in this process or a worker). Its failure is returned, never raised."""
     import torch
 
@@ -75,7 +75,7 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None) -
     key = point_key(measure_name, config)
     env = {"code": code_identity(), "torch_threads": torch.get_num_threads(), "pid": os.getpid()}
     try:
-        tables = module.run(cfg)
+        tables = module.run(cfg, progress=progress)
         return PointOutcome(key, config, tables, None, time.perf_counter() - start, env)
     except Exception as exc:  # a failing point is a result: record it, go on with the study
         error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=-3))
@@ -233,7 +233,8 @@ def run_study(
         queue = iter(todo)
         while True:
             while len(in_flight) < in_flight_max and (item := next(queue, None)) is not None:
-                in_flight[executor.submit(execute_point, study.measure, item[1], threads)] = item
+                # a bar inside a point too, where the point runs in this process (worker processes stay quiet)
+                in_flight[executor.submit(execute_point, study.measure, item[1], threads, progress and in_flight_max == 1)] = item
             if not in_flight:
                 break
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)

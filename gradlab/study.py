@@ -96,7 +96,7 @@ def load_study(ref: str | Path) -> Study:
     """A study by name (shipped with gradlab) or by path to a TOML file."""
     path = Path(ref)
     source = str(ref)  # as the user named it: a shipped study reads 'studies/NAME.toml', no machine's path
-    if not (path.suffix == ".toml" or path.exists()):
+    if not (path.suffix == ".toml" or path.is_file()):  # a folder named like a study is not a study file
         known = builtin_studies()
         if str(ref) not in known:
             raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")

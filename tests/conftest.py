@@ -51,7 +51,7 @@ class _FakeConfig:
         pass
 
 
-def _fake_run(cfg: _FakeConfig) -> dict:
+def _fake_run(cfg: _FakeConfig, progress: bool = False) -> dict:
     if cfg.x == 2:
         raise RuntimeError("x=2 blows up")
     return {"results": [{"value": cfg.x * 10, "backend": "none"}]}

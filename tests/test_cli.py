@@ -36,7 +36,7 @@ def test_list_names_everything():
         (("lyrics", "--set", "cell=lstn"), "Did you mean 'lstm'"),
         (("lyrics", "--set", "cell=linear", "--set", "impl=cudnn"), "cudnn exists for"),
         (("lyrics", "--set", "optimizer=adamw"), "Unknown optimizer 'adamw'. Known: adam, rmsprop, sgd. Did you mean 'adam'"),
-        (("lyrics", "--set", "clip=norm"), "needs a positive threshold"),
+        (("lyrics", "--set", "clip=norm"), "norm needs a positive number, written 'norm:THETA'"),
         (("lyrics", "--set", "n_symbols=3"), "n_symbols does not apply to task 'lyrics'"),
         (("run", "gradient-decay", "--executor", "dask"), "Invalid value for '--executor'"),
     ],
@@ -115,7 +115,7 @@ def test_show_names_axes_settings_rules_and_point_counts():
                  "full: 495 points", "gpu: 486 points"):
         assert text in r.output, text
     r = invoke("show", "lyrics")
-    assert "book (default): 1 points" in r.output and "full: 8 points" in r.output
+    assert "book (default): 1 points" in r.output and "full: 12 points" in r.output
 
 
 def test_dry_run_says_what_it_would_compute_and_computes_nothing(tmp_path):

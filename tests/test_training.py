@@ -50,9 +50,9 @@ def test_non_finite_gradient_is_reported_not_scaled():
 
 @pytest.mark.parametrize("spec,message", [
     ("nrom:1", "Unknown clipping strategy 'nrom'.*Did you mean 'norm'"),
-    ("norm", "needs a positive threshold, written 'norm:THETA'"),
-    ("norm:-1", "needs a positive threshold"),
-    ("value:abc", "needs a positive threshold"),
+    ("norm", "needs a positive number, written 'norm:THETA'"),
+    ("norm:-1", "needs a positive number"),
+    ("value:abc", "needs a positive number"),
     ("none:3", "'none' takes no threshold"),
 ])
 def test_bad_clip_specs_say_what_is_allowed(spec, message):
@@ -285,7 +285,7 @@ def test_flop_formula_matches_torchs_flop_counter(style, cell):
     if style == "gradlab":
         params = list(model.parameters())
         opt, clip = make_optimizer("sgd", params, 1.0), parse_clip("norm:0.01")
-        _, _, state, _ = train_step(model, task.spec, first, None, opt, clip, params)
+        _, _, state, _, _ = train_step(model, task.spec, first, None, opt, clip, params)
         state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         with FlopCounterMode(display=False) as counter:
             train_step(model, task.spec, second, state, opt, clip, params)
@@ -335,3 +335,66 @@ def test_effective_context_is_the_fewest_characters_within_a_hundredth_of_a_nat(
     ctx = pd.DataFrame({"cell": "gru", "split": "held out", "k": [1, 2, 4, 8, 16], "loss": [5.0, 4.0, 3.1, 3.005, 3.0]})
     row = effective_context(ctx, ["cell"]).iloc[0]
     assert (row["effective_context"], row["longest_context"], row["loss_1"], row["loss_longest"]) == (8, 16, 5.0, 3.0)
+
+
+def test_adaptive_and_mean_clipping_follow_the_norms_seen_so_far():
+    """adaptive:P clips at the P-th percentile (numpy's, linear) of earlier norms; mean:K at K times their mean;
+    neither clips at the first step (nothing seen yet)."""
+    import numpy as np
+
+    norms = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.0]
+    adaptive, mean = parse_clip("adaptive:50"), parse_clip("mean:1.5")
+    for k, n in enumerate(norms):
+        for clipper, theta in ((adaptive, np.percentile(norms[:k], 50) if k else np.inf), (mean, 1.5 * np.mean(norms[:k]) if k else np.inf)):
+            g = _grads([n * 0.6], [n * 0.8])
+            r = clipper(g)
+            assert r.threshold == pytest.approx(theta) and r.clipped == (n > theta)
+            assert r.norm_after == pytest.approx(min(n, theta)) and r.cosine == pytest.approx(1.0, abs=1e-15)
+    with pytest.raises(ValueError, match="adaptive needs a percentile in \\(0, 100\\]"):
+        parse_clip("adaptive:150")
+
+
+def test_value_clipping_turns_the_gradient_and_says_by_how_much():
+    g = _grads([3.0, 0.5], [[-4.0]])
+    r = parse_clip("value:1")(g)
+    unclipped, clipped = torch.tensor([3.0, 0.5, -4.0], dtype=torch.float64), torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64)
+    assert r.cosine == pytest.approx(float(unclipped @ clipped / unclipped.norm() / clipped.norm()), rel=1e-12) and r.cosine < 0.99
+
+
+def test_every_step_records_the_update_it_made():
+    """Plain SGD moves the weights by exactly lr times the clipped gradient: ||update|| = lr x grad_norm_post."""
+    task = _lyrics()
+    r = train(_cfg(task, epochs=1, eval_epochs=1, lr=2.0, clip="norm:0.05", dtype="float64"), task)
+    for s in r.steps:
+        assert s["update_norm"] == pytest.approx(2.0 * s["grad_norm_post"], rel=1e-9)
+        assert s["clip_threshold"] == 0.05 and (not s["clipped"] or s["clip_cosine"] == pytest.approx(1.0, abs=1e-12))
+
+
+def test_a_loss_far_above_its_running_median_is_a_divergence():
+    """Adding without clipping at a huge rate: the loss leaves its recent median by far before any NaN;
+    the run ends there, recorded, with the rule that ended it."""
+    from gradlab.measures.train import Config
+    from gradlab.training import loop
+
+    cfg = Config(task="adding", cell="rnn", hidden_size=16, seq_len=10, batch_size=16, optimizer="sgd", lr=0.05, clip="none",
+                 steps=400, eval_every=400, eval_size=50)
+    calm = train(cfg)
+    assert not calm.run["diverged"]
+    losses = [s["loss"] for s in calm.steps]
+    real, calls = loop.loss_of, []
+
+    def spiky(spec, outputs, targets, reduction="mean"):  # training step 120's loss is 1000 times what it was
+        value = real(spec, outputs, targets, reduction)
+        if outputs.requires_grad:  # a training step (evaluation runs without grad)
+            calls.append(1)
+            if len(calls) == 120:
+                return value * 1000
+        return value
+
+    loop.loss_of = spiky
+    try:
+        r = train(cfg)
+    finally:
+        loop.loss_of = real
+    assert r.run["diverged"] and r.run["diverged_step"] == 120 and "running median" in r.run["diverged_reason"]
+    assert [s["loss"] for s in r.steps[:119]] == losses[:119] and len(r.steps) == 120

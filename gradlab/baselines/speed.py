@@ -25,6 +25,7 @@ def compare_epoch_speed(cfg: TrainConfig, task: Lyrics, epochs: int = 3) -> dict
     Returns seconds, ratio, FLOPs per epoch and peak fractions."""
     device = torch.device(cfg.device)
     clipper = parse_clip(cfg.clip)
+    clipper.measure_cosine = False  # the training step alone, as the book's code has no telemetry either
     if not isinstance(clipper, NormClip) or task.sampling != "consecutive":
         raise ValueError("the book's trainer clips by norm and samples consecutively: use clip 'norm:THETA', sampling 'consecutive'.")
     n_batches = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
@@ -39,7 +40,7 @@ def compare_epoch_speed(cfg: TrainConfig, task: Lyrics, epochs: int = 3) -> dict
         state = None
         for batch in itertools.islice(stream, n_batches):
             state = detach(state) if (batch.carry and state is not None) else None
-            _, _, state, _ = train_step(model, task.spec, batch, state, opt, clipper, params)
+            _, _, state, _, _ = train_step(model, task.spec, batch, state, opt, clipper, params)
 
     def book_epoch() -> None:
         state = init_state(cfg.cell, cfg.batch_size, cfg.hidden_size, device)

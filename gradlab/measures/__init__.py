@@ -1,5 +1,5 @@
 """Measures: one module per study kind (named in gradlab.names.MEASURES), each with a Config dataclass,
-run(cfg) -> tables (no file I/O), derive(tables, columns) -> derived tables, COLUMNS (the column
+run(cfg, progress) -> tables (no file I/O; a progress bar inside the point when asked), derive(tables, columns) -> derived tables, COLUMNS (the column
 dictionary: every column it writes, with its unit and meaning), and optionally preflight(configs): checks
 of shared inputs made once before any work. Every table carries every setting as a column."""
 

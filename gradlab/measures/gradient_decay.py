@@ -68,7 +68,7 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
 
-def run(cfg: Config) -> dict[str, list[dict]]:
+def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:
     """One backward pass (hidden, input) or D batched ones (jacobian) on a fresh cell; rows per (t, wrt)."""
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     cell = create(

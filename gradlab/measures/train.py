@@ -83,8 +83,8 @@ def preflight(configs: list) -> None:
         seen.add(key)
 
 
-def run(cfg) -> dict[str, list[dict]]:
-    result = train(cfg)
+def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
+    result = train(cfg, progress=progress)
     return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
 
 

@@ -18,8 +18,10 @@ sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 
 
 def ordered(values, order: tuple = CELL_ORDER) -> list:
-    """Known names in `order`, then the rest in their own order."""
+    """Numbers sorted; known names in `order`, then the rest in their own order."""
     values = list(dict.fromkeys(values))
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+        return sorted(values)
     return [v for v in order if v in values] + [v for v in values if v not in order]
 
 

@@ -47,7 +47,7 @@ def view(t: Tables, manifest: dict) -> Section:
     x, xlabel = ("epoch", "epoch") if "epoch" in res and res["epoch"].notna().all() else ("step", "optimiser step")
     curves = label_models(res)
     curves = curves.assign(loss_over_baseline=curves["val_loss"] / curves["baseline"])
-    for extra, g in group_by_others(curves, settings, DRAWN | {"model"}):
+    for extra, g in group_by_others(curves, settings, DRAWN | {"model"} | (set() if lyrics else {"seq_len"})):  # one panel per lag
         fixed = fixed_settings(g, settings, DRAWN)
         style = "impl" if g["impl"].nunique() > 1 else None
         if lyrics:
@@ -60,10 +60,10 @@ def view(t: Tables, manifest: dict) -> Section:
                                                         ylabel="perplexity", panel_order=["training", "held out"],
                                                         title=figures.fixed_title(f"perplexity{extra}", fixed))))
         else:
-            panel = "seq_len" if "seq_len" in g and g["seq_len"].nunique() > 1 else "task"
+            panel = "seq_len"
             sec.figures.append((f"loss{extra.replace(' ', '').replace(',', '-')}",
                                 f"Held-out loss over the memoryless baseline against {xlabel} (log axis; dashed: the baseline, 1), "
-                                "one colour per model.",
+                                "one panel per lag, one colour per model.",
                                 partial(figures.panels_of_lines, g, x, "loss_over_baseline", panel=panel, hue="model", style=style, xlabel=xlabel,
                                                         ylabel="held-out loss / baseline", baseline=1.0,
                                                         title=figures.fixed_title(f"held-out loss / baseline{extra}", fixed))))
@@ -90,6 +90,8 @@ def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xl
     if lyrics or "val_metric" not in curves:
         return
     acc = curves[curves["task"].isin(["copy", "temporal_order", "recall"])] if "task" in curves else curves.iloc[:0]
+    if not len(acc):
+        return
     for extra, g in group_by_others(acc, settings, DRAWN | {"model", "seq_len"}):
         panel = "seq_len" if g["seq_len"].nunique() > 1 else "task"
         sec.figures.append((f"accuracy{extra.replace(' ', '').replace(',', '-')}",

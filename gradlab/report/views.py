@@ -9,7 +9,8 @@ import pandas as pd
 from .figures import CELL_ORDER
 
 Tables = dict[str, pd.DataFrame]
-QUIET = {"point", "device", "corpus", "prefixes", "pred_len", "sample_temperature", "eval_seed"}  # not worth a title
+QUIET = {"point", "device", "corpus", "prefixes", "pred_len", "sample_temperature", "eval_seed", "eval_size", "eval_every",  # not worth a title
+         "solve_fraction", "stop_when_solved", "probe_steps", "probe_size", "context_lengths", "context_positions"}
 
 
 def fixed_settings(df: pd.DataFrame, settings: list[str], drawn: set[str]) -> dict:

@@ -1,10 +1,12 @@
-"""Gradient clipping that really clips and says what it did. One string format everywhere:
-'none', 'norm:THETA' (global norm, direction kept), 'value:THETA' (element-wise clamp)."""
+"""Gradient clipping that really clips and says what it did. One string format everywhere: 'none',
+'norm:THETA' (global norm, direction kept), 'value:THETA' (element-wise clamp), 'adaptive:P' (norm
+clipping at the P-th percentile of the norms seen so far), 'mean:K' (at K times their mean)."""
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +18,8 @@ class ClipResult:
     norm_before: float  # global L2 norm of all gradients, float64
     norm_after: float
     clipped: bool
+    threshold: float = float("nan")  # the norm (or, for value clipping, element) bound in force this step
+    cosine: float = 1.0  # between the clipped and the unclipped gradient: 1 when the direction is kept
 
 
 def global_norm(grads: list[torch.Tensor]) -> float:
@@ -26,10 +30,18 @@ def global_norm(grads: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(norms))
 
 
+def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """cos(a, b) of two gradients given tensor by tensor, in float64."""
+    dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+    return dot / (global_norm(a) * global_norm(b)) if dot else 0.0
+
+
 class Clipper:
-    """Clips gradients in place; a non-finite norm is reported and left alone (a divergence to record)."""
+    """Clips gradients in place; a non-finite norm is reported and left alone (a divergence to record).
+    measure_cosine: compare the clipped gradient with a copy of the unclipped one (off for timing)."""
 
     spec = "none"
+    measure_cosine = True
 
     def __call__(self, grads: list[torch.Tensor]) -> ClipResult:
         before = global_norm(grads)
@@ -39,6 +51,18 @@ class Clipper:
 
     def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
         return ClipResult(before, before, False)
+
+
+def rescale(grads: list[torch.Tensor], before: float, theta: float, measure: bool = True) -> ClipResult:
+    """Global-norm clipping at theta (Pascanu et al. 2013): every gradient times theta / norm when the
+    norm exceeds theta. The cosine is measured (1 to float precision), unless `measure` is off (timing)."""
+    if not before > theta:
+        return ClipResult(before, before, False, theta)
+    unclipped = [g.clone() for g in grads] if measure else None
+    scale = theta / before
+    for g in grads:
+        g.mul_(scale)
+    return ClipResult(before, global_norm(grads), True, theta, cosine(unclipped, grads) if measure else float("nan"))
 
 
 @dataclass
@@ -52,12 +76,51 @@ class NormClip(Clipper):
         return f"norm:{self.theta:g}"
 
     def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
-        if before <= self.theta:
-            return ClipResult(before, before, False)
-        scale = self.theta / before
-        for g in grads:
-            g.mul_(scale)
-        return ClipResult(before, global_norm(grads), True)
+        return rescale(grads, before, self.theta, self.measure_cosine)
+
+
+@dataclass
+class AdaptiveClip(Clipper):
+    """Norm clipping at the p-th percentile of the norms seen before this step in the run (none at the first)."""
+
+    p: float
+    seen: list[float] = field(default_factory=list)  # sorted
+
+    @property
+    def spec(self) -> str:
+        return f"adaptive:{self.p:g}"
+
+    def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
+        theta = percentile(self.seen, self.p) if self.seen else float("inf")
+        bisect.insort(self.seen, before)
+        return rescale(grads, before, theta, self.measure_cosine)
+
+
+@dataclass
+class MeanClip(Clipper):
+    """Norm clipping at k times the mean norm seen before this step (Pascanu et al. 2013: half to ten times
+    the average still converges); none at the first step."""
+
+    k: float
+    total: float = 0.0
+    count: int = 0
+
+    @property
+    def spec(self) -> str:
+        return f"mean:{self.k:g}"
+
+    def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
+        theta = self.k * self.total / self.count if self.count else float("inf")
+        self.total, self.count = self.total + before, self.count + 1
+        return rescale(grads, before, theta, self.measure_cosine)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile of sorted values, interpolated linearly (numpy's default)."""
+    position = (len(values) - 1) * p / 100
+    low = math.floor(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
 
 
 @dataclass
@@ -72,16 +135,21 @@ class ValueClip(Clipper):
 
     def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
         fired = any(bool((g.abs() > self.theta).any()) for g in grads)
+        if not fired:
+            return ClipResult(before, before, False, self.theta)
+        unclipped = [g.clone() for g in grads] if self.measure_cosine else None
         for g in grads:
             g.clamp_(-self.theta, self.theta)
-        return ClipResult(before, global_norm(grads), fired)
+        return ClipResult(before, global_norm(grads), True, self.theta, cosine(unclipped, grads) if unclipped else float("nan"))
 
 
-STRATEGIES: dict[str, type[Clipper]] = {"none": Clipper, "norm": NormClip, "value": ValueClip}
+STRATEGIES: dict[str, type[Clipper]] = {"none": Clipper, "norm": NormClip, "value": ValueClip, "adaptive": AdaptiveClip, "mean": MeanClip}
+BOUNDS = {"adaptive": (0.0, 100.0)}  # a percentile
 
 
 def parse_clip(spec: str) -> Clipper:
-    """'none', 'norm:THETA' or 'value:THETA' -> a fresh clipper; a malformed spec says what is allowed."""
+    """'none', 'norm:THETA', 'value:THETA', 'adaptive:P' or 'mean:K' -> a fresh clipper (with its own
+    history); a malformed spec says what is allowed."""
     name, sep, arg = str(spec).partition(":")
     cls = lookup(STRATEGIES, name.strip(), "clipping strategy")
     if cls is Clipper:
@@ -92,6 +160,9 @@ def parse_clip(spec: str) -> Clipper:
         theta = float(arg)
     except ValueError:
         theta = float("nan")
-    if not (theta > 0 and math.isfinite(theta)):
-        raise ValueError(f"clip {spec!r}: {name} needs a positive threshold, written '{name}:THETA' (e.g. '{name}:1').")
+    low, high = BOUNDS.get(name, (0.0, math.inf))
+    if not (low < theta <= high and math.isfinite(theta)):
+        allowed = f"a percentile in (0, 100], written '{name}:P' (e.g. '{name}:90')" if name in BOUNDS else \
+            f"a positive number, written '{name}:{'K' if name == 'mean' else 'THETA'}' (e.g. '{name}:1')"
+        raise ValueError(f"clip {spec!r}: {name} needs {allowed}.")
     return cls(theta)

@@ -1,11 +1,15 @@
 """The one training loop, for every task: forward, the task's loss on the scored steps, backward, clip,
-step; per-step telemetry, evaluation on the fixed held-out set, divergence recorded, early stop once solved."""
+step; per-step telemetry, evaluation on the fixed held-out set, divergence recorded, early stop once solved.
+
+Divergence ends a run and is recorded with its step, never raised: a non-finite loss or gradient, or a
+loss above 10 times the median of the previous 50 steps' and above twice the task's baseline."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +20,7 @@ from ..probes import task_loss_grad_norms
 from ..tasks import Batch, Task
 from ..tasks.base import loss_of
 from ..timing import sync
-from .clipping import parse_clip
+from .clipping import global_norm, parse_clip
 from .config import TrainConfig
 from .model import SeqModel, build_model
 from .optimizers import make_optimizer
@@ -43,9 +47,16 @@ def evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
     return task.finish(sums)
 
 
-def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, clipper, params: list) -> tuple:
+DIVERGE_WINDOW = 50  # the divergence rule: a loss above 10 x the median of the previous 50 steps'
+DIVERGE_FACTOR = 10.0
+DIVERGE_BASELINES = 2.0  # ... and above twice the task's memoryless baseline (so a drop to near 0, then a blip, is no divergence)
+
+
+def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, clipper, params: list,
+               measure_update: bool = False) -> tuple:
     """Forward, the task's loss on the scored steps, backward, clip, and the optimiser's step unless the
-    loss or the gradient is not finite. Returns (loss, ClipResult, state, finite)."""
+    loss or the gradient is not finite. Returns (loss, ClipResult, state, finite, update norm ||delta theta||
+    (NaN unless measured: it copies the parameters))."""
     outputs, state = model(batch.x, state, batch.mask)  # (S, B, O)
     loss = loss_of(spec, outputs, batch.targets())
     opt.zero_grad(set_to_none=True)
@@ -53,9 +64,13 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
     loss_value = loss.item()
     report = clipper([p.grad for p in params if p.grad is not None])
     finite = math.isfinite(loss_value) and math.isfinite(report.norm_before)
+    update = float("nan")
     if finite:
+        before = [p.detach().clone() for p in params] if measure_update else None
         opt.step()
-    return loss_value, report, state, finite
+        if before is not None:
+            update = global_norm([p.detach() - b for p, b in zip(params, before)])
+    return loss_value, report, state, finite, update
 
 
 def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) -> TrainResult:
@@ -83,17 +98,25 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     if 0 in probe_at:
         result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, 0))
     window: list[dict] = []  # step rows since the last evaluation
-    diverged_step = solved_step = None
+    diverged_step = solved_step = diverged_reason = None
+    recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
     state = None
-    bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl}", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl} T={cfg.seq_len}", unit="step", disable=not progress, leave=False)
     for step in range(1, cfg.steps + 1):
         batch = next(stream)
         state = detach(state) if (batch.carry and state is not None) else None  # truncated BPTT between batches
         start = time.perf_counter()
-        loss_value, report, state, finite = train_step(model, task.spec, batch, state, opt, clipper, params)
+        loss_value, report, state, finite, update = train_step(model, task.spec, batch, state, opt, clipper, params, measure_update=True)
         sync(device)
         row = {"step": step, "loss": loss_value, "grad_norm_pre": report.norm_before, "grad_norm_post": report.norm_after,
-               "clipped": report.clipped, "seconds": time.perf_counter() - start}
+               "clipped": report.clipped, "clip_threshold": report.threshold, "clip_cosine": report.cosine, "update_norm": update,
+               "seconds": time.perf_counter() - start}
+        if finite and len(recent_losses) == DIVERGE_WINDOW and loss_value > max(
+                DIVERGE_FACTOR * statistics.median(recent_losses), DIVERGE_BASELINES * baseline):
+            finite, diverged_reason = False, "loss above 10 x its running median and 2 x the baseline"
+        elif not finite:
+            diverged_reason = "non-finite loss or gradient"
+        recent_losses.append(loss_value)
         if per_epoch:
             row["epoch"] = (step - 1) // per_epoch + 1
         result.steps.append(row)
@@ -122,7 +145,7 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     result.run = {
         "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in params), "baseline": baseline,
         "steps_done": len(result.steps), "steps_per_epoch": per_epoch, "diverged": diverged_step is not None,
-        "diverged_step": diverged_step, "solved_step": solved_step,
+        "diverged_step": diverged_step, "diverged_reason": diverged_reason, "solved_step": solved_step,
         "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(),
     }
     return result

@@ -15,16 +15,25 @@ OUTPUT_STD = 0.01  # the seed draws W_hq from N(0, 0.01) too
 
 
 class SeqModel(nn.Module):
-    """x (T, B) ids or (T, B, I) -> outputs (T, B, O), or (S, B, O) at the S steps where `steps` is True."""
+    """x (T, B) ids or (T, B, I) -> outputs (T, B, O), or (S, B, O) at the S steps where `steps` is True.
 
-    def __init__(self, cell: Cell, output_size: int, seed: int = 0):
+    The output layer follows the cell's init: under 'uniform' (torch.nn's defaults) it is nn.Linear's,
+    U(-1/sqrt(H), 1/sqrt(H)) for weights and bias; otherwise the seed's, N(0, 0.01) and a zero bias."""
+
+    def __init__(self, cell: Cell, output_size: int, seed: int = 0, init: str = "normal"):
         super().__init__()
         self.cell = cell
         gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the cell's draws stay the same
         ref = next(cell.parameters())
-        w = torch.randn(cell.hidden_size, output_size, generator=gen, dtype=torch.float64) * OUTPUT_STD
+        H = cell.hidden_size
+        if init == "uniform":
+            w = (torch.rand(H, output_size, generator=gen, dtype=torch.float64) * 2 - 1) / H**0.5
+            b = (torch.rand(output_size, generator=gen, dtype=torch.float64) * 2 - 1) / H**0.5
+        else:
+            w = torch.randn(H, output_size, generator=gen, dtype=torch.float64) * OUTPUT_STD
+            b = torch.zeros(output_size, dtype=torch.float64)
         self.W_hq = nn.Parameter(w.to(ref))  # (H, O)
-        self.b_q = nn.Parameter(torch.zeros(output_size, dtype=ref.dtype, device=ref.device))
+        self.b_q = nn.Parameter(b.to(ref))  # (O,)
 
     def forward(self, x: torch.Tensor, state: State = None, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         out, state = self.cell(x, state)  # (T, B, H)
@@ -42,4 +51,4 @@ def build_model(spec: Spec, cell: str, impl: str, hidden_size: int, *, seed: int
                 device: str | torch.device = "cpu", **cell_options) -> SeqModel:
     """The cell sized for the task (input_size = vocabulary or vector width) and an output layer of its size."""
     rnn = create(cell, impl, spec.input_size, hidden_size, seed=seed, dtype=dtype, device=device, **cell_options)
-    return SeqModel(rnn, spec.output_size, seed)
+    return SeqModel(rnn, spec.output_size, seed, cell_options.get("init", "normal"))
