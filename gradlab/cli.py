@@ -184,8 +184,7 @@ def _echo_summary(out: Path) -> None:
     section = summary_of(out)
     for point in section.key_points:
         click.echo(textwrap.fill(point, 110))
-    if section.summary:
-        title, df = section.summary
+    for title, df in section.summaries:
         constant = [c for c in df.columns if len(df) > 1 and df[c].map(repr).nunique() == 1]
         click.echo(f"{title}:\n" + df.drop(columns=constant).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for title, df in section.tables:

@@ -40,6 +40,7 @@ MEASURES: dict[str, str] = {
     "gradient_decay": "how ||dL/dh_t||, ||dL/dx_t|| and ||ds_T/ds_t|| fall or grow with distance from the loss",
     "train": "a model trained on a task: learning curves and held-out loss against the memoryless baseline",
     "cliff": "Pascanu et al. 2013's one-unit network: its loss surface's cliff, and descent paths clipped or not",
+    "throughput": "how fast each cell runs per impl (timed interleaved), against a matmul peak measured alongside",
 }
 OPTIMIZERS: dict[str, str] = {
     "sgd": "plain SGD, no momentum: the book's scratch trainer",
@@ -51,7 +52,7 @@ CLIPS: dict[str, str] = {
     "norm": "'norm:THETA': rescale all gradients so their global L2 norm is at most THETA (direction kept)",
     "value": "'value:THETA': clamp every gradient element to [-THETA, THETA] (direction not kept)",
     "adaptive": "'adaptive:P': norm clipping at the P-th percentile of the gradient norms seen so far in the run",
-    "mean": "'mean:K': norm clipping at K times the mean gradient norm so far (Pascanu et al. 2013: K in 0.5-10 converges)",
+    "mean": "'mean:K': norm clipping at K times the mean norm of the steps not clipped so far (Pascanu et al. 2013: K in 0.5-10)",
 }
 SAMPLINGS: dict[str, str] = {
     "consecutive": "B parallel streams through the text; each batch continues the last, state carried",

@@ -19,9 +19,10 @@ else:  # pragma: no cover
 
 from .names import suggest
 
-TOP_KEYS = ("name", "measure", "description", "default_profile", "grid", "settings", "exclude", "profiles")
+TOP_KEYS = ("name", "measure", "description", "default_profile", "grid", "settings", "exclude", "when", "profiles")
 BECAUSE = "because"  # an exclusion rule's optional reason, said whenever the rule drops a point
-PROFILE_KEYS = ("description", "grid", "settings", "exclude")
+PROFILE_KEYS = ("description", "grid", "settings", "exclude", "when")
+WHEN_KEYS = ("match", "settings", "because")  # [[when]]: settings for the points a match selects
 
 
 class StudyError(ValueError):
@@ -39,6 +40,7 @@ class Study:
     profiles: dict[str, dict]
     source: str  # where it was read from, for messages and the manifest
     default_profile: str | None = None  # the profile a run without --profile uses
+    when: list[dict] = field(default_factory=list)  # [[when]] tables: match, settings, because
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Resolved:
     axes: list[str]  # keys that are grid coordinates (declared as grid, or given several values)
     exclude: list[Rule] = field(default_factory=list)
     overridden: list[str] = field(default_factory=list)  # keys --set gave
+    when: list[tuple[Rule, dict]] = field(default_factory=list)  # settings for the points each rule matches
 
 
 def studies_dir() -> Path:
@@ -142,6 +145,14 @@ def parse_study(data: dict, source: str) -> Study:
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
         raise StudyError(f"{source}: exclude must be a list of tables like {{cell = 'linear', impl = 'cudnn'}}.")
+    for where, table in [("", data), *((f"profiles.{n}.", prof) for n, prof in profiles.items())]:
+        when = table.get("when", [])
+        if not isinstance(when, list) or not all(isinstance(w, dict) for w in when):
+            raise StudyError(f"{source}: {where}when must be an array of tables [[when]] with match and settings.")
+        for w in when:
+            _check_keys(w, WHEN_KEYS, f"{source}: {where}when")
+            _expect_table(w.get("match"), f"{source}: {where}when.match")
+            _expect_table(w.get("settings"), f"{source}: {where}when.settings")
     default = data.get("default_profile")
     if default is not None and default not in profiles:
         raise StudyError(f"{source}: default_profile {default!r} is not one of its profiles. {suggest(str(default), profiles)}")
@@ -149,7 +160,7 @@ def parse_study(data: dict, source: str) -> Study:
         name=data["name"], measure=data["measure"], description=str(data.get("description", "")),
         grid=_check_grid(_expect_table(data.get("grid", {}), f"{source}: grid"), "grid"),
         settings=_expect_table(data.get("settings", {}), f"{source}: settings"),
-        exclude=exclude, profiles=profiles, source=source, default_profile=default,
+        exclude=exclude, profiles=profiles, source=source, default_profile=default, when=data.get("when", []),
     )
 
 
@@ -225,12 +236,13 @@ def parse_override(text: str) -> tuple[str, list]:
 
 def resolve(study: Study, config_cls: type, profile: str | None = None, overrides: list[str] = ()) -> Resolved:
     """Defaults < study settings and grid < profile (the study's default_profile when none is named) <
-    --set; every key checked against config_cls."""
+    [[when]] settings, for the points their match selects < --set; every key checked against config_cls."""
     types_of = field_types(config_cls)
     profile = profile if profile is not None else study.default_profile
     values: dict[str, list] = {}
     axes: list[str] = []
     exclude = list(study.exclude)
+    whens = list(study.when)
 
     def put(table: dict, where: str, is_grid: bool) -> None:
         for key, value in table.items():
@@ -250,21 +262,30 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         put(prof.get("settings", {}), f"profile {profile!r} settings", False)
         put(prof.get("grid", {}), f"profile {profile!r} grid", True)
         exclude += prof.get("exclude", [])
+        whens += prof.get("when", [])
     overridden = []
     for text in overrides:
         key, raw = parse_override(text)
         put({key: raw}, "--set", True)
         overridden.append(key)
-    rules = []
-    for rule in exclude:
-        because = rule.get(BECAUSE, "")
-        match = {k: v for k, v in rule.items() if k != BECAUSE}
+    def rule(match: dict, because: str, where: str) -> Rule:
         for key in match:
             if key not in types_of:
-                raise StudyError(f"{study.source}: exclude names unknown key {key!r}. {suggest(key, types_of)}")
-        rules.append(Rule({k: [coerce(k, v, types_of[k], "exclude") for v in (vals if isinstance(vals, list) else [vals])]
-                           for k, vals in match.items()}, str(because)))
-    return Resolved(study, profile or "default", values, axes, rules, overridden)
+                raise StudyError(f"{study.source}: {where} names unknown key {key!r}. {suggest(key, types_of)}")
+        return Rule({k: [coerce(k, v, types_of[k], where) for v in (vals if isinstance(vals, list) else [vals])]
+                     for k, vals in match.items()}, str(because))
+
+    rules = [rule({k: v for k, v in r.items() if k != BECAUSE}, r.get(BECAUSE, ""), "exclude") for r in exclude]
+    conditional = []
+    for w in whens:
+        settings = {}
+        for key, value in w["settings"].items():
+            if key not in types_of:
+                raise StudyError(f"{study.source}: when.settings: unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
+            if key not in overridden:  # --set has the last word
+                settings[key] = coerce(key, value, types_of[key], "when.settings")
+        conditional.append((rule(w["match"], w.get("because", ""), "when.match"), settings))
+    return Resolved(study, profile or "default", values, axes, rules, overridden, conditional)
 
 
 def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
@@ -277,6 +298,9 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
         point = dict(zip(keys, combo))
         rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(point)), None)
         if rule_index is None:
+            for match, settings in resolved.when:  # settings for the points a [[when]] selects (grid axes untouched)
+                if match.matches(point):
+                    point |= {k: v for k, v in settings.items() if k not in resolved.axes}
             points.append(config_cls(**point))
             continue
         rule = resolved.exclude[rule_index]

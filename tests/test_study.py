@@ -111,3 +111,23 @@ def test_impossible_combinations_fail_before_any_work(tmp_path):
 def test_parse_override():
     assert parse_override("cell=rnn,gru") == ("cell", ["rnn", "gru"])
     assert parse_override(" seq_len = 3 ") == ("seq_len", ["3"])
+
+
+WHEN = GOOD + """
+[[when]]
+match = { cell = "rnn" }
+settings = { hidden_size = 7, batch_size = 3 }
+because = "rnn points are different"
+"""
+
+
+def test_when_sets_settings_for_the_points_it_matches(tmp_path):
+    study = load_study(write(tmp_path, WHEN))
+    points, _ = expand(resolve(study, gradient_decay.Config), gradient_decay.Config)
+    assert {(p.cell, p.hidden_size, p.batch_size) for p in points} == {("linear", 4, 16), ("rnn", 7, 3)}
+    points, _ = expand(resolve(study, gradient_decay.Config, None, ["hidden_size=9"]), gradient_decay.Config)
+    assert {(p.cell, p.hidden_size, p.batch_size) for p in points} == {("linear", 9, 16), ("rnn", 9, 3)}  # --set has the last word
+    with pytest.raises(StudyError, match="when.settings: unknown key 'hiden_size'.*Did you mean 'hidden_size'"):
+        resolve(load_study(write(tmp_path, WHEN.replace("hidden_size = 7", "hiden_size = 7"), "w2.toml")), gradient_decay.Config)
+    with pytest.raises(StudyError, match="when: unknown key 'mach'"):
+        load_study(write(tmp_path, WHEN.replace("match = {", "mach = {"), "w3.toml"))

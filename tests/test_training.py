@@ -338,18 +338,23 @@ def test_effective_context_is_the_fewest_characters_within_a_hundredth_of_a_nat(
 
 
 def test_adaptive_and_mean_clipping_follow_the_norms_seen_so_far():
-    """adaptive:P clips at the P-th percentile (numpy's, linear) of earlier norms; mean:K at K times their mean;
-    neither clips at the first step (nothing seen yet)."""
+    """adaptive:P clips at the P-th percentile (numpy's, linear) of earlier norms; mean:K at K times the mean
+    of the earlier norms it did not clip; neither clips at the first step (nothing seen yet)."""
     import numpy as np
 
     norms = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.0]
     adaptive, mean = parse_clip("adaptive:50"), parse_clip("mean:1.5")
+    kept: list[float] = []  # the norms mean:K has not clipped: 3, 1, 1.5, 2.6 (4, 9 and 5 are clipped)
     for k, n in enumerate(norms):
-        for clipper, theta in ((adaptive, np.percentile(norms[:k], 50) if k else np.inf), (mean, 1.5 * np.mean(norms[:k]) if k else np.inf)):
+        mean_theta = 1.5 * np.mean(kept) if kept else np.inf
+        for clipper, theta in ((adaptive, np.percentile(norms[:k], 50) if k else np.inf), (mean, mean_theta)):
             g = _grads([n * 0.6], [n * 0.8])
             r = clipper(g)
             assert r.threshold == pytest.approx(theta) and r.clipped == (n > theta)
             assert r.norm_after == pytest.approx(min(n, theta)) and r.cosine == pytest.approx(1.0, abs=1e-15)
+        if n <= mean_theta:
+            kept.append(n)
+    assert kept == [3.0, 1.0, 1.5, 2.6]
     with pytest.raises(ValueError, match="adaptive needs a percentile in \\(0, 100\\]"):
         parse_clip("adaptive:150")
 
@@ -370,9 +375,10 @@ def test_every_step_records_the_update_it_made():
         assert s["clip_threshold"] == 0.05 and (not s["clipped"] or s["clip_cosine"] == pytest.approx(1.0, abs=1e-12))
 
 
-def test_a_loss_far_above_its_running_median_is_a_divergence():
-    """Adding without clipping at a huge rate: the loss leaves its recent median by far before any NaN;
-    the run ends there, recorded, with the rule that ended it."""
+@pytest.mark.parametrize("factor,rule", [(30, "10 x its running median"), (1000, "100 x the baseline")])
+def test_a_loss_far_above_its_running_median_or_the_baseline_is_a_divergence(factor, rule):
+    """Step 120's loss multiplied: 30 times is far above its running median (and twice the baseline), 1000 times
+    above 100 times the baseline; either ends the run there, recorded with the rule, before any NaN."""
     from gradlab.measures.train import Config
     from gradlab.training import loop
 
@@ -383,12 +389,12 @@ def test_a_loss_far_above_its_running_median_is_a_divergence():
     losses = [s["loss"] for s in calm.steps]
     real, calls = loop.loss_of, []
 
-    def spiky(spec, outputs, targets, reduction="mean"):  # training step 120's loss is 1000 times what it was
+    def spiky(spec, outputs, targets, reduction="mean"):
         value = real(spec, outputs, targets, reduction)
         if outputs.requires_grad:  # a training step (evaluation runs without grad)
             calls.append(1)
             if len(calls) == 120:
-                return value * 1000
+                return value * factor
         return value
 
     loop.loss_of = spiky
@@ -396,5 +402,5 @@ def test_a_loss_far_above_its_running_median_is_a_divergence():
         r = train(cfg)
     finally:
         loop.loss_of = real
-    assert r.run["diverged"] and r.run["diverged_step"] == 120 and "running median" in r.run["diverged_reason"]
+    assert r.run["diverged"] and r.run["diverged_step"] == 120 and rule in r.run["diverged_reason"]
     assert [s["loss"] for s in r.steps[:119]] == losses[:119] and len(r.steps) == 120

@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from ..cells import detach
+from ..cells import detach, family
 from ..tasks.lyrics import Lyrics
 from ..tasks.text import consecutive
-from ..timing import lm_epoch_flops, matmul_peak, sync
+from ..timing import lm_epoch_flops, matmul_peak, median_seconds, sync
 from ..training import TrainConfig, build_model
 from ..training.clipping import NormClip, parse_clip
 from ..training.loop import train_step
@@ -66,6 +66,31 @@ def compare_epoch_speed(cfg: TrainConfig, task: Lyrics, epochs: int = 3) -> dict
         out |= {f"{name}_seconds_per_epoch": seconds, f"{name}_flops_per_epoch": flops, f"{name}_peak_fraction": flops / seconds / peak}
     out["speedup"] = out["book_seconds_per_epoch"] / out["gradlab_seconds_per_epoch"]
     return out
+
+
+def epoch_matmul_seconds(cfg: TrainConfig, task: Lyrics, repeats: int = 5) -> float:
+    """Median seconds of one epoch's matmuls run alone, at the epoch's own shapes and counts (those of
+    lm_epoch_flops('gradlab', ...)): what the epoch would take if everything else cost nothing."""
+    device = torch.device(cfg.device)
+    g, H, B, T, V = family(cfg.cell).gate_count, cfg.hidden_size, cfg.batch_size, cfg.seq_len, len(task.vocab)
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
+    h, w_h, a, w_t = r(B, H), r(H, g * H), r(B, g * H), r(g * H, H)
+    hs, w_q, grad_q, ga = r(T * B, H), r(H, V), r(T * B, V), r(T * B, g * H)
+    batches = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
+
+    def epoch() -> None:
+        for _ in range(batches):
+            for _ in range(T):
+                h @ w_h  # forward, recurrent
+            hs @ w_q  # forward, output layer
+            grad_q @ w_q.T  # d hidden, output layer
+            hs.T @ grad_q  # d W_hq
+            for _ in range(T - 1):
+                a @ w_t  # d h_{t-1}
+            hs.T @ ga  # d W_h, all steps at once
+
+    return median_seconds(epoch, device, repeats=repeats, warmup=1)
 
 
 def book_config(**overrides) -> TrainConfig:

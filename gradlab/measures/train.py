@@ -3,6 +3,8 @@ per-step telemetry, and the task's own tables (generated text for lyrics)."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ..training import TrainConfig, train, with_task_params
@@ -49,6 +51,16 @@ COLUMNS = COMMON_COLUMNS | {
     "best_val_loss": "lowest val_loss of the run", "loss_over_baseline": "final_val_loss / baseline (1: no better than ignoring the past)",
     "solved": "val_loss went below solve_fraction x baseline at some evaluation", "steps_to_solve": "the first such step",
     "seconds_per_epoch": "lyrics: training seconds per epoch",
+    "clip_threshold": "the norm (value: element) bound in force at the step; NaN without clipping",
+    "clip_cosine": "cosine between the clipped and the unclipped gradient (1: direction kept)",
+    "update_norm": "||delta theta||: how far the optimiser's step moved the parameters",
+    "steps_run": "optimiser steps the run took", "fraction_clipped": "share of its steps clipped",
+    "median_grad_norm": "median gradient norm before clipping", "median_threshold": "median threshold in force",
+    "threshold_over_norm": "median threshold / median gradient norm: the threshold relative to the typical norm",
+    "min_cosine": "smallest cosine of a clipped step", "median_cosine": "median cosine of the clipped steps",
+    "median_update_norm": "median ||delta theta||", "max_update_norm": "largest ||delta theta||",
+    "loss_spikes": "steps whose loss exceeded 3 x the median of the previous 50",
+    "diverged_reason": "what ended a diverged run",
     "lags_tried": "the seq_len values run with these settings", "seeds_solved": "per lag tried: seeds solved / seeds run",
     "longest_lag_solved": "the largest seq_len (steps) solved by most of its seeds; empty: none",
     "probe_steps": "steps at which the gradient flow is measured (0: at initialisation)",
@@ -110,7 +122,36 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
         derived["longest_lag"] = longest_lag(final, columns)
     if "context" in tables and len(tables["context"]):
         derived["effective_context"] = effective_context(tables["context"], columns)
+    if "steps" in tables and len(tables["steps"]):
+        derived["clipping"] = clipping(tables["steps"], columns)
     return derived
+
+
+SPIKE = 3.0  # a loss spike: above 3 x the median of the previous 50 steps' losses
+SPIKE_WINDOW = 50
+
+
+def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per run, from its steps: how often clipping fired, the thresholds and norms it met, what it did to
+    the direction (cosine) and the step (update norm), and how many loss spikes there were."""
+    settings = [c for c in columns if c in steps and c != "point"]
+    rows = []
+    for point, g in steps.groupby("point", sort=False):
+        g = g.sort_values("step")
+        running = g["loss"].shift(1).rolling(SPIKE_WINDOW, min_periods=SPIKE_WINDOW).median()
+        clipped = g[g["clipped"]]
+        finite = g["grad_norm_pre"][g["grad_norm_pre"].map(math.isfinite)]
+        rows.append(g.iloc[0][settings].to_dict() | {
+            "point": point, "steps_run": len(g), "fraction_clipped": float(g["clipped"].mean()),
+            "median_grad_norm": float(finite.median()) if len(finite) else float("nan"),
+            "median_threshold": float(g["clip_threshold"].median()),
+            "threshold_over_norm": float(g["clip_threshold"].median() / finite.median()) if len(finite) else float("nan"),
+            "min_cosine": float(clipped["clip_cosine"].min()) if len(clipped) else 1.0,
+            "median_cosine": float(clipped["clip_cosine"].median()) if len(clipped) else 1.0,
+            "median_update_norm": float(g["update_norm"].median()), "max_update_norm": float(g["update_norm"].max()),
+            "loss_spikes": int((g["loss"] > SPIKE * running).sum()),
+        })
+    return pd.DataFrame(rows)
 
 
 CONTEXT_NATS = 0.01  # effective context: within this many nats of the longest context's loss

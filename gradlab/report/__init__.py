@@ -74,10 +74,9 @@ def render(out: Path) -> Path:
             f" at {html.escape(commit)}, torch {html.escape(str(manifest.get('environment', {}).get('torch')))}, "
             f"{html.escape(str(manifest.get('environment', {}).get('device')))}; {html.escape(str(manifest.get('started')))[:19]} to "
             f"{html.escape(str(manifest.get('ended')))[:19]} UTC.</p>"]
-    if section.key_points or section.summary:
+    if section.key_points or section.summaries:
         body.append("<h2>Summary</h2><div class='key'>" + "".join(f"<p>{html.escape(k)}</p>" for k in section.key_points) + "</div>")
-        if section.summary:
-            body.append(page.table(section.summary[1], section.summary[0]))
+        body.extend(page.table(df, title) for title, df in section.summaries)
     body.append("<h2>Figures</h2>" + ("".join(blocks) or "<p>No figures: the run has no results yet.</p>"))
     shown = list(section.tables)
     failures = tables.get("failures")

@@ -47,8 +47,8 @@ def view(t: Tables, manifest: dict) -> Section:
             f"wall is lr x gradient, {hit['longest_step']:.3g} long for start {int(hit['start'])}, which throws the path to "
             f"(w, b) = ({hit['final_w']:.2f}, {hit['final_b']:.2f}), loss {hit['final_loss']:.3g}; clipped, the step is at most "
             "lr x threshold and the path walks down the wall instead.")
-        sec.summary = ("Where each path ended", summary[[c for c in ["clip", "start", "final_w", "final_b", "final_loss", "largest_grad_norm",
-                                                                     "longest_step", "steps_clipped"] if c in summary]])
+        sec.summaries.append(("Where each path ended", summary[[c for c in ["clip", "start", "final_w", "final_b", "final_loss", "largest_grad_norm",
+                                                                     "longest_step", "steps_clipped"] if c in summary]]))
     if surface is not None and len(surface):
         one = surface[surface["point"] == surface["point"].iloc[0]]  # the surface is the same in every point
         sec.figures.append(("cliff", "log10 of the loss over (w, b), with gradient-descent paths from the same starts (o) to their ends (x), "

@@ -41,10 +41,13 @@ def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
 
 def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, title: str, xlabel: str, ylabel: str,
                     panel_order: list | None = None, zeros_at_floor: bool = True, baseline: float | None = None,
-                    style: str | None = None, col_wrap: int = 4, log: bool = True, logx: bool = False) -> plt.Figure:
+                    style: str | None = None, col_wrap: int = 4, log: bool = True, logx: bool = False,
+                    cap: float | None = None) -> plt.Figure:
     """One panel per value of `panel`, lines of y against x on a log axis coloured by `hue` (one colour per
     value across panels). Exact zeros cannot sit on a log axis: they are marked at the panel's floor as
     'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline)."""
+    if cap is not None:  # values beyond the cap are drawn at it (a diverged run should not squash the others)
+        df = df.assign(**{y: df[y].clip(upper=cap)})
     order = panel_order or ordered(df[panel].unique())
     n = len(order)
     cols = min(n, col_wrap)

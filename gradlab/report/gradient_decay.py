@@ -47,7 +47,7 @@ def view(t: Tables, manifest: dict) -> Section:
         if len(poor):
             which = "; ".join(sorted(set(label_models(poor)["model"] + ", init_scale " + poor["init_scale"].map(lambda v: f"{v:g}"))))
             sec.key_points.append(f"{len(poor)} curves are not one rate (r2 < 0.95), marked ~ below: {which}. Read their curves, not the number.")
-        sec.summary = ("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), summary_table(summ))
+        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), summary_table(summ)))
     shown = one_state(res[res["impl"] == "scratch"] if one_curve else res)
     for (probe, wrt), g in shown.groupby(["probe", "wrt"], sort=False):
         g = label_models(g)

@@ -26,7 +26,7 @@ class Section:
     """What a measure's view hands the page: prose, figures, tables; all read from stored tables."""
 
     key_points: list[str] = field(default_factory=list)  # sentences, shown first
-    summary: tuple[str, pd.DataFrame] | None = None  # the compact table of the numbers the study exists for
+    summaries: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # compact tables of the numbers the study exists for
     figures: list[tuple[str, str, Callable]] = field(default_factory=list)  # (file stem, caption, draw() -> a figure)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     folded: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # long tables, shown on request

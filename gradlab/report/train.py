@@ -6,11 +6,12 @@ from functools import partial
 
 import pandas as pd
 
-from . import figures
+from . import clipping, figures
 from .page import Section
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
 DRAWN = {"cell", "impl", "variant", "forget_bias", "point", "seed"}
+PPL_CAP = 100_000  # above a hundred thousand a perplexity only says 'diverged'; drawn at the cap
 
 
 def _varying(df: pd.DataFrame, settings: list[str]) -> list[str]:
@@ -18,14 +19,24 @@ def _varying(df: pd.DataFrame, settings: list[str]) -> list[str]:
 
 
 def view(t: Tables, manifest: dict) -> Section:
-    res, final, runs = t["results"], t.get("final"), t.get("runs")
+    """Task by task (a study may mix lyrics and synthetic tasks): key points, the final table, curves."""
     settings = manifest.get("columns", [])
-    lyrics = "val_ppl" in res and res["val_ppl"].notna().any()
     sec = Section()
+    tasks = list(dict.fromkeys(t["results"]["task"])) if "task" in t["results"] else [None]
+    for task in tasks:
+        sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
+        _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
+    return sec
+
+
+def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) -> None:
+    res, final, runs = t["results"], t.get("final"), t.get("runs")
+    lyrics = "val_ppl" in res and res["val_ppl"].notna().any()
+    named = f"{task}: " if task else ""
     if lyrics:
-        sec.key_points.append("Perplexity is exp(mean cross-entropy per next character). Training perplexity is over the last "
+        sec.key_points.append(named + "Perplexity is exp(mean cross-entropy per next character). Training perplexity is over the last "
                               "epoch before each evaluation; held-out perplexity over whole lines the model never saw.")
-        if runs is not None and "val_targets_scored" in runs:
+        if runs is not None and "val_targets_scored" in runs and len(runs):
             r = runs.iloc[0]
             sec.key_points.append(
                 f"Held out: {int(r['val_targets']):,} next-character targets; {int(r['val_targets_scored']):,} in the vocabulary of "
@@ -33,46 +44,50 @@ def view(t: Tables, manifest: dict) -> Section:
                 f"context (an unknown-character input) and not scored. A uniform guess scores a perplexity of {int(r['vocab_size']):,}; "
                 f"predicting each character by its training frequency, {r['unigram_entropy']:.2f} nats per character.")
     else:
-        sec.key_points.append("Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor that "
-                              "ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")
+        sec.key_points.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
+                              "that ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")
     if final is not None and len(final):
-        varying = _varying(final, settings)
-        cols = varying + (["epoch", "train_ppl", "val_ppl", "seconds_per_epoch"] if lyrics else
-                          ["step", "final_val_loss", "baseline", "loss_over_baseline", "val_metric", "solved", "steps_to_solve"])
+        cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "seconds_per_epoch"] if lyrics else
+                                            ["step", "final_val_loss", "baseline", "loss_over_baseline", "val_metric", "solved", "steps_to_solve"])
         cols += [c for c in ("diverged_step",) if c in final and final[c].notna().any()]
-        sec.summary = ("Final evaluation per run", final[[c for c in dict.fromkeys(cols) if c in final]])
-        diverged = final[final["diverged"]] if "diverged" in final else final.iloc[:0]
+        sec.summaries.append((f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]]))
+        diverged = final[final["diverged"].astype(bool)] if "diverged" in final else final.iloc[:0]
         if len(diverged):
-            sec.key_points.append(f"{len(diverged)} run(s) diverged (a non-finite loss or gradient); their last row records the step.")
+            sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a loss far above its "
+                                  "running median or its baseline); their last row records the step.")
     x, xlabel = ("epoch", "epoch") if "epoch" in res and res["epoch"].notna().all() else ("step", "optimiser step")
-    curves = label_models(res)
-    curves = curves.assign(loss_over_baseline=curves["val_loss"] / curves["baseline"])
-    for extra, g in group_by_others(curves, settings, DRAWN | {"model"} | (set() if lyrics else {"seq_len"})):  # one panel per lag
-        fixed = fixed_settings(g, settings, DRAWN)
-        style = "impl" if g["impl"].nunique() > 1 else None
+    curves = label_models(res).assign(loss_over_baseline=lambda d: d["val_loss"] / d["baseline"])
+    by_clip = "clip" in curves and curves["clip"].nunique() > 1
+    hue = "clip" if by_clip else "model"
+    drawn = (DRAWN - {"cell", "impl", "variant", "forget_bias"} | {"clip"}) if by_clip else DRAWN | {"model"}
+    for extra, g in group_by_others(curves, settings, drawn | (set() if lyrics else {"seq_len"})):  # one panel per lag
+        fixed = fixed_settings(g, settings, drawn)
+        style = "impl" if g["impl"].nunique() > 1 and not by_clip else None
+        stem = f"{task or ''}{extra}".replace(" ", "").replace(",", "-").replace(":", "")
         if lyrics:
-            long = g.melt(id_vars=["model", "impl", x], value_vars=["train_ppl", "val_ppl"], var_name="split", value_name="perplexity")
+            long = g.melt(id_vars=[hue, "impl", x], value_vars=["train_ppl", "val_ppl"], var_name="split", value_name="perplexity")
             long["split"] = long["split"].map({"train_ppl": "training", "val_ppl": "held out"})
-            sec.figures.append((f"perplexity{extra.replace(' ', '').replace(',', '-')}",
-                                f"Training and held-out perplexity against {xlabel}, one panel per split, one colour per model"
-                                + (", line style per impl." if style else "."),
-                                partial(figures.panels_of_lines, long, x, "perplexity", panel="split", hue="model", style=style, xlabel=xlabel,
-                                                        ylabel="perplexity", panel_order=["training", "held out"],
-                                                        title=figures.fixed_title(f"perplexity{extra}", fixed))))
+            sec.figures.append((f"perplexity-{stem}",
+                                f"Training and held-out perplexity against {xlabel}, one panel per split, one colour per {hue}"
+                                + (", line style per impl" if style else "") + f"; perplexities above {PPL_CAP:,} are drawn at "
+                                f"{PPL_CAP:,}. A line that stops: the run diverged there.",
+                                partial(figures.panels_of_lines, long, x, "perplexity", panel="split", hue=hue, style=style, xlabel=xlabel,
+                                        ylabel="perplexity", panel_order=["training", "held out"], cap=PPL_CAP,
+                                        title=figures.fixed_title(f"{named}perplexity{extra}", fixed))))
         else:
-            panel = "seq_len"
-            sec.figures.append((f"loss{extra.replace(' ', '').replace(',', '-')}",
+            sec.figures.append((f"loss-{stem}",
                                 f"Held-out loss over the memoryless baseline against {xlabel} (log axis; dashed: the baseline, 1), "
-                                "one panel per lag, one colour per model.",
-                                partial(figures.panels_of_lines, g, x, "loss_over_baseline", panel=panel, hue="model", style=style, xlabel=xlabel,
-                                                        ylabel="held-out loss / baseline", baseline=1.0,
-                                                        title=figures.fixed_title(f"held-out loss / baseline{extra}", fixed))))
-    if final is not None and lyrics and "seconds_per_epoch" in final:
+                                f"one panel per lag, one colour per {hue}. A line that stops: the run diverged (or was solved) there.",
+                                partial(figures.panels_of_lines, g, x, "loss_over_baseline", panel="seq_len", hue=hue, style=style,
+                                        xlabel=xlabel, ylabel="held-out loss / baseline", baseline=1.0,
+                                        title=figures.fixed_title(f"{named}held-out loss / baseline{extra}", fixed))))
+    if final is not None and lyrics and "seconds_per_epoch" in final and not by_clip:
         f = label_models(final)
         sec.figures.append(("seconds", "Training seconds per epoch (evaluation excluded), median run per model and impl.",
                             partial(figures.bars, f, "model", "seconds_per_epoch", hue="impl" if f["impl"].nunique() > 1 else None,
-                                         title=figures.fixed_title("seconds per epoch", fixed_settings(f, settings, DRAWN)),
-                                         ylabel="seconds per epoch", order=model_order(f["model"]))))
+                                    title=figures.fixed_title("seconds per epoch", fixed_settings(f, settings, DRAWN)),
+                                    ylabel="seconds per epoch", order=model_order(f["model"]))))
+    clipping.add(sec, t, settings, lyrics, task)
     accuracy(sec, curves, settings, x, xlabel, lyrics)
     longest(sec, t.get("longest_lag"), settings)
     flow(sec, t.get("flow"), settings)
@@ -82,7 +97,6 @@ def view(t: Tables, manifest: dict) -> Section:
         last = samples[samples["epoch"] == samples["epoch"].max()]
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy)", last[list(dict.fromkeys(cols))]))
-    return sec
 
 
 def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xlabel: str, lyrics: bool) -> None:

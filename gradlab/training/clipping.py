@@ -98,8 +98,10 @@ class AdaptiveClip(Clipper):
 
 @dataclass
 class MeanClip(Clipper):
-    """Norm clipping at k times the mean norm seen before this step (Pascanu et al. 2013: half to ten times
-    the average still converges); none at the first step."""
+    """Norm clipping at k times the average norm of the steps so far that it did not clip (Pascanu et al.
+    2013: half to ten times the average still converges); none at the first step. Clipped steps stay out
+    of the average, so an explosion cannot raise its own threshold (an average over every norm, tried
+    first, chased exploding norms upward and let runs diverge that fixed-threshold clipping held)."""
 
     k: float
     total: float = 0.0
@@ -111,8 +113,10 @@ class MeanClip(Clipper):
 
     def clip(self, grads: list[torch.Tensor], before: float) -> ClipResult:
         theta = self.k * self.total / self.count if self.count else float("inf")
-        self.total, self.count = self.total + before, self.count + 1
-        return rescale(grads, before, theta, self.measure_cosine)
+        result = rescale(grads, before, theta, self.measure_cosine)
+        if not result.clipped:
+            self.total, self.count = self.total + before, self.count + 1
+        return result
 
 
 def percentile(values: list[float], p: float) -> float:

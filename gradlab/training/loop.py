@@ -1,8 +1,9 @@
 """The one training loop, for every task: forward, the task's loss on the scored steps, backward, clip,
 step; per-step telemetry, evaluation on the fixed held-out set, divergence recorded, early stop once solved.
 
-Divergence ends a run and is recorded with its step, never raised: a non-finite loss or gradient, or a
-loss above 10 times the median of the previous 50 steps' and above twice the task's baseline."""
+Divergence ends a run and is recorded with its step, never raised: a non-finite loss or gradient, a loss
+above 100 times the task's baseline, or one above 10 times the median of the previous 50 steps' and
+above twice the baseline."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
 DIVERGE_WINDOW = 50  # the divergence rule: a loss above 10 x the median of the previous 50 steps'
 DIVERGE_FACTOR = 10.0
 DIVERGE_BASELINES = 2.0  # ... and above twice the task's memoryless baseline (so a drop to near 0, then a blip, is no divergence)
+DIVERGE_CEILING = 100.0  # or, at any step, a loss 100 times the baseline: no working model is that much worse than ignoring the past
 
 
 def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, clipper, params: list,
@@ -111,7 +113,9 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         row = {"step": step, "loss": loss_value, "grad_norm_pre": report.norm_before, "grad_norm_post": report.norm_after,
                "clipped": report.clipped, "clip_threshold": report.threshold, "clip_cosine": report.cosine, "update_norm": update,
                "seconds": time.perf_counter() - start}
-        if finite and len(recent_losses) == DIVERGE_WINDOW and loss_value > max(
+        if finite and loss_value > DIVERGE_CEILING * baseline:
+            finite, diverged_reason = False, "loss above 100 x the baseline"
+        elif finite and len(recent_losses) == DIVERGE_WINDOW and loss_value > max(
                 DIVERGE_FACTOR * statistics.median(recent_losses), DIVERGE_BASELINES * baseline):
             finite, diverged_reason = False, "loss above 10 x its running median and 2 x the baseline"
         elif not finite:

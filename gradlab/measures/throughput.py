@@ -1,0 +1,165 @@
+"""How fast each cell runs: one layer's forward (and backward) per impl, timed interleaved inside one point,
+against a matmul peak measured in the same point; or the book's lyrics epoch against the book's own code."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..cells import check, create
+from ..names import DTYPES, lookup
+from ..timing import interleaved_times, layer_flops, matmul_peak, sync
+from . import COMMON_COLUMNS
+
+WORKLOADS = ("cell", "lyrics_epoch")
+MODES = ("forward", "forward+backward")
+GRAPHED = "scratch-graph"  # the scratch cell's whole forward+backward captured once as a CUDA graph, then replayed
+
+COLUMNS = COMMON_COLUMNS | {
+    "workload": "cell: one recurrent layer on random data; lyrics_epoch: one training epoch of the book's model",
+    "impls": "the impls timed in the point, interleaved", "input_size": "input width I (empty: equal to hidden_size)",
+    "mode": "forward, or forward+backward (the issue's 'pass')", "repeats": "timed runs per impl", "warmup": "untimed runs first",
+    "ms_median": "median milliseconds per call (per epoch for lyrics_epoch)", "ms_iqr": "interquartile range of the timed runs (ms)",
+    "tokens_per_s": "sequence steps times batch per second", "flops": "matmul FLOPs per call, 2 per multiply-add (timing.py)",
+    "gflops": "achieved matmul GFLOP/s", "peak_gflops": "an n x n matmul's GFLOP/s measured in the same point, same device and dtype",
+    "peak_fraction": "gflops / peak_gflops", "peak_mem_bytes": "peak CUDA memory allocated (empty on CPU: not measured)",
+    "ratio_to_fused": "ms_median over the fused kernel's (cudnn) in the same point", "matmul_only_ms": "lyrics_epoch: the epoch's matmuls run alone",
+    "epoch_over_matmuls": "lyrics_epoch: the epoch's time over its matmuls' time alone",
+    "ratio_to_book": "lyrics_epoch: ms_median over the book's code's",
+}
+
+
+@dataclass
+class Config:
+    workload: str = "cell"
+    cell: str = "lstm"
+    impls: tuple[str, ...] = ("scratch", "cudnn")  # timed in one point, interleaved, so a drift in speed hits all alike
+    seq_len: int = 100  # fastrnns' shape: T 100, B 64, I = H = 512
+    batch_size: int = 64
+    hidden_size: int = 512
+    input_size: int | None = None  # None: equal to hidden_size
+    mode: str = "forward+backward"
+    dtype: str = "float32"
+    device: str = "cpu"
+    repeats: int = 10
+    warmup: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        lookup({w: w for w in WORKLOADS}, self.workload, "workload")
+        lookup({m: m for m in MODES}, self.mode, "mode")
+        lookup(DTYPES, self.dtype, "dtype")
+        if self.workload == "cell":
+            for impl in self.impls:
+                if impl == GRAPHED:
+                    if not str(self.device).startswith("cuda") or self.mode != "forward+backward":
+                        raise ValueError(f"impl {GRAPHED!r} captures a CUDA graph of forward+backward: it needs device cuda.")
+                else:
+                    check(self.cell, impl)
+        elif self.cell not in ("gru", "lstm"):
+            raise ValueError(f"the lyrics epoch compares with the book's code, which has gru and lstm, not {self.cell!r}.")
+        for name in ("seq_len", "batch_size", "hidden_size", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.warmup < 0 or (self.input_size is not None and self.input_size < 1):
+            raise ValueError("warmup must be >= 0 and input_size >= 1 (or none).")
+
+
+def _layer_call(cfg: Config, impl: str, x: torch.Tensor):
+    """A function running one forward (and backward) of a fresh layer, and the layer."""
+    base = "scratch" if impl == GRAPHED else impl
+    cell = create(cfg.cell, base, x.shape[-1], cfg.hidden_size, init="xavier", seed=cfg.seed, dtype=x.dtype, device=x.device)
+    backward = cfg.mode == "forward+backward"
+
+    def call() -> None:
+        if backward:
+            cell.zero_grad(set_to_none=False)
+            out, _ = cell(x)
+            out.sum().backward()
+        else:
+            with torch.no_grad():
+                cell(x)
+
+    if impl != GRAPHED:
+        return call, cell
+    stream = torch.cuda.Stream()  # warm up on a side stream, then capture (PyTorch's whole-network recipe)
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay, cell
+
+
+def _cell_rows(cfg: Config) -> list[dict]:
+    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    I = cfg.input_size or cfg.hidden_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.seq_len, cfg.batch_size, I, generator=gen, dtype=torch.float64).to(device, dtype)  # (T, B, I)
+    calls, cells = {}, {}
+    for impl in cfg.impls:
+        calls[impl], cells[impl] = _layer_call(cfg, impl, x)
+    peak_mem = {}
+    if device.type == "cuda":
+        for impl, call in calls.items():
+            torch.cuda.reset_peak_memory_stats()
+            call()
+            sync(device)
+            peak_mem[impl] = torch.cuda.max_memory_allocated()
+    times = interleaved_times(calls, device, cfg.repeats, cfg.warmup)
+    peak = matmul_peak(device, dtype)
+    flops = layer_flops(cfg.cell, cfg.seq_len, cfg.batch_size, I, cfg.hidden_size, cfg.mode == "forward+backward")
+    rows = []
+    for impl, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0], ts[0], ts[0])
+        seconds = statistics.median(ts)
+        rows.append({"impl": impl, "ms_median": seconds * 1e3, "ms_iqr": (q3 - q1) * 1e3, "tokens_per_s": cfg.seq_len * cfg.batch_size / seconds,
+                     "flops": flops, "gflops": flops / seconds / 1e9, "peak_gflops": peak / 1e9, "peak_fraction": flops / seconds / peak,
+                     "peak_mem_bytes": peak_mem.get(impl, float("nan")), "backend": cells[impl].last_backend + ("+graph" if impl == GRAPHED else "")})
+    fused = next((r["ms_median"] for r in rows if r["impl"] == "cudnn"), float("nan"))
+    return [r | {"ratio_to_fused": r["ms_median"] / fused} for r in rows]
+
+
+def _epoch_rows(cfg: Config) -> list[dict]:
+    """The book's lyrics epoch (hidden 256, 35 steps, batch 32, vocabulary 1,027) on a text of the book's
+    shape: gradlab's scratch model against the book's code, and the epoch's matmuls alone."""
+    from ..baselines.speed import book_config, book_shaped_text, compare_epoch_speed, epoch_matmul_seconds
+    from ..tasks.lyrics import Lyrics
+
+    task = Lyrics.from_text(book_shaped_text())
+    train_cfg = book_config(cell=cfg.cell, device=cfg.device)
+    speed = compare_epoch_speed(train_cfg, task, cfg.repeats)
+    matmuls = epoch_matmul_seconds(train_cfg, task, cfg.repeats)
+    tokens = speed["batches_per_epoch"] * train_cfg.seq_len * train_cfg.batch_size
+    rows = []
+    for who in ("gradlab", "book"):
+        seconds = speed[f"{who}_seconds_per_epoch"]
+        rows.append({"impl": who, "ms_median": seconds * 1e3, "ms_iqr": float("nan"), "tokens_per_s": tokens / seconds,
+                     "flops": speed[f"{who}_flops_per_epoch"], "gflops": speed[f"{who}_flops_per_epoch"] / seconds / 1e9,
+                     "peak_gflops": speed["matmul_peak_flops"] / 1e9, "peak_fraction": speed[f"{who}_peak_fraction"],
+                     "peak_mem_bytes": float("nan"), "backend": "python-loop",
+                     "ratio_to_book": seconds / speed["book_seconds_per_epoch"],
+                     "matmul_only_ms": matmuls * 1e3 if who == "gradlab" else float("nan"),
+                     "epoch_over_matmuls": seconds / matmuls if who == "gradlab" else float("nan")})
+    return rows
+
+
+def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:
+    torch.manual_seed(cfg.seed)
+    return {"results": _cell_rows(cfg) if cfg.workload == "cell" else _epoch_rows(cfg)}
+
+
+def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
+    """Side by side per shape: each impl's median time, and its ratio to the fused kernel (or the book)."""
+    res = tables["results"]
+    keys = [c for c in ("workload", "cell", "seq_len", "batch_size", "hidden_size", "input_size", "mode", "dtype", "device") if c in res]
+    ratio = "ratio_to_book" if (res["workload"] == "lyrics_epoch").all() else "ratio_to_fused"
+    wide = res.pivot_table(index=keys, columns="impl", values=["ms_median", ratio, "peak_fraction"], aggfunc="first", dropna=False)
+    wide.columns = [f"{impl} {what}" for what, impl in wide.columns]
+    return {"ratios": wide.reset_index()}
