@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..store import progress_of, read_json
-from . import cliff, figures, gradient_decay, page, train
+from . import cliff, figures, gradient_decay, page, throughput, train
 
-VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view}  # measure -> its view
+VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view, "throughput": throughput.view}  # measure -> its view
 
 
 class UnfinishedRun(FileNotFoundError):

@@ -12,6 +12,8 @@ from ..store import read_json
 COMPARED = {
     "gradient_decay": ("decay_rates", ["probe", "wrt"], ["factor_per_step", "r2", "vanish_distance"]),
     "train": ("final", [], ["final_train_loss", "final_val_loss", "val_metric", "loss_over_baseline", "steps_to_solve", "train_seconds"]),
+    "throughput": ("results", ["impl"], ["ms_median", "tokens_per_s", "peak_fraction", "ratio_to_fused"]),
+    "cliff": ("paths", ["start"], ["final_w", "final_b", "final_loss", "largest_grad_norm"]),
 }
 
 

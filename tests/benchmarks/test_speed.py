@@ -65,6 +65,22 @@ def test_hidden_probe_costs_little_over_its_own_backward(benchmark, impl):
     gate("probe_over_stepwise_backward", ratio)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_scratch_layer_against_the_fused_kernel_at_the_lyrics_shape(benchmark, cell):
+    """One layer's forward+backward at the lyrics shape (T 35, B 32, I = H = 256), both impls interleaved."""
+    from gradlab.measures.throughput import Config, run
+
+    rows = {r["impl"]: r for r in run(Config(cell=cell, seq_len=35, batch_size=32, hidden_size=256, repeats=7, warmup=2))["results"]}
+    ratio = rows["scratch"]["ms_median"] / rows["cudnn"]["ms_median"]
+    benchmark.extra_info |= {"scratch_over_fused": ratio, "backend": rows["cudnn"]["backend"],
+                             **{f"{impl}_tokens_per_s": r["tokens_per_s"] for impl, r in rows.items()},
+                             **{f"{impl}_peak_fraction": r["peak_fraction"] for impl, r in rows.items()}}
+    x = torch.randn(35, 32, 256, generator=torch.Generator().manual_seed(0))
+    layer = create(cell, "scratch", 256, 256, init="xavier")
+    benchmark.pedantic(lambda: layer(x)[0].sum().backward(), rounds=5, iterations=1)
+    gate(f"scratch_over_fused_{cell}", ratio)
+
+
 def test_scratch_lyrics_epoch_beats_the_book_style(benchmark):
     """The book's settings on a text of the book's shape (no corpus needed)."""
     task = Lyrics.from_text(book_shaped_text())  # the book's vocabulary size and batches per epoch

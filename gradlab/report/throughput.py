@@ -1,0 +1,78 @@
+"""The throughput report: the scratch/fused ratio per cell and shape first, then tokens/s and peak fractions."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from . import figures
+from .page import Section
+from .views import Tables, fixed_settings
+
+SHAPE = ["seq_len", "batch_size", "hidden_size"]
+
+
+def _shape(df: pd.DataFrame) -> pd.Series:
+    return "T " + df["seq_len"].astype(str) + ", B " + df["batch_size"].astype(str) + ", H " + df["hidden_size"].astype(str)
+
+
+def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: float | None = None, log: bool = False) -> plt.Figure:
+    """One group of bars per shape, one bar per impl (or per cell), one panel per cell."""
+    cells = figures.ordered(df["cell"].unique())
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells) + 1, 3.6), sharey=True, squeeze=False)
+    for ax, cell in zip(axes.flat, cells):
+        g = df[df["cell"] == cell]
+        sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, hue_order=sorted(df["impl"].unique()))
+        if line is not None:
+            ax.axhline(line, color="0.3", ls="--", lw=1)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(cell, fontsize=9)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        if ax is not axes.flat[0] and ax.get_legend():
+            ax.get_legend().remove()
+    axes.flat[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def view(t: Tables, manifest: dict) -> Section:
+    res = t["results"].assign(shape=lambda d: _shape(d))
+    settings = manifest.get("columns", [])
+    sec = Section()
+    epoch = (res["workload"] == "lyrics_epoch").all()
+    fixed = fixed_settings(res, settings, {"cell", "seq_len", "batch_size", "hidden_size", "impls", "point", "repeats", "warmup", "seed"})
+    if epoch:
+        g = res[res["impl"] == "gradlab"]
+        sec.key_points.append("The book's lyrics epoch (hidden 256, 35 steps, batch 32, vocabulary 1,027): "
+                              + "; ".join(f"{c}: gradlab {b['ms_median']:.0f} ms against the book's code's {b['ms_median'] / b['ratio_to_book']:.0f} ms "
+                                          f"({1 / b['ratio_to_book']:.2f}x faster), {b['peak_fraction']:.0%} of the matmul peak, "
+                                          f"{b['epoch_over_matmuls']:.2f}x the time of its own matmuls run alone"
+                                          for c, b in g.set_index("cell").iterrows()) + ".")
+        sec.summaries.append(("The lyrics epoch", res[["cell", "impl", "ms_median", "tokens_per_s", "gflops", "peak_fraction",
+                                                       "ratio_to_book", "matmul_only_ms", "epoch_over_matmuls"]]))
+        return sec
+    sec.key_points.append("Each point times every impl on the same data, runs interleaved (a drift in the machine's speed hits "
+                          "all alike); numbers are medians of synchronised runs. peak_fraction: the achieved matmul FLOP rate over an "
+                          "n x n matmul's, measured in the same point on the same device and dtype.")
+    ratios = res[res["impl"] != "cudnn"]
+    if len(ratios):
+        wide = ratios.pivot_table(index=["cell", "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
+        wide.columns = [f"{c} / fused" for c in wide.columns]
+        sec.summaries.append(("Time over the fused kernel's (1: as fast; below 1: faster)", wide.reset_index()))
+        sec.figures.append(("ratio", "Median time of each impl over the fused kernel's (cuDNN on a GPU, PyTorch's own on a CPU), per "
+                            "cell and shape; dashed: 1, as fast.",
+                            partial(bars_by_shape, ratios, "ratio_to_fused", "time / fused kernel's", figures.fixed_title("time over the fused kernel", fixed), line=1.0)))
+    sec.figures.append(("tokens", "Tokens (steps x batch) per second, per impl, cell and shape (log axis).",
+                        partial(bars_by_shape, res, "tokens_per_s", "tokens per second", figures.fixed_title("throughput", fixed), log=True)))
+    sec.figures.append(("peak", "Share of the matmul peak measured in the same point: the achieved matmul FLOP rate (the FLOP count "
+                        "of timing.layer_flops) over an n x n matmul's.",
+                        partial(bars_by_shape, res, "peak_fraction", "share of the matmul peak", figures.fixed_title("peak fraction", fixed))))
+    sec.tables.append(("Every timing", res[["cell", "impl", "shape", "mode", "ms_median", "ms_iqr", "tokens_per_s", "gflops", "peak_fraction",
+                                            "peak_mem_bytes", "backend", "ratio_to_fused"]]))
+    return sec

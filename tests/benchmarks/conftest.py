@@ -1,0 +1,13 @@
+"""The benchmark run's machine info names the torch, CUDA and cuDNN that were timed."""
+
+from __future__ import annotations
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import torch
+
+    machine_info["torch"] = torch.__version__
+    machine_info["cuda"] = torch.version.cuda
+    machine_info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
