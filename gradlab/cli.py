@@ -65,18 +65,19 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel.")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default=None, help="Where points run (default: inline, or processes with --workers > 1).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Run the points on this Dask scheduler (tcp://host:8786); needs gradlab[dask].")
 @click.option("--dry-run", is_flag=True, help="Say which points would be computed and how many are cached; compute nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
 @_friendly
 def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
-        executor: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False) -> None:
+        executor: str | None = None, scheduler: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
     interrupted (every finished point is saved: rerun the same command to resume)."""
     from .report import render
-    from .runner import StudyInterrupted, plan, point_states, run_study
+    from .runner import ExecutorLost, StudyInterrupted, plan, point_states, run_study
 
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
@@ -85,11 +86,14 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
     try:
         summary = run_study(
             study, profile, list(overrides), out, workers=workers, executor=executor, progress=not quiet,
-            argv=["gradlab", *sys.argv[1:]], render=None if no_report else render, echo=click.echo, planned=planned,
+            argv=["gradlab", *sys.argv[1:]], render=None if no_report else render, echo=click.echo, planned=planned, scheduler=scheduler,
         )
     except StudyInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
+    except ExecutorLost as exc:  # the Dask scheduler went away: what finished is saved
+        click.echo(str(exc), err=True)
+        sys.exit(1)
     stale = f" ({summary.stale} of them made before by other code)" if summary.stale else ""
     click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))

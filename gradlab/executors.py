@@ -20,13 +20,19 @@ class InlineExecutor(cf.Executor):
         return future
 
 
-def default_executor(workers: int) -> str:
+def default_executor(workers: int, scheduler: str | None = None) -> str:
+    if scheduler:
+        return "dask"
     return "inline" if workers <= 1 else "processes"
 
 
-def make_executor(name: str, workers: int) -> cf.Executor:
+def make_executor(name: str, workers: int, scheduler: str | None = None) -> cf.Executor:
     lookup(EXECUTORS, name, "executor")
     if name == "inline":
         return InlineExecutor()
+    if name == "dask":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor(workers, scheduler)
     # spawn: a clean interpreter per worker (fork and torch's thread pools do not mix)
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))

@@ -74,6 +74,7 @@ PROBES: dict[str, str] = {
 EXECUTORS: dict[str, str] = {
     "inline": "one point after another in this process (the default with --workers 1)",
     "processes": "points in parallel worker processes (concurrent.futures, spawn)",
+    "dask": "points on a Dask cluster: a local one of --workers processes, or --scheduler ADDRESS (gradlab[dask])",
 }
 
 TABLES: dict[str, dict[str, str]] = {

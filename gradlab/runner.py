@@ -19,6 +19,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from . import measures
+from .dask_executor import worker_address
 from .executors import InlineExecutor, default_executor, make_executor
 from .env import code_identity
 from .store import PLAN_FILE, PointStore, assemble, progress_of, write_json_atomic
@@ -73,7 +74,7 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None, p
     seed_everything(int(config.get("seed", 0)))
     start = time.perf_counter()
     key = point_key(measure_name, config)
-    env = {"code": code_identity(), "torch_threads": torch.get_num_threads(), "pid": os.getpid()}
+    env = {"code": code_identity(), "torch_threads": torch.get_num_threads(), "pid": os.getpid(), "worker": worker_address()}
     try:
         tables = module.run(cfg, progress=progress)
         return PointOutcome(key, config, tables, None, time.perf_counter() - start, env)
@@ -99,6 +100,14 @@ class Plan:
 
     def describe_drops(self) -> list[str]:
         return [str(d) for d in self.dropped]
+
+
+class ExecutorLost(RuntimeError):
+    """The executor itself is gone (a Dask client that lost its scheduler): every finished point is saved."""
+
+    def __init__(self, out: Path, saved: int, total: int, cause: BaseException):
+        super().__init__(f"lost the executor ({type(cause).__name__}: {cause}): {saved} of {total} points saved in {out}; "
+                         "rerun the same command, on any executor, to resume")
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -151,6 +160,19 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
     return Plan(resolved, points, keys, module, dropped)
 
 
+def _preflight(measure_name: str, configs: list[dict]) -> None:
+    """The measure's preflight where this runs (a worker): its inputs are there, or an error says which."""
+    module = measures.load(measure_name)
+    module.preflight([module.Config(**c) for c in configs])
+
+
+def _workers_of(executor) -> list[str] | None:
+    try:
+        return executor.workers() if hasattr(executor, "workers") else None
+    except Exception:  # noqa: BLE001 - a lost scheduler: the manifest says none
+        return None
+
+
 def point_states(p: Plan, out: Path | None) -> list[str]:
     """Each point's state in `out` ('done', 'stale' or 'todo'), for this code."""
     store = PointStore(Path(out) if out is not None else default_out(p), code_identity())
@@ -196,6 +218,7 @@ def run_study(
     render: Callable[[Path], Path] | None = None,
     echo: Callable[[str], None] | None = None,
     planned: Plan | None = None,
+    scheduler: str | None = None,
 ) -> RunSummary:
     """Run every point not already finished in `out`, then write the tables, manifest and report.
     `echo` hears what the run is about to do (profile, points, exclusions, a reused folder)."""
@@ -223,8 +246,14 @@ def run_study(
     started = datetime.now(timezone.utc).isoformat()
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
-    executor_name = (executor or default_executor(workers)) if own_executor else type(executor).__name__
-    executor = make_executor(executor_name, workers) if own_executor else executor
+    executor_name = (executor or default_executor(workers, scheduler)) if own_executor else type(executor).__name__
+    executor = make_executor(executor_name, workers, scheduler) if own_executor else executor
+    if hasattr(executor, "check_everywhere") and hasattr(module, "preflight"):  # inputs the points need, on every worker
+        missing = executor.check_everywhere(_preflight, study.measure, [c for _, c in todo])
+        if missing:
+            if own_executor:
+                executor.shutdown()
+            raise StudyError("some workers lack what the points need:\n" + "\n".join(f"  {w}: {e}" for w, e in sorted(missing.items())))
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
@@ -243,6 +272,8 @@ def run_study(
                 try:
                     outcome: PointOutcome = future.result()
                 except Exception as exc:  # the worker itself died (out of memory, a crash): a failed point
+                    if getattr(executor, "lost", lambda: False)():  # ... unless the whole executor is gone
+                        raise ExecutorLost(out, sum(store.state(k) == "done" for k in keys), len(keys), exc) from exc
                     outcome = PointOutcome(key, config, None, f"{type(exc).__name__}: {exc} (the process running this point died)", 0.0)
                     if isinstance(exc, cf.BrokenExecutor) and own_executor:  # a broken pool takes no more work
                         executor.shutdown(wait=False, cancel_futures=True)
@@ -262,6 +293,7 @@ def run_study(
         raise
     finally:
         bar.close()
+        cluster_workers = _workers_of(executor)
         if own_executor:
             executor.shutdown(wait=True, cancel_futures=True)
     ended = datetime.now(timezone.utc).isoformat()
@@ -271,6 +303,7 @@ def run_study(
         "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
         "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),
         "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ended": ended,
+        "scheduler": getattr(executor, "address", None), "cluster_workers": cluster_workers,
         "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "code": code,
     }
     columns = [f.name for f in dataclasses.fields(module.Config)]  # every setting: tables of any two runs stack

@@ -122,7 +122,8 @@ def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra
         coords = {a: _cell(meta["config"].get(a)) for a in axes}
         made_by = meta.get("env", {}).get("code", {})
         points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords,
-                       "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}})
+                       "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}
+                       | {"worker": meta.get("env", {}).get("worker")}})
         if meta["status"] != "ok":
             failed.append({"key": key, **coords, "error": meta["error"]})
             continue

@@ -86,7 +86,7 @@ def studies_dir() -> Path:
     """The shipped study files: inside an installed wheel (gradlab/studies/), else the checkout's top-level
     studies/ (a source tree, or an editable install)."""
     packaged = importlib.resources.files("gradlab") / "studies"
-    if packaged.is_dir():
+    if packaged.is_dir() and any(p.name.endswith(".toml") for p in packaged.iterdir()):
         return Path(str(packaged))
     return Path(__file__).resolve().parent.parent / "studies"
 

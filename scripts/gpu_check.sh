@@ -10,6 +10,7 @@ exec > >(tee "$out/log.txt") 2>&1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 g="python3 -m gradlab.cli"
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
+python3 -c "import gradlab.study as s; d = s.studies_dir(); print('studies in', d, sorted(s.builtin_studies()))"; ls -la gradlab | head -30
 echo "== CUDA tests"; timeout 90 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_cells.py tests/test_probes.py tests/test_tasks.py -k cuda 2>&1 | tail -4
 echo "== throughput gpu"; timeout 150 $g run throughput --profile gpu --set batch_size=1,16,64,128 --set hidden_size=512,2048 \
   --out runs/throughput-gpu --quiet 2>&1 | tail -30

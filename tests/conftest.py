@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,6 @@ def corpus_zip() -> Path:
     if path is None:
         pytest.skip("lyrics corpus not supplied (set GRADLAB_DATA to the zip or its folder)")
     return path
-
-
-def slow_enabled() -> bool:
-    return os.environ.get("GRADLAB_SLOW") == "1"
 
 
 @dataclass

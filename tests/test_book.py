@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
-from conftest import slow_enabled  # noqa: E402
 from gradlab.baselines.speed import book_config
 from gradlab.training import train
 
@@ -16,7 +16,7 @@ NATS = 0.25  # |ln ppl - ln book| allowed: one seed against one published run (a
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not slow_enabled(), reason="set GRADLAB_SLOW=1 to run the book's 160-epoch runs")
+@pytest.mark.skipif(os.environ.get("GRADLAB_SLOW") != "1", reason="set GRADLAB_SLOW=1 to run the book's 160-epoch runs")
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_book_scratch_run_reproduces_the_published_curve(corpus_zip, cell):
     result = train(book_config(cell=cell, eval_every=320, corpus=str(corpus_zip)))  # every 40 epochs, as the book prints

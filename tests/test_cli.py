@@ -38,7 +38,7 @@ def test_list_names_everything():
         (("lyrics", "--set", "optimizer=adamw"), "Unknown optimizer 'adamw'. Known: adam, rmsprop, sgd. Did you mean 'adam'"),
         (("lyrics", "--set", "clip=norm"), "norm needs a positive number, written 'norm:THETA'"),
         (("lyrics", "--set", "n_symbols=3"), "n_symbols does not apply to task 'lyrics'"),
-        (("run", "gradient-decay", "--executor", "dask"), "Invalid value for '--executor'"),
+        (("run", "gradient-decay", "--executor", "dsak"), "Invalid value for '--executor'"),
     ],
 )
 def test_bad_input_is_a_usage_error(args, message):

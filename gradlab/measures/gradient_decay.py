@@ -30,6 +30,7 @@ COLUMNS = COMMON_COLUMNS | {
     "max_distance": "largest distance measured (steps)",
     "pairs": "norms measured by both impls at the same settings and step",
     "max_abs_diff": "largest |scratch - cudnn| over those pairs", "max_rel_diff": "largest |scratch - cudnn| / max(|scratch|, |cudnn|)",
+    "zeros_apart": "pairs where one impl's norm underflowed to 0 and the other's did not",
     "fit": "one rate (r2 >= 0.95) or not one rate (the curve bends: read the figure, not the number)",
 }
 FLOOR_RATIO = 1e-6  # "vanished": the norm falls below this fraction of its value at distance 0
@@ -118,25 +119,27 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per probe and wrt: how far scratch and cudnn are apart on the same norms (same settings, t)."""
+    """Per probe, wrt and dtype: how far scratch and cudnn are apart on the same norms (same settings, t).
+    The relative difference is taken where both norms are above 0; a norm that underflowed to 0 in one impl
+    only is counted apart (zeros_apart)."""
+    out_columns = ["probe", "wrt", "dtype", "pairs", "max_abs_diff", "max_rel_diff", "zeros_apart"]
     if results["impl"].nunique() < 2:
-        return pd.DataFrame(columns=["probe", "wrt", "pairs", "max_abs_diff", "max_rel_diff"])
+        return pd.DataFrame(columns=out_columns)
     keys = [c for c in columns if c not in ("impl", "point") and c in results] + ["wrt", "t"]
     key = pd.Series(["|".join(parts) for parts in zip(*(results[c].map(repr) for c in keys))], index=results.index)  # None, NaN match as text
     rows = []
-    for (probe, wrt), idx in results.groupby(["probe", "wrt"], sort=False).groups.items():
+    for (probe, wrt, dtype), idx in results.groupby(["probe", "wrt", "dtype"], sort=False).groups.items():
         g = results.loc[idx]
         a = g[g["impl"] == "scratch"].set_index(key[idx][g["impl"] == "scratch"])["grad_norm"]
         b = g[g["impl"] == "cudnn"].set_index(key[idx][g["impl"] == "cudnn"])["grad_norm"]
         a, b = a.align(b, join="inner")
         if not len(a):
             continue
-        diff = (a - b).abs()
-        scale = np.maximum(a.abs(), b.abs())
-        rel = (diff / scale)[scale > 0]
-        rows.append({"probe": probe, "wrt": wrt, "pairs": len(a), "max_abs_diff": float(diff.max()),
-                     "max_rel_diff": float(rel.max()) if len(rel) else 0.0})
-    return pd.DataFrame(rows, columns=["probe", "wrt", "pairs", "max_abs_diff", "max_rel_diff"])
+        both = (a > 0) & (b > 0)
+        rel = ((a - b).abs() / np.maximum(a.abs(), b.abs()))[both]
+        rows.append({"probe": probe, "wrt": wrt, "dtype": dtype, "pairs": len(a), "max_abs_diff": float((a - b).abs().max()),
+                     "max_rel_diff": float(rel.max()) if len(rel) else 0.0, "zeros_apart": int(((a > 0) != (b > 0)).sum())})
+    return pd.DataFrame(rows, columns=out_columns)
 
 
 AGREE = 1e-6  # relative: scratch and cudnn closer than this are one curve on any figure

@@ -41,13 +41,16 @@ def view(t: Tables, manifest: dict) -> Section:
                 f"scratch and cudnn agree: max |scratch - cudnn| / norm = {worst['max_rel_diff']:.1e} over {int(agree['pairs'].sum()):,} "
                 "norms measured by both, so each curve is drawn once (scratch) and each rate given once.")
         else:
-            sec.key_points.append(f"scratch and cudnn differ by up to {worst['max_rel_diff']:.1e} (relative; {worst['probe']} {worst['wrt']}): both are shown.")
+            per_dtype = "; ".join(f"{d}: up to {g['max_rel_diff'].max():.1e}" for d, g in agree.groupby("dtype"))
+            sec.key_points.append(f"scratch and cudnn differ (relative, where both norms are above 0) {per_dtype}: both are shown. "
+                                  "In float32 on a GPU, cuDNN's RNNs use TF32 by default (the manifest records it).")
     if summ is not None and len(summ):
         poor = summ[summ["fit"] != "one rate"]
         if len(poor):
             which = "; ".join(sorted(set(label_models(poor)["model"] + ", init_scale " + poor["init_scale"].map(lambda v: f"{v:g}"))))
             sec.key_points.append(f"{len(poor)} curves are not one rate (r2 < 0.95), marked ~ below: {which}. Read their curves, not the number.")
-        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), summary_table(summ)))
+        split = [c for c in settings if c in summ and c not in DRAWN and c != "point" and summ[c].map(repr).nunique() > 1]
+        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), summary_table(summ, split)))
     shown = one_state(res[res["impl"] == "scratch"] if one_curve else res)
     for (probe, wrt), g in shown.groupby(["probe", "wrt"], sort=False):
         g = label_models(g)
@@ -83,8 +86,9 @@ def view(t: Tables, manifest: dict) -> Section:
     return sec
 
 
-def summary_table(summ: pd.DataFrame) -> pd.DataFrame:
-    """model x init_scale, each entry 'factor (r2, vanishes at d)'; '~' before a poor fit."""
+def summary_table(summ: pd.DataFrame, split: list[str] = ()) -> pd.DataFrame:
+    """model (and the other settings that vary) x init_scale, each entry 'factor (r2, vanishes at d)'; '~'
+    before a poor fit."""
     s = label_models(summ)
 
     def entry(row) -> str:
@@ -93,8 +97,8 @@ def summary_table(summ: pd.DataFrame) -> pd.DataFrame:
         return f"{mark}{row['factor_per_step']:.3f} (r2 {row['r2']:.3f}{gone})"
 
     s = s.assign(entry=s.apply(entry, axis=1), init_scale=s["init_scale"].map(lambda v: f"init_scale {v:g}"))
-    wide = s.pivot_table(index=["model", "impl"], columns="init_scale", values="entry", aggfunc="first")
+    wide = s.pivot_table(index=["model", "impl", *split], columns="init_scale", values="entry", aggfunc="first")
     order = model_order(wide.index.get_level_values(0))
-    wide = wide.reindex(sorted(wide.index, key=lambda k: (order.index(k[0]), k[1])))
+    wide = wide.reindex(sorted(wide.index, key=lambda k: (order.index(k[0]), *map(str, k[1:]))))
     wide.columns.name = None
     return wide.reset_index()
