@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The reference runs the README quotes, into reports/ (each run folder's manifest names its command and
+# commit; .gitignore keeps their bulky parts out of git). On the 2-core development machine: hours.
+# bash scripts/reference_runs.sh [NAME ...]   (no name: all; the lyrics corpus through GRADLAB_DATA)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ALL="${*:-}"
+run() { name=$1; shift; if [ -z "$ALL" ] || [[ " $ALL " == *" $name "* ]]; then echo "== $name: gradlab $*"; gradlab "$@" --out "reports/$name" --quiet; fi; }
+run gradient-decay-quick run gradient-decay
+run lyrics-context run lyrics --profile context --workers 2
+run lyrics-full run lyrics --profile full --workers 2
+run long-range-quick run long-range --workers 2
+run long-range-lags run long-range --profile lags --workers 2
+run clipping-quick run clipping --workers 2
+run clipping-book run clipping --profile book --workers 2
+run cliff-quick run cliff
+run throughput-quick run throughput
+run throughput-book run throughput --profile book
+if [ -z "$ALL" ] || [[ " $ALL " == *" benchmarks "* ]]; then
+  python -m pytest -q -p no:cacheprovider tests/benchmarks --benchmark-json=reports/benchmarks-cpu.json
+fi
+if [ -z "$ALL" ] || [[ " $ALL " == *" book-gru-bias "* ]]; then
+  python scripts/book_gru_bias.py | tee reports/book-gru-bias.txt
+fi
