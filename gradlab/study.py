@@ -298,9 +298,9 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
         point = dict(zip(keys, combo))
         rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(point)), None)
         if rule_index is None:
-            for match, settings in resolved.when:  # settings for the points a [[when]] selects (grid axes untouched)
+            for match, settings in resolved.when:  # settings for the points a [[when]] selects (varied axes untouched)
                 if match.matches(point):
-                    point |= {k: v for k, v in settings.items() if k not in resolved.axes}
+                    point |= {k: v for k, v in settings.items() if len(resolved.values.get(k, ())) < 2}
             points.append(config_cls(**point))
             continue
         rule = resolved.exclude[rule_index]

@@ -131,3 +131,15 @@ def test_when_sets_settings_for_the_points_it_matches(tmp_path):
         resolve(load_study(write(tmp_path, WHEN.replace("hidden_size = 7", "hiden_size = 7"), "w2.toml")), gradient_decay.Config)
     with pytest.raises(StudyError, match="when: unknown key 'mach'"):
         load_study(write(tmp_path, WHEN.replace("match = {", "mach = {"), "w3.toml"))
+
+
+def test_when_reaches_a_one_valued_axis_but_never_a_varied_one(tmp_path):
+    text = GOOD + """
+[[when]]
+match = { cell = "rnn" }
+settings = { seq_len = 9, init_scale = 2.0 }
+"""
+    study = load_study(write(tmp_path, text.replace("seq_len = 5\n", "").replace("[grid]", "[grid]\ninit_scale = [1.0]\nseq_len = [5, 6]")))
+    points, _ = expand(resolve(study, gradient_decay.Config), gradient_decay.Config)
+    assert {(p.cell, p.seq_len, p.init_scale) for p in points} == {
+        ("linear", 5, 1.0), ("linear", 6, 1.0), ("rnn", 5, 2.0), ("rnn", 6, 2.0)}
