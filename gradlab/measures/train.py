@@ -73,7 +73,7 @@ COLUMNS = COMMON_COLUMNS | {
     "positions": "context: predicted characters scored (the same for every k)",
     "loss": "training loss of the step; context: mean next-character loss (nats) with k characters of context",
     "effective_context": "the smallest k (characters) whose loss is within 0.01 nats of the longest context's",
-    "longest_context": "the longest k tried", "loss_longest": "loss (nats) with the longest context", "loss_1": "loss (nats) with one character",
+    "longest_context": "the longest k tried", "best_context": "the k with the lowest loss", "loss_best": "that loss (nats)", "loss_longest": "loss (nats) with the longest context", "loss_1": "loss (nats) with one character",
     "context_lengths": "lyrics: the k of the context analysis (empty: none)", "context_positions": "lyrics: positions the analysis scores",
     "state_grad_norm": "flow: ||dL/dh_t|| (or dL/dc_t) for the task's loss, RMS over the probed sequences",
     # samples
@@ -165,8 +165,10 @@ def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame
         g = g.sort_values("k")
         longest = g["loss"].iloc[-1]
         within = g[g["loss"] <= longest + CONTEXT_NATS]
+        best = g.loc[g["loss"].idxmin()]
         rows.append(dict(zip(by, key)) | {"effective_context": int(within["k"].iloc[0]), "longest_context": int(g["k"].iloc[-1]),
-                                          "loss_longest": longest, "loss_1": g["loss"].iloc[0]})
+                                          "loss_longest": longest, "loss_1": g["loss"].iloc[0], "best_context": int(best["k"]),
+                                          "loss_best": best["loss"]})
     return pd.DataFrame(rows)
 
 

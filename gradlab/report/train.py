@@ -149,9 +149,15 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
     if eff is not None and len(eff):
         e = label_models(eff)
         held = e[e["split"] == "held out"]
-        sec.key_points.append("Effective context (held out; the fewest characters within 0.01 nats of the longest context's loss): "
-                              + ", ".join(f"{m} {impl} {k} characters" for m, impl, k in zip(held["model"], held["impl"], held["effective_context"])) + ".")
-        sec.tables.append(("Effective context", e[[c for c in ["model", "impl", "split", "effective_context", "longest_context", "loss_1", "loss_longest"] if c in e]]))
+        train_text = e[e["split"] == "training"]
+        sec.key_points.append("Effective context, the fewest characters within 0.01 nats of the longest context's loss: on training text "
+                              + ", ".join(f"{m} {k}" for m, k in zip(train_text["model"], train_text["effective_context"]))
+                              + "; on held-out text " + ", ".join(f"{m} {k}" for m, k in zip(held["model"], held["effective_context"])) + "."
+                              + (" Where held-out loss grows with context (a memorising model: the best context is "
+                                 + ", ".join(f"{m} {k}" for m, k in zip(held["model"], held["best_context"])) + " characters), more context only misleads it."
+                                 if (held["loss_longest"] > held["loss_best"] + 0.01).any() else ""))
+        sec.tables.append(("Effective context", e[[c for c in ["model", "impl", "split", "effective_context", "best_context", "longest_context", "loss_1",
+                                                               "loss_best", "loss_longest"] if c in e]]))
     c = label_models(ctx)
     sec.figures.append(("context-loss", "Next-character loss when the trained model sees only the last k characters (state from zero), "
                         "held out and training text, the same positions for every k; log x axis.",
