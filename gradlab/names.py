@@ -28,6 +28,7 @@ INITS: dict[str, str] = {
     "xavier": "U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio 2010), biases 0",
     "orthogonal": "Haar-random orthogonal matrices (Saxe et al. 2014), biases 0",
     "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias: torch.nn's default (a bias here: the sum of its two)",
+    "critical": "orthogonal, recurrent matrices scaled to the mean-field edge of chaos (factor per step 1) for unit-variance inputs",
 }
 TASKS: dict[str, str] = {
     "adding": "sum of the two marked values of a long sequence; MSE; baseline 1/6 (Arjovsky et al. 2016)",
@@ -70,6 +71,7 @@ PROBES: dict[str, str] = {
     "hidden": "||dL/dh_t|| (and ||dL/dc_t||) for every t from one backward pass",
     "input": "||dL/dx_t|| for every t from one call of the cell",
     "jacobian": "spectral norm of ds_{T-1}/ds_t, s the full state",
+    "independent": "E ||g J_t||^2 / E ||g||^2 per step for a fresh random g: mean-field theory's quantity, cumulated",
 }
 EXECUTORS: dict[str, str] = {
     "inline": "one point after another in this process (the default with --workers 1)",

@@ -70,7 +70,12 @@ def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], grad_
 
 
 def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
-    """(T,) spectral norm of d s_{T-1} / d s_t, s the full state ((h, c) for the LSTM), RMS over the batch.
+    """(T,) spectral norm of d s_{T-1} / d s_t, s the full state ((h, c) for the LSTM), RMS over the batch."""
+    return jacobian_spectra(cell, x)[..., 0].pow(2).mean(-1).sqrt()
+
+
+def jacobian_spectra(cell: Cell, x: torch.Tensor) -> torch.Tensor:
+    """(T, B, D) every singular value of d s_{T-1} / d s_t per sequence, largest first (float64).
 
     Row j of every Jacobian at once: backpropagate the basis vector e_j from s_{T-1} to all s_t.
     """
@@ -85,11 +90,10 @@ def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     grads = _batched_grad(final, inputs, cotangents)
     grads = [torch.zeros((D, *t.shape), dtype=t.dtype, device=t.device) if g is None else g for t, g in zip(inputs, grads)]
     k = len(final)
-    sigma = torch.stack([  # (T, B), one step at a time: no (T, B, D, D) copy
-        torch.linalg.matrix_norm(torch.cat(grads[t * k : (t + 1) * k], dim=-1).transpose(0, 1).double(), ord=2)
+    return torch.stack([  # (T, B, D), one step at a time: no (T, B, D, D) copy
+        torch.linalg.svdvals(torch.cat(grads[t * k : (t + 1) * k], dim=-1).transpose(0, 1).double())
         for t in range(len(states))
     ])
-    return sigma.pow(2).mean(-1).sqrt()
 
 
 def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
@@ -129,3 +133,26 @@ def input_grads_at_last_step(model, x: torch.Tensor, loss_of_last) -> torch.Tens
         state = cell.step(inp, state, weights)
     (grad,) = torch.autograd.grad(loss_of_last(model.readout(hidden_of(state)[None])[0]), projected)
     return _rms_norms(list(grad.unbind(0)))
+
+
+def independent_step_norms(cell: Cell, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The quantity mean-field theory computes: the gradient's mean squared norm carried back one step at a
+    time by the step's Jacobian, with a cotangent drawn fresh at every step (independent of the Jacobians
+    it passed through) but with the energy split between the state's parts (h, c) that the recursion
+    carries. Returned as the cumulative norm from the loss back, so its factor per step compares with the
+    hidden probe's; the true gradient is not independent of its Jacobians, and where the two differ that
+    assumption fails."""
+    states, taps = run_steps(cell, x)
+    T = len(states)
+    split = torch.zeros(len(taps[0]), dtype=torch.float64)
+    split[0] = 1.0  # the loss reads h: all of the gradient's energy starts there
+    cumulative = torch.ones(T, dtype=torch.float64)
+    for t in range(T - 2, -1, -1):
+        outs = state_parts(states[t + 1])
+        g = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) * float(share.sqrt()) for o, share in zip(outs, split)]
+        back = torch.autograd.grad(outs, taps[t], g, retain_graph=True, allow_unused=True)
+        energy = torch.stack([(torch.zeros(()) if b is None else b.double().pow(2).mean().cpu()) for b in back])  # per element
+        given = torch.stack([v.double().pow(2).mean().cpu() for v in g])
+        cumulative[t] = cumulative[t + 1] * (energy.sum() / given.sum()).sqrt()
+        split = energy / energy.sum()
+    return cumulative

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ALL="${*:-}"
 run() { name=$1; shift; if [ -z "$ALL" ] || [[ " $ALL " == *" $name "* ]]; then echo "== $name: gradlab $*"; gradlab "$@" --out "reports/$name" --quiet; fi; }
 run gradient-decay-quick run gradient-decay
+run gradient-decay-edge run gradient-decay --profile edge --workers 2
+run gradient-decay-theory run gradient-decay --profile theory --workers 2
 run lyrics-context run lyrics --profile context --workers 2
 run lyrics-full run lyrics --profile full --workers 2
 run long-range-quick run long-range --workers 2

@@ -57,6 +57,7 @@ def create(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    input_std: float = 1.0,
 ) -> Cell:
     """A recurrent cell with forward(x (T, B, I) or token ids (T, B), state=None) -> (outputs (T, B, H), state).
 
@@ -64,11 +65,12 @@ def create(
     past the last) stands for a token outside the vocabulary and gives the all-zero one-hot input.
 
     The same arguments give the same function in both impls: weights are drawn once in the scratch layout.
+    `input_std` is used by init 'critical' alone: the standard deviation of the inputs it is critical for.
     """
     variant = check(cell, impl, variant, forget_bias)
     params = init_params(
         cell, input_size, hidden_size, reset_after=variant != "reset_before",
-        init=init, init_scale=init_scale, forget_bias=forget_bias, seed=seed,
+        init=init, init_scale=init_scale, forget_bias=forget_bias, seed=seed, input_std=input_std,
     )
     if impl == "scratch":
         module: Cell = ScratchCell(cell, params, variant)

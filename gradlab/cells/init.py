@@ -27,7 +27,7 @@ def _matrix(rows: int, cols: int, init: str, gen: torch.Generator, hidden_size: 
     if init == "xavier":
         bound = math.sqrt(6.0 / (rows + cols))
         return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-    if init == "orthogonal":
+    if init in ("orthogonal", "critical"):
         return _orthogonal(rows, cols, gen)
     bound = 1.0 / math.sqrt(hidden_size)  # "uniform": torch.nn.RNN/GRU/LSTM's reset_parameters
     return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1) * bound
@@ -48,13 +48,24 @@ def init_params(
     init_scale: float | None = None,
     forget_bias: float = 0.0,
     seed: int = 0,
+    input_std: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Float64 parameters named as in the seed (W_x*, W_h*, b_*), drawn in a fixed order from `seed`.
+
+    'critical': orthogonal matrices, the recurrent ones scaled so that the mean-field factor per step is 1
+    (the edge of chaos, gradlab.theory) for inputs of standard deviation `input_std`, this cell and
+    forget bias; an error where no scale reaches it.
 
     `init_scale` rescales each recurrent matrix W_h* to that spectral norm.
     """
     lookup(INITS, init, "init")
     fam = family(cell)
+    if init == "critical":
+        if init_scale is not None:
+            raise ValueError("init 'critical' chooses the recurrent scale itself: leave init_scale unset (none).")
+        if cell == "gru" and not reset_after:
+            raise ValueError("init 'critical' is derived for the GRU's reset_after variant, not reset_before.")
+        init_scale = critical_scale(cell, input_size, hidden_size, forget_bias, input_std)
     gen = torch.Generator().manual_seed(seed)
     params: dict[str, torch.Tensor] = {}
     gru_candidate = cell == "gru" and reset_after
@@ -72,6 +83,17 @@ def init_params(
     if gru_candidate:  # the recurrent bias inside r * (h W_hh + b_hh): its own parameter, as in torch.nn.GRU
         params["b_hh"] = _bias(hidden_size, gen) if init == "uniform" else torch.zeros(hidden_size, dtype=torch.float64)
     return params
+
+
+def critical_scale(cell: str, input_size: int, hidden_size: int, forget_bias: float, input_std: float) -> float:
+    """The orthogonal recurrent scale whose mean-field factor per step is 1 (gradlab.theory)."""
+    from .. import theory
+
+    scale = theory.edge_init_scale(cell, "orthogonal", forget_bias, input_size, hidden_size, input_std)
+    if scale != scale:  # NaN: the factor never reaches 1
+        raise ValueError(f"init 'critical': no recurrent scale in (0, 20] puts cell {cell!r} at the edge of chaos for "
+                         f"inputs of std {input_std} (forget_bias {forget_bias}).")
+    return scale
 
 
 def _bias(hidden_size: int, gen: torch.Generator) -> torch.Tensor:

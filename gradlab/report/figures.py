@@ -33,6 +33,12 @@ def palette(values, ordered_values: bool = False) -> dict:
     return dict(zip(values, sns.color_palette("viridis" if many else "deep", len(values))))
 
 
+def named_missing(values: pd.Series) -> pd.Series:
+    """A grouping column with its missing values (e.g. init_scale none under the critical init) named
+    'none': NaN never equals itself, so it could not key a colour or a panel."""
+    return values.astype(object).where(values.notna(), "none") if values.isna().any() else values
+
+
 def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
     """The figure's title and, below it, every setting fixed in the drawn data, so a PNG stands alone."""
     shown = ", ".join(f"{k} {v}" for k, v in fixed.items())
@@ -48,6 +54,7 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
     'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline)."""
     if cap is not None:  # values beyond the cap are drawn at it (a diverged run should not squash the others)
         df = df.assign(**{y: df[y].clip(upper=cap)})
+    df = df.assign(**{c: named_missing(df[c]) for c in {panel, hue, style} - {None}})
     order = panel_order or ordered(df[panel].unique())
     n = len(order)
     cols = min(n, col_wrap)
@@ -137,3 +144,81 @@ def bars(df: pd.DataFrame, x: str, y: str, hue: str | None, title: str, ylabel: 
 
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
+
+
+def theory_against_measured(theory: pd.DataFrame, measured: pd.DataFrame, edge: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
+    """One panel per model: the predicted factor per step against init_scale (line), the measured ones (points,
+    one marker per probe), 1 (dashed) and the edge of chaos (dotted, where the prediction crosses 1)."""
+    n = len(panel_order)
+    cols = min(n, 5)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.1 * cols + 0.6, 2.9 * -(-n // cols) + 0.8), squeeze=False)
+    markers = {"hidden": ("o", "measured, ||dL/dh_t||"), "independent": ("x", "measured, fresh random gradient each step"),
+               "jacobian": ("s", "measured, ||ds_T/ds_t||"), "input": ("^", "measured, ||dL/dx_t||")}
+    for ax, model in zip(axes.flat, panel_order):
+        line = theory[theory["model"] == model].sort_values("init_scale")
+        ax.plot(line["init_scale"], line["predicted_factor"], "-", color="#2c7fb8", lw=1.6, label="mean-field prediction")
+        for probe, g in measured[measured["model"] == model].groupby("probe"):
+            marker, label = markers.get(probe, ("d", probe))
+            ax.plot(g["init_scale"], g["factor_per_step"], marker, color="#d95f02", ms=6, ls="", label=label)
+        ax.axhline(1.0, color="0.4", ls="--", lw=1)
+        for x in edge.loc[edge["model"] == model, "edge_init_scale"].dropna():
+            ax.axvline(x, color="0.2", ls=":", lw=1.2, label=f"edge of chaos, {x:.2f}")
+        ax.set_title(str(model), fontsize=9)
+        ax.set_xlabel("init_scale (recurrent spectral norm)")
+        ax.set_ylim(0, 2)  # the region around 1 that matters; the linear cell's line runs on past it
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("factor per step")
+    handles = {}
+    for ax in axes.flat[:n]:
+        for h, lb in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lb if not lb.startswith("edge") else "edge of chaos (prediction = 1)", h)
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def finite_size(df: pd.DataFrame, title: str) -> plt.Figure:
+    """|measured - predicted| factor against hidden size (log-log), one line per model and probe."""
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    for (model, probe), g in df.groupby(["model", "probe"], sort=True):
+        g = g.sort_values("hidden_size")
+        ax.plot(g["hidden_size"], g["abs_error"], "o-" if probe == "hidden" else "x--", label=f"{model}, {probe}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden size H")
+    ax.set_ylabel("|measured - predicted| factor")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def spectra(q: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
+    """One panel per model: the singular values of ds_T/ds_t against distance (median line, 25-75% and 5-95%
+    bands, largest dotted), their RMS (solid) and the mean-field RMS prediction factor^distance (dashed)."""
+    n = len(panel_order)
+    cols = min(n, 5)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.1 * cols + 0.6, 2.9 * -(-n // cols) + 0.8), squeeze=False, sharey=True)
+    for ax, model in zip(axes.flat, panel_order):
+        g = q[q["model"] == model].sort_values("distance")
+        d = g["distance"]
+        ax.fill_between(d, g["q05"].clip(lower=1e-300), g["q95"], color="#9ecae1", alpha=0.5, lw=0, label="5-95% of singular values")
+        ax.fill_between(d, g["q25"].clip(lower=1e-300), g["q75"], color="#4292c6", alpha=0.6, lw=0, label="25-75%")
+        ax.plot(d, g["q50"], color="#08306b", lw=1, label="median")
+        ax.plot(d, g["largest"], ":", color="#08306b", lw=1, label="largest (spectral norm)")
+        ax.plot(d, g["rms"], "-", color="#d95f02", lw=1.4, label="RMS, measured")
+        if "predicted_factor" in g and g["predicted_factor"].notna().any():
+            ax.plot(d, g["predicted_factor"].iloc[0] ** d, "--", color="#d95f02", lw=1.2, label="RMS, mean-field prediction")
+        ax.set_yscale("log")
+        ax.set_title(str(model), fontsize=9)
+        ax.set_xlabel("distance from the loss (steps)")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("singular values of ds_T-1/ds_t")
+    handles = dict(zip(*axes.flat[0].get_legend_handles_labels()[::-1]))
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

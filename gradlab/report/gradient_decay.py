@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from functools import partial
 
 import pandas as pd
@@ -11,12 +12,12 @@ from .page import Section
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
 NAMES = {("hidden", "h"): "||dL/dh_t||", ("hidden", "c"): "||dL/dc_t|| (cell state)", ("input", "x"): "||dL/dx_t||",
-         ("jacobian", "state"): "||ds_T-1/ds_t||_2"}
+         ("jacobian", "state"): "||ds_T-1/ds_t||_2", ("independent", "state"): "fresh random gradient, carried step by step"}
 
 
 def one_state(df: pd.DataFrame) -> pd.DataFrame:
-    """The Jacobian probe's wrt names each cell's state (h, or h,c): one quantity, 'state', for drawing."""
-    return df.assign(wrt=df["wrt"].where(df["probe"] != "jacobian", "state"))
+    """The full-state probes' wrt names each cell's state (h, or h,c): one quantity, 'state', for drawing."""
+    return df.assign(wrt=df["wrt"].where(~df["probe"].isin(["jacobian", "independent"]), "state"))
 DRAWN = {"cell", "impl", "init_scale", "forget_bias", "seed", "probe", "point", "variant"}
 AGREE = 1e-6  # the measure's threshold for 'one curve' (measures.gradient_decay.AGREE)
 
@@ -48,10 +49,16 @@ def view(t: Tables, manifest: dict) -> Section:
         poor = summ[summ["fit"] != "one rate"]
         if len(poor):
             which = "; ".join(sorted(set(label_models(poor)["model"] + ", init_scale " + poor["init_scale"].map(lambda v: f"{v:g}"))))
-            sec.key_points.append(f"{len(poor)} curves are not one rate (r2 < 0.95), marked ~ below: {which}. Read their curves, not the number.")
+            sec.key_points.append(f"{len(poor)} curves are not one rate (r2 < 0.95 and off the line by over 12%), marked ~ below: {which}. Read their curves, not the number.")
         split = [c for c in settings if c in summ and c not in DRAWN and c != "point" and summ[c].map(repr).nunique() > 1]
-        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), summary_table(summ, split)))
+        sizes_vary = "hidden_size" in summ and summ["hidden_size"].nunique() > 1 and ("init_scale" not in summ or summ["init_scale"].nunique() < 2)
+        table = summary_table(summ, [c for c in split if not (sizes_vary and c == "input_size")], "hidden_size" if sizes_vary else "init_scale")
+        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), table))
     shown = one_state(res[res["impl"] == "scratch"] if one_curve else res)
+    sizes = sorted(res["hidden_size"].unique()) if "hidden_size" in res else []
+    by_size = len(sizes) > 1 and ("init_scale" not in res or res["init_scale"].nunique() < 2)  # a finite-size run
+    if by_size:  # curves for the largest network; the rates and the finite-size figure show every size
+        shown = shown[shown["hidden_size"] == sizes[-1]]
     for (probe, wrt), g in shown.groupby(["probe", "wrt"], sort=False):
         g = label_models(g)
         for extra, gg in group_by_others(g, settings, DRAWN | {"model"}):
@@ -71,34 +78,109 @@ def view(t: Tables, manifest: dict) -> Section:
     if rates is not None and len(rates):
         r = label_models(one_state(rates[rates["impl"] == "scratch"] if one_curve else rates))
         r = r.assign(quantity=[quantity(p, w) for p, w in zip(r["probe"], r["wrt"])])
-        for extra, rr in group_by_others(r, settings, DRAWN | {"model", "quantity", "wrt"}):
+        across = "hidden_size" if by_size else "init_scale"
+        for extra, rr in group_by_others(r, settings, DRAWN | {"model", "quantity", "wrt"} | ({"hidden_size", "input_size"} if by_size else set())):
             sec.figures.append((
                 f"rates{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
                 "Fitted factor per step for every probe on one colour scale (white: 1, norms kept; blue: decay; red: growth). "
-                "~ marks a poor fit (r2 < 0.95).",
-                partial(figures.heatmaps, rr, "model", "init_scale", "factor_per_step", panel="quantity", weak="r2", row_order=model_order(rr["model"]),
+                "~ marks a poor fit (not one rate)." + (" Columns: hidden size." if by_size else ""),
+                partial(figures.heatmaps, rr, "model", across, "factor_per_step", panel="quantity", weak="one_rate" if "one_rate" in rr else "r2", weak_below=0.5 if "one_rate" in rr else 0.95, row_order=model_order(rr["model"]),
                                  title=figures.fixed_title(f"factor per step{extra}", fixed_settings(rr, settings, DRAWN - {"seed"} | {"wrt"}))),
             ))
-        keep = [c for c in ["model", "impl", "init_scale", "probe", "wrt", "factor_per_step", "r2", "vanish_distance",
+        theory_figures(sec, t, r, settings)
+        spectra_figure(sec, t, rates, settings, one_curve)
+        keep = [c for c in ["model", "impl", "init_scale", "probe", "wrt", "factor_per_step", "predicted_factor", "r2", "vanish_distance",
                             "fit_points", "max_distance"] + [c for c in settings if c not in DRAWN] if c in r]
         every = r.assign(order=r["model"].map(model_order(r["model"]).index)).sort_values(["order", "init_scale", "probe"], kind="stable")
         sec.folded.append(("Every fit" + (" (scratch; cudnn's are the same)" if one_curve else ""), every[list(dict.fromkeys(keep))]))
     return sec
 
 
-def summary_table(summ: pd.DataFrame, split: list[str] = ()) -> pd.DataFrame:
-    """model (and the other settings that vary) x init_scale, each entry 'factor (r2, vanishes at d)'; '~'
-    before a poor fit."""
+def summary_table(summ: pd.DataFrame, split: list[str] = (), across: str = "init_scale") -> pd.DataFrame:
+    """model (and the other settings that vary) x `across` (init_scale, or hidden_size in a finite-size run),
+    each entry 'factor (r2, vanishes at d)'; '~' before a poor fit."""
     s = label_models(summ)
+    split = [c for c in split if c != across]
 
     def entry(row) -> str:
         mark = "" if row["fit"] == "one rate" else "~"
         gone = "" if pd.isna(row["vanish_distance"]) else f", vanishes at {row['vanish_distance']:.0f}"
         return f"{mark}{row['factor_per_step']:.3f} (r2 {row['r2']:.3f}{gone})"
 
-    s = s.assign(entry=s.apply(entry, axis=1), init_scale=s["init_scale"].map(lambda v: f"init_scale {v:g}"))
-    wide = s.pivot_table(index=["model", "impl", *split], columns="init_scale", values="entry", aggfunc="first")
+    def heading(v) -> str:
+        return f"{across} none" if pd.isna(v) else f"{across} {v:g}"
+
+    def sort_key(v):  # numbers by value, then names; NaN (none) last
+        return (2, "") if isinstance(v, float) and pd.isna(v) else (0, v, "") if isinstance(v, numbers.Real) else (1, 0, str(v))
+
+    values = sorted(s[across].unique(), key=sort_key)
+    s = s.assign(entry=s.apply(entry, axis=1), heading=s[across].map(heading))
+    wide = s.pivot_table(index=["model", "impl", *split], columns="heading", values="entry", aggfunc="first")
+    wide = wide[[heading(v) for v in values if heading(v) in wide.columns]]
     order = model_order(wide.index.get_level_values(0))
-    wide = wide.reindex(sorted(wide.index, key=lambda k: (order.index(k[0]), *map(str, k[1:]))))
+    wide = wide.reindex(sorted(wide.index, key=lambda k: (order.index(k[0]), *map(sort_key, k[1:]))))
     wide.columns.name = None
-    return wide.reset_index()
+    return wide.reset_index().fillna("")
+
+
+def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[str]) -> None:
+    """Mean-field theory beside the measurements: factor against init_scale with the edge of chaos, and the
+    error against hidden size where it varies."""
+    line, edge = t.get("theory"), t.get("edge_of_chaos")
+    if line is None or not len(line) or "predicted_factor" not in rates:
+        return
+    state = rates[((rates["wrt"] == "h") & (rates["probe"] == "hidden")) | rates["probe"].isin(["independent", "jacobian"])]
+    line, edge = label_models(line), label_models(edge)
+    critical = state[state["init"] == "critical"] if "init" in state else state.iloc[:0]
+    if len(critical):
+        critical = label_models(critical)
+        said = "; ".join(f"{m} {'true' if p == 'hidden' else 'fresh'} {f:.3f}" for m, p, f in
+                         critical[["model", "probe", "factor_per_step"]].itertuples(index=False))
+        sec.key_points.append("init 'critical' sets each cell's recurrent scale where the theory predicts a factor of exactly 1 "
+                              f"(the edge of chaos). Measured (true gradient / fresh random gradient): {said}.")
+    for extra, g in group_by_others(state, settings, DRAWN | {"model", "quantity", "wrt", "hidden_size", "input_size"}):
+        if "init" in g and (g["init"] == "critical").all():  # no line to draw: its scale is the prediction's edge
+            continue
+        keys = [c for c in settings if c in line and c in g and c not in DRAWN and c not in ("hidden_size", "input_size")
+                and line[c].map(repr).nunique() > 1]
+        sub_line, sub_edge = line, edge
+        for k in keys:
+            sub_line, sub_edge = sub_line[sub_line[k].isin(g[k])], sub_edge[sub_edge[k].isin(g[k])]
+        sizes = sorted(g["hidden_size"].unique())
+        size = sizes[-1]  # the largest network: where the theory should hold best
+        sec.figures.append((f"theory{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
+                            "The factor per step predicted by mean-field theory (line; gradlab.theory, docs/mean_field.md) against the "
+                            "measured ones (points): the true gradient (o) and a fresh random gradient carried one step at a time (x), the "
+                            "quantity the theory computes. Dashed: 1; dotted: the edge of chaos, where the prediction crosses 1.",
+                            partial(figures.theory_against_measured, sub_line[sub_line["hidden_size"] == size], g[g["hidden_size"] == size],
+                                    sub_edge[sub_edge["hidden_size"] == size],
+                                    figures.fixed_title(f"theory and measurement{extra}, H {size}", fixed_settings(g[g["hidden_size"] == size], settings, DRAWN - {"seed"} | {"wrt"})),
+                                    model_order(g["model"]))))
+        if len(sizes) > 1:
+            err = g.assign(abs_error=(g["factor_per_step"] - g["predicted_factor"]).abs())
+            err = err[err["init_scale"] == err["init_scale"].max()] if "init_scale" in err and err["init_scale"].nunique() > 1 else err
+            sec.figures.append((f"finite-size{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
+                                "How far the measured factor is from the prediction as the network grows: the fresh-gradient probe (x) "
+                                "converges to the theory, the true gradient of the gated cells (o) does not.",
+                                partial(figures.finite_size, err, figures.fixed_title(f"finite size{extra}", fixed_settings(err, settings, DRAWN - {"seed"} | {"wrt", "hidden_size", "input_size"})))))
+
+
+def spectra_figure(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[str], one_curve: bool) -> None:
+    """The whole spectrum of ds_T/ds_t against distance, where the Jacobian probe kept it."""
+    q = t.get("spectrum_quantiles")
+    if q is None or not len(q):
+        return
+    q = q[q["impl"] == "scratch"] if one_curve else q
+    jac = rates[rates["probe"] == "jacobian"][[c for c in settings if c in rates and c not in ("seed", "point")] + ["predicted_factor"]]
+    keys = [c for c in settings if c in q and c in jac and c not in ("seed", "point")]
+    q = label_models(q.merge(jac.drop_duplicates(keys), on=keys, how="left") if "predicted_factor" in jac else q)
+    if "init_scale" in q and q["init_scale"].nunique() > 1:  # one scale per drawing: the one nearest 1
+        scales = q["init_scale"].dropna().unique()
+        q = q[q["init_scale"] == min(scales, key=lambda v: abs(v - 1))]
+    for extra, g in group_by_others(q, settings, DRAWN | {"model"}):
+        sec.figures.append((f"spectrum{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
+                            "Every singular value of ds_T-1/ds_t (s the full state) against distance: dynamical isometry would keep them all "
+                            "near 1. The RMS is what mean-field theory predicts (factor^distance, dashed); the spread around it is what "
+                            "it does not describe.",
+                            partial(figures.spectra, g, figures.fixed_title(f"Jacobian spectra{extra}", fixed_settings(g, settings, DRAWN - {"seed"})),
+                                    model_order(g["model"]))))
