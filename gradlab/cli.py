@@ -237,22 +237,5 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
         click.echo(f"wrote {out}")
 
 
-@main.command("lyrics-speed")
-@click.option("--cell", default="gru", show_default=True, help="gru or lstm (the book's chapter).")
-@click.option("--epochs", default=3, show_default=True, help="Timed epochs of each, alternating, after one warm-up each.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--corpus", type=click.Path(path_type=Path), default=None)
-@_friendly
-def lyrics_speed(cell: str, epochs: int, device: str, corpus: Path | None) -> None:
-    """Seconds per epoch at the book's settings: gradlab's scratch model against the book's style of code."""
-    from .baselines.speed import compare_epoch_speed, book_config
-    from .tasks.lyrics import Lyrics
-
-    cfg = book_config(cell=cell, device=resolve_device(device))
-    result = compare_epoch_speed(cfg, Lyrics(corpus=None if corpus is None else str(corpus)), epochs)
-    for key, value in result.items():
-        click.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
