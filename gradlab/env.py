@@ -59,7 +59,9 @@ def _git_state() -> dict:
 
     commit = git("rev-parse", "HEAD")
     if commit is not None and git("rev-parse", "--show-toplevel") == str(root):
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", "gradlab", "studies"))
+        # changed tracked files, or new files where code lives; never run folders (reports/ holds committed runs)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
+                     or git("status", "--porcelain", "--", "gradlab", "studies", "scripts"))
         return {"commit": commit, "dirty": dirty, "from": "checkout"}
     if built.is_file():
         return json.loads(built.read_text()) | {"from": "build"}

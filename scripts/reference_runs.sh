@@ -13,6 +13,7 @@ run lyrics-context run lyrics --profile context --workers 2
 run lyrics-full run lyrics --profile full --workers 2
 run long-range-quick run long-range --workers 2
 run long-range-lags run long-range --profile lags --workers 2
+run long-range-critical run long-range --profile critical --workers 2
 run clipping-quick run clipping --workers 2
 run clipping-book run clipping --profile book --workers 2
 run cliff-quick run cliff

@@ -57,3 +57,32 @@ def test_studies_are_found_outside_the_checkout(tmp_path, editable):
         assert str(tmp_path / "venv") in module and Path(studies) == Path(module).parent / "studies"
         assert git["from"] == "build" and isinstance(git["dirty"], bool)
     assert git["commit"] == (head or None)  # every manifest names the code that ran
+
+
+def test_a_checkout_is_dirty_for_changed_code_never_for_run_folders(tmp_path):
+    """The manifest's dirty flag: a changed tracked file or a new file in gradlab/, studies/ or scripts/
+    makes a checkout dirty; rewritten or new run folders under reports/ do not (they are committed runs)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "gradlab", repo / "gradlab", ignore=shutil.ignore_patterns("__pycache__", "_build.json"))
+    (repo / "reports" / "old").mkdir(parents=True)
+    (repo / "reports" / "old" / "manifest.json").write_text("{}")
+    (repo / "studies").mkdir()
+    (repo / "README.md").write_text("gradlab\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True)  # noqa: E731
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    probe = "import json, gradlab.env as e; print(json.dumps(e.git_state()))"
+    state = lambda: json.loads(subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True).stdout)  # noqa: E731
+    assert state()["dirty"] is False and state()["from"] == "checkout"
+    (repo / "reports" / "old" / "manifest.json").write_text('{"rerun": 1}')
+    (repo / "reports" / "new").mkdir()
+    (repo / "reports" / "new" / "results.parquet").write_text("")
+    assert state()["dirty"] is False
+    (repo / "studies" / "mine.toml").write_text("")
+    assert state()["dirty"] is True
+    (repo / "studies" / "mine.toml").unlink()
+    (repo / "README.md").write_text("changed\n")
+    assert state()["dirty"] is True
