@@ -41,7 +41,7 @@ def code_identity() -> dict:
 def git_state() -> dict:
     """Commit and dirty flag of the code that runs: read live from the checkout gradlab runs from, else
     the ones recorded when the installed wheel was built (setup.py writes gradlab/_build.json). Dirty:
-    tracked files changed, or files not yet tracked in gradlab/ or studies/."""
+    tracked files changed outside reports/, or files not yet tracked in gradlab/, studies/ or scripts/."""
     return dict(_git_state())
 
 
