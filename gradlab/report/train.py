@@ -54,7 +54,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         diverged = final[final["diverged"].astype(bool)] if "diverged" in final else final.iloc[:0]
         if len(diverged):
             sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a loss far above its "
-                                  "running median or its baseline); their last row records the step.")
+                                  "running median for 50 steps, or 100 times its baseline); the table runs names the step and the reason.")
     x, xlabel = ("epoch", "epoch") if "epoch" in res and res["epoch"].notna().all() else ("step", "optimiser step")
     curves = label_models(res).assign(loss_over_baseline=lambda d: d["val_loss"] / d["baseline"])
     by_clip = "clip" in curves and curves["clip"].nunique() > 1

@@ -51,6 +51,7 @@ def evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
 DIVERGE_WINDOW = 50  # the divergence rule: a loss above 10 x the median of the previous 50 steps'
 DIVERGE_FACTOR = 10.0
 DIVERGE_BASELINES = 2.0  # ... and above twice the task's memoryless baseline (so a drop to near 0, then a blip, is no divergence)
+DIVERGE_PATIENCE = 50  # ... at every one of 50 steps in a row: clipped training recovers from one-step spikes of 17x (LSTM, adding)
 DIVERGE_CEILING = 100.0  # or, at any step, a loss 100 times the baseline: no working model is that much worse than ignoring the past
 
 
@@ -102,6 +103,7 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     window: list[dict] = []  # step rows since the last evaluation
     diverged_step = solved_step = diverged_reason = None
     recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
+    excess_from, excess_above = None, 0.0  # the step a run of losses above the running-median rule began, and that level
     state = None
     bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl} T={cfg.seq_len}", unit="step", disable=not progress, leave=False)
     for step in range(1, cfg.steps + 1):
@@ -115,9 +117,13 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
                "seconds": time.perf_counter() - start}
         if finite and loss_value > DIVERGE_CEILING * baseline:
             finite, diverged_reason = False, "loss above 100 x the baseline"
-        elif finite and len(recent_losses) == DIVERGE_WINDOW and loss_value > max(
-                DIVERGE_FACTOR * statistics.median(recent_losses), DIVERGE_BASELINES * baseline):
-            finite, diverged_reason = False, "loss above 10 x its running median and 2 x the baseline"
+        elif finite and excess_from is not None and loss_value > excess_above:
+            if step - excess_from + 1 >= DIVERGE_PATIENCE:
+                finite, diverged_reason = False, (f"loss above 10 x its running median and 2 x the baseline for {DIVERGE_PATIENCE} "
+                                                  f"steps (from step {excess_from})")
+        elif finite and len(recent_losses) == DIVERGE_WINDOW:
+            level = max(DIVERGE_FACTOR * statistics.median(recent_losses), DIVERGE_BASELINES * baseline)
+            excess_from, excess_above = (step, level) if loss_value > level else (None, 0.0)
         elif not finite:
             diverged_reason = "non-finite loss or gradient"
         recent_losses.append(loss_value)
