@@ -55,6 +55,7 @@ def view(t: Tables, manifest: dict) -> Section:
         table = summary_table(summ, [c for c in split if not (sizes_vary and c == "input_size")], "hidden_size" if sizes_vary else "init_scale")
         sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), table))
     shown = one_state(res[res["impl"] == "scratch"] if one_curve else res)
+    two_impls = res["impl"].nunique() > 1
     sizes = sorted(res["hidden_size"].unique()) if "hidden_size" in res else []
     by_size = len(sizes) > 1 and ("init_scale" not in res or res["init_scale"].nunique() < 2)  # a finite-size run
     if by_size:  # curves for the largest network; the rates and the finite-size figure show every size
@@ -70,9 +71,9 @@ def view(t: Tables, manifest: dict) -> Section:
                 "model, one colour per init_scale (the recurrent spectral norm). Exact zeros are marked x at the floor of the log axis"
                 + (" (dL/dc at distance 0: the loss reads h only)" if wrt == "c" else "") + "."
                 + (" s is the full state: h, or (h, c) for the LSTM; the norm is the spectral norm." if probe == "jacobian" else "")
-                + (" scratch and cudnn coincide; scratch is drawn." if one_curve else " Line style: impl."),
+                + (" scratch and cudnn coincide; scratch is drawn." if one_curve else " Line style: impl." if two_impls else ""),
                 partial(figures.panels_of_lines, gg, "distance", "grad_norm", panel="model", hue="init_scale", title=title,
-                                        xlabel="distance from the loss (steps)", ylabel=name, style=None if one_curve else "impl",
+                                        xlabel="distance from the loss (steps)", ylabel=name, style="impl" if two_impls and not one_curve else None,
                                         panel_order=model_order(gg["model"])),
             ))
     if rates is not None and len(rates):
@@ -141,6 +142,16 @@ def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
     for extra, g in group_by_others(state, settings, DRAWN | {"model", "quantity", "wrt", "hidden_size", "input_size"}):
         if "init" in g and (g["init"] == "critical").all():  # no line to draw: its scale is the prediction's edge
             continue
+        largest = g[(g["hidden_size"] == g["hidden_size"].max()) & g["probe"].isin(["hidden", "independent"])]
+        order = model_order(largest["model"])
+        ratios = largest.groupby(["model", "probe"])["factor_over_predicted"].agg(["min", "max"])
+        ratios = ratios.iloc[sorted(range(len(ratios)), key=lambda i: (order.index(ratios.index[i][0]), ratios.index[i][1]))]
+        said = "; ".join(f"{m} {'true' if p == 'hidden' else 'fresh'} gradient {lo:.3f}" + ("" if abs(hi - lo) < 5e-4 else f" to {hi:.3f}")
+                         for (m, p), (lo, hi) in ratios.iterrows())
+        fresh = (largest["probe"] == "independent").any()
+        sec.key_points.append(f"Measured over predicted factor per step{extra} (H {int(largest['hidden_size'].iloc[0])}; 1: the theory holds): {said}."
+                              + (" Where the fresh gradient agrees and the true one does not, the theory's gradient-independence "
+                                 "assumption fails (docs/mean_field.md)." if fresh else " See docs/mean_field.md."))
         keys = [c for c in settings if c in line and c in g and c not in DRAWN and c not in ("hidden_size", "input_size")
                 and line[c].map(repr).nunique() > 1]
         sub_line, sub_edge = line, edge
