@@ -366,6 +366,16 @@ def test_value_clipping_turns_the_gradient_and_says_by_how_much():
     assert r.cosine == pytest.approx(float(unclipped @ clipped / unclipped.norm() / clipped.norm()), rel=1e-12) and r.cosine < 0.99
 
 
+def test_cosine_of_a_rescaled_float32_gradient_is_one_to_float64_precision():
+    """A norm-clipped float32 gradient points the same way: every sum in float64 (float32 norms put it 8e-6 above 1)."""
+    from gradlab.training.clipping import cosine
+
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(512, 1024, generator=gen) * 37.0 for _ in range(3)]  # (512, 1024) float32, norm ~ 4.6e4
+    assert abs(cosine(a, [x * 0.013 for x in a]) - 1.0) < 1e-12
+    assert cosine(a, [-x for x in a]) == pytest.approx(-1.0, abs=1e-12)
+
+
 def test_every_step_records_the_update_it_made():
     """Plain SGD moves the weights by exactly lr times the clipped gradient: ||update|| = lr x grad_norm_post."""
     task = _lyrics()

@@ -87,7 +87,7 @@ def add(sec: Section, t: dict, settings: list[str], lyrics: bool, task: str | No
     norm_like = clipped[~clipped["clip"].str.startswith("value")]
     if len(norm_like):
         sec.key_points.append(named + "Clipping's direction, measured: norm-type clipping (norm, mean, adaptive) keeps it; the cosine between "
-                              f"clipped and unclipped gradient is at least {norm_like['min_cosine'].min():.15f}.")
+                              f"clipped and unclipped gradient is at least {norm_like['min_cosine'].min():.9f}.")
     if len(clipped):
         value = clipped[clipped["clip"].str.startswith("value")]
         if len(value):
