@@ -18,6 +18,28 @@ def _varying(df: pd.DataFrame, settings: list[str]) -> list[str]:
     return [c for c in settings if c in df and c != "point" and df[c].map(repr).nunique() > 1]
 
 
+def _who_solved(final: pd.DataFrame, settings: list[str]) -> str:
+    """One sentence: which run solved which lag at which step, and how far the others ended from the baseline."""
+    solved = final["solved"].astype(bool)
+    if len(final) > 8:  # a sentence per run stops being read; the table has them
+        return (f"{int(solved.sum())} of {len(final)} runs solved their lag (the final-evaluation table says which)." if solved.any()
+                else f"None of the {len(final)} runs solved its lag.")
+    others = [c for c in _varying(final, settings) if c not in ("cell", "variant", "forget_bias", "seq_len")]
+    rows = label_models(final)
+
+    def name(r: pd.Series) -> str:
+        return r["model"] + "".join(f", {c} {r[c]}" for c in others) + f" at T {int(r['seq_len'])}"
+
+    said = [f"{name(r)} at step {int(r['steps_to_solve']):,}" for _, r in rows[solved].iterrows()]
+    text = ("Solved (held-out loss under the solve fraction of the baseline): " + "; ".join(said) + ".") if said else "No run solved its lag."
+    not_solved = []
+    for _, r in rows[~solved].iterrows():
+        diverged_at = r.get("diverged_step")
+        not_solved.append(f"{name(r)} (diverged at step {int(diverged_at):,})" if pd.notna(diverged_at) else
+                          f"{name(r)} ({r['loss_over_baseline']:.2f} x the baseline after {int(r['step']):,} steps)")
+    return text + (" Not solved: " + "; ".join(not_solved) + "." if not_solved else "")
+
+
 def view(t: Tables, manifest: dict) -> Section:
     """Task by task (a study may mix lyrics and synthetic tasks): key points, the final table, curves."""
     settings = manifest.get("columns", [])
@@ -55,6 +77,8 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         if len(diverged):
             sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a loss far above its "
                                   "running median for 50 steps, or 100 times its baseline); the table runs names the step and the reason.")
+    if not lyrics and final is not None and "solved" in final and len(final):
+        sec.key_points.append(named + _who_solved(final, settings))
     x, xlabel = ("epoch", "epoch") if "epoch" in res and res["epoch"].notna().all() else ("step", "optimiser step")
     curves = label_models(res).assign(loss_over_baseline=lambda d: d["val_loss"] / d["baseline"])
     by_clip = "clip" in curves and curves["clip"].nunique() > 1

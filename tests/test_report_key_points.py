@@ -1,0 +1,34 @@
+"""The sentences a training page opens with, read off the final-evaluation table."""
+
+import pandas as pd
+
+from gradlab.report.train import _who_solved
+
+SETTINGS = ["cell", "forget_bias", "seq_len", "lr", "seed"]
+
+
+def _final(rows: list[tuple]) -> pd.DataFrame:
+    cols = ["cell", "forget_bias", "seq_len", "lr", "seed", "solved", "steps_to_solve", "step", "loss_over_baseline", "diverged_step"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_who_solved_names_each_run_its_step_or_how_far_it_ended():
+    final = _final([
+        ("gru", 0.0, 100, 0.003, 0, True, 1000, 1000, 0.079, None),
+        ("lstm", 1.0, 100, 0.003, 0, True, 4750, 4750, 0.099, None),
+        ("rnn", 0.0, 200, 0.003, 0, False, None, 6000, 1.074, None),
+        ("rnn", 0.0, 100, 0.003, 0, False, None, 12, float("inf"), 12),
+    ])
+    said = _who_solved(final, SETTINGS)
+    assert said.startswith("Solved (held-out loss under the solve fraction of the baseline): gru at T 100 at step 1,000; "
+                           "lstm, forget bias 1 at T 100 at step 4,750.")
+    assert said.endswith("Not solved: rnn at T 200 (1.07 x the baseline after 6,000 steps); rnn at T 100 (diverged at step 12).")
+
+
+def test_who_solved_names_the_settings_that_vary_and_counts_when_runs_are_many():
+    two_lrs = _final([("gru", 0.0, 50, lr, 0, False, None, 300, 0.5, None) for lr in (0.1, 0.3)])
+    assert _who_solved(two_lrs, SETTINGS) == ("No run solved its lag. Not solved: gru, lr 0.1 at T 50 (0.50 x the baseline after 300 "
+                                              "steps); gru, lr 0.3 at T 50 (0.50 x the baseline after 300 steps).")
+    many = _final([("gru", 0.0, 50, 0.1, seed, seed < 3, 200, 300, 0.05, None) for seed in range(9)])
+    assert _who_solved(many, SETTINGS) == "3 of 9 runs solved their lag (the final-evaluation table says which)."
+    assert _who_solved(many.assign(solved=False), SETTINGS) == "None of the 9 runs solved its lag."
