@@ -32,3 +32,15 @@ def test_who_solved_names_the_settings_that_vary_and_counts_when_runs_are_many()
     many = _final([("gru", 0.0, 50, 0.1, seed, seed < 3, 200, 300, 0.05, None) for seed in range(9)])
     assert _who_solved(many, SETTINGS) == "3 of 9 runs solved their lag (the final-evaluation table says which)."
     assert _who_solved(many.assign(solved=False), SETTINGS) == "None of the 9 runs solved its lag."
+
+
+def test_throughput_ratios_are_said_shape_by_shape_or_as_a_range():
+    from gradlab.report.throughput import _ratio_sentence, _shape
+
+    few = pd.DataFrame({"impl": "scratch", "cell": "gru", "seq_len": [100, 35], "batch_size": [64, 32], "hidden_size": [512, 256],
+                        "ratio_to_fused": [1.02, 0.95]})
+    assert _ratio_sentence(few.assign(shape=_shape(few))) == ("Time over the fused kernel's (below 1: faster than it): scratch gru 0.95 "
+                                                              "at T 35, B 32, H 256 and 1.02 at T 100, B 64, H 512.")
+    many = pd.DataFrame({"impl": "scratch-graph", "cell": "lstm", "seq_len": 25, "batch_size": [1, 16, 64, 128], "hidden_size": 512,
+                         "ratio_to_fused": [0.43, 0.59, 0.71, 1.09]})
+    assert _ratio_sentence(many.assign(shape=_shape(many))).endswith("scratch-graph lstm 0.43 to 1.09 over 4 shapes.")

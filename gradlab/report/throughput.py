@@ -41,6 +41,18 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
     return fig
 
 
+def _ratio_sentence(ratios: pd.DataFrame) -> str:
+    """Each impl's time over the fused kernel's, per cell: shape by shape when they are few, else the range."""
+    said = []
+    for (impl, cell), g in ratios.groupby(["impl", "cell"], sort=False):
+        g = g.sort_values(SHAPE)
+        if len(g) <= 3:
+            said.append(f"{impl} {cell} " + " and ".join(f"{r:.2f} at {s}" for r, s in zip(g["ratio_to_fused"], g["shape"])))
+        else:
+            said.append(f"{impl} {cell} {g['ratio_to_fused'].min():.2f} to {g['ratio_to_fused'].max():.2f} over {len(g)} shapes")
+    return "Time over the fused kernel's (below 1: faster than it): " + "; ".join(said) + "."
+
+
 def view(t: Tables, manifest: dict) -> Section:
     res = t["results"].assign(shape=lambda d: _shape(d))
     settings = manifest.get("columns", [])
@@ -61,6 +73,14 @@ def view(t: Tables, manifest: dict) -> Section:
                           "all alike); numbers are medians of synchronised runs. peak_fraction: the achieved matmul FLOP rate over an "
                           "n x n matmul's, measured in the same point on the same device and dtype.")
     ratios = res[res["impl"] != "cudnn"]
+    if len(ratios):
+        sec.key_points.append(_ratio_sentence(ratios))
+    above = res[res["peak_fraction"] > 1]
+    if len(above):
+        tf32 = manifest.get("environment", {}).get("cudnn_allow_tf32")
+        sec.key_points.append(f"{len(above)} timings run above the matmul peak ({', '.join(sorted(above['impl'].unique()))}, up to "
+                              f"{above['peak_fraction'].max():.2f}): the peak is a full-precision {above['dtype'].iloc[0]} matmul"
+                              + (", and cuDNN runs float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest)." if tf32 else "."))
     if len(ratios):
         wide = ratios.pivot_table(index=["cell", "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
         wide.columns = [f"{c} / fused" for c in wide.columns]
