@@ -23,8 +23,10 @@ class BuildPyWithCommit(build_py):
     def run(self) -> None:
         super().run()
         commit = git("rev-parse", "HEAD") if git("rev-parse", "--show-toplevel") == str(HERE) else None
+        # the same rule as gradlab.env: changed tracked files outside reports/ (committed run folders), new files where code lives
         dirty = None if commit is None else bool(
-            git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", "gradlab", "studies"))
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
+            or git("status", "--porcelain", "--", "gradlab", "studies", "scripts"))
         target = Path(self.build_lib) / "gradlab" / "_build.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps({"commit": commit, "dirty": dirty}))
