@@ -20,7 +20,7 @@ def test_locate_order_and_checks(tmp_path, monkeypatch, corpus_zip):
     bad.write_bytes(b"not it")
     with pytest.raises(corpus.CorpusError, match="is not the lyrics corpus"):
         corpus.locate(bad)
-    with pytest.raises(corpus.CorpusError, match="does not exist"):
+    with pytest.raises(corpus.CorpusError, match=r"corpus=.*missing.zip does not exist. Set corpus to the path of"):
         corpus.locate(tmp_path / "missing.zip")
 
 
@@ -40,7 +40,7 @@ def test_offline_failure_says_what_was_tried(tmp_path, monkeypatch):
     with pytest.raises(corpus.CorpusError) as info:
         corpus.locate(None)
     message = str(info.value)
-    for needle in ("could not download", "nowhere.zip", "user cache", "--corpus", corpus.ENV_VAR, corpus.SHA256):
+    for needle in ("could not download", "nowhere.zip", "user cache", "--set corpus=PATH", corpus.ENV_VAR, corpus.SHA256):
         assert needle in message
 
 

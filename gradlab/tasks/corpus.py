@@ -40,7 +40,7 @@ def candidates(path: str | Path | None) -> list[tuple[str, Path]]:
     """Where the zip is looked for, in order, each with how it was named."""
     out = []
     if path is not None:
-        out.append(("--corpus", _as_zip(Path(path))))
+        out.append(("the corpus setting", _as_zip(Path(path))))
     if os.environ.get(ENV_VAR):
         out.append((f"${ENV_VAR}", _as_zip(Path(os.environ[ENV_VAR]))))
     out.append(("user cache", cache_dir() / FILE_NAME))
@@ -73,8 +73,8 @@ def locate(path: str | Path | None = None, download: bool = True) -> Path | None
     for how, where in tried:
         if where.is_file():
             return verify(where, how)
-        if how == "--corpus":  # an explicit path that is not there is an error, not a fallback
-            raise CorpusError(f"--corpus {where} does not exist. Pass the path of {FILE_NAME} or of its folder.")
+        if how == "the corpus setting":  # an explicit path that is not there is an error, not a fallback
+            raise CorpusError(f"corpus={where} does not exist. Set corpus to the path of {FILE_NAME} or of its folder.")
     if not download:
         return None
     lines = [f"  {how}: {where} (absent)" for how, where in tried]
@@ -83,7 +83,7 @@ def locate(path: str | Path | None = None, download: bool = True) -> Path | None
     except CorpusError as exc:
         raise CorpusError(
             f"The lyrics corpus {FILE_NAME} was not found, and {exc}\nLooked in:\n" + "\n".join(lines)
-            + f"\nSupply it with --corpus PATH, or set {ENV_VAR} to the zip or its folder, or put it in "
+            + f"\nSupply it with --set corpus=PATH, or set {ENV_VAR} to the zip or its folder, or put it in "
             f"{cache_dir()}. Its sha256 is {SHA256}."
         ) from None
 
