@@ -20,19 +20,24 @@ def _shape(df: pd.DataFrame) -> pd.Series:
 
 
 def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: float | None = None, log: bool = False) -> plt.Figure:
-    """One group of bars per shape, one bar per impl (or per cell), one panel per cell."""
+    """One group of bars per shape (in numeric order), one bar per impl, one panel per cell; a panel's
+    width follows its number of shapes, so 17 shapes get room to be read."""
     cells = figures.ordered(df["cell"].unique())
-    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells) + 1, 3.6), sharey=True, squeeze=False)
+    shapes = {c: list(dict.fromkeys(df[df["cell"] == c].sort_values(SHAPE)["shape"])) for c in cells}
+    widths = [max(3.0, 0.5 * len(shapes[c])) for c in cells]
+    fig, axes = plt.subplots(1, len(cells), figsize=(sum(widths) + 1.5, 4.2), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, cell in zip(axes.flat, cells):
         g = df[df["cell"] == cell]
-        sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, hue_order=sorted(df["impl"].unique()))
+        sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=sorted(df["impl"].unique()))
         if line is not None:
             ax.axhline(line, color="0.3", ls="--", lw=1)
         if log:
             ax.set_yscale("log")
         ax.set_title(cell, fontsize=9)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        many = len(shapes[cell]) > 3
+        ax.tick_params(axis="x", labelrotation=90 if many else 20, labelsize=7 if many else 8)
         if ax is not axes.flat[0] and ax.get_legend():
             ax.get_legend().remove()
     axes.flat[0].set_ylabel(ylabel)
@@ -82,9 +87,10 @@ def view(t: Tables, manifest: dict) -> Section:
                               f"{above['peak_fraction'].max():.2f}): the peak is a full-precision {above['dtype'].iloc[0]} matmul"
                               + (", and cuDNN runs float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest)." if tf32 else "."))
     if len(ratios):
-        wide = ratios.pivot_table(index=["cell", "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
+        wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
         wide.columns = [f"{c} / fused" for c in wide.columns]
-        sec.summaries.append(("Time over the fused kernel's (1: as fast; below 1: faster)", wide.reset_index()))
+        wide = wide.reset_index().drop(columns=SHAPE)  # sorted by the numbers, shown as one label
+        sec.summaries.append(("Time over the fused kernel's (1: as fast; below 1: faster)", wide))
         sec.figures.append(("ratio", "Median time of each impl over the fused kernel's (cuDNN on a GPU, PyTorch's own on a CPU), per "
                             "cell and shape; dashed: 1, as fast.",
                             partial(bars_by_shape, ratios, "ratio_to_fused", "time / fused kernel's", figures.fixed_title("time over the fused kernel", fixed), line=1.0)))
