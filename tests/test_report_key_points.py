@@ -1,4 +1,4 @@
-"""The sentences a training page opens with, read off the final-evaluation table."""
+"""What a page says first: the sentences it opens with, read off its tables, and how its numbers are written."""
 
 import pandas as pd
 
@@ -44,3 +44,10 @@ def test_throughput_ratios_are_said_shape_by_shape_or_as_a_range():
     many = pd.DataFrame({"impl": "scratch-graph", "cell": "lstm", "seq_len": 25, "batch_size": [1, 16, 64, 128], "hidden_size": 512,
                          "ratio_to_fused": [0.43, 0.59, 0.71, 1.09]})
     assert _ratio_sentence(many.assign(shape=_shape(many))).endswith("scratch-graph lstm 0.43 to 1.09 over 4 shapes.")
+
+
+def test_table_numbers_stay_short_however_large():
+    from gradlab.report.page import fmt
+
+    assert [fmt(v) for v in (0.012345, 156.0, 5095.437, 123456.7, 2.372922e23, float("inf"), float("nan"))] == [
+        "0.01235", "156", "5095", "123,457", "2.37e+23", "inf", ""]

@@ -36,7 +36,9 @@ def fmt(value: object) -> str:
     if isinstance(value, float):
         if pd.isna(value):
             return ""
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        if abs(value) < 1e5:
+            return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) < 1e9 else f"{value:.3g}"  # 2.37e+23, not 24 digits of a blown-up perplexity
     return "" if value is None else str(value)
 
 
