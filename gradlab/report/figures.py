@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 CELL_ORDER = ("linear", "rnn", "gru", "lstm")  # simplest first
-NAMELESS = {"model", "split", "quantity"}  # panels titled by their value alone
+NAMELESS = {"model", "split", "quantity"}  # panels and legend entries named by their value alone
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 
 
@@ -72,7 +72,7 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
             line = line.sort_values(x)
             pos = line[line[y] > 0] if log else line
             ax.plot(pos[x], pos[y], color=colours[h], ls=styles.get(st if style else None, "-"), lw=1.4,
-                    label=f"{hue} {h}" + (f", {style} {st}" if style else ""))
+                    label=(str(h) if hue in NAMELESS else f"{hue} {h}") + (f", {style} {st}" if style else ""))
             zero = line[line[y] == 0]
             if zeros_at_floor and len(zero):
                 has_zero = True
