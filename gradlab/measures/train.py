@@ -141,11 +141,12 @@ def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         running = g["loss"].shift(1).rolling(SPIKE_WINDOW, min_periods=SPIKE_WINDOW).median()
         clipped = g[g["clipped"]]
         finite = g["grad_norm_pre"][g["grad_norm_pre"].map(math.isfinite)]
+        median_norm = finite.median() if len(finite) else float("nan")  # numpy scalars: a zero norm divides to inf
+        median_threshold = g["clip_threshold"].median()
         rows.append(g.iloc[0][settings].to_dict() | {
             "point": point, "steps_run": len(g), "fraction_clipped": float(g["clipped"].mean()),
-            "median_grad_norm": float(finite.median()) if len(finite) else float("nan"),
-            "median_threshold": float(g["clip_threshold"].median()),
-            "threshold_over_norm": float(g["clip_threshold"].median() / finite.median()) if len(finite) else float("nan"),
+            "median_grad_norm": float(median_norm), "median_threshold": float(median_threshold),
+            "threshold_over_norm": float(median_threshold / median_norm),
             "min_cosine": float(clipped["clip_cosine"].min()) if len(clipped) else 1.0,
             "median_cosine": float(clipped["clip_cosine"].median()) if len(clipped) else 1.0,
             "median_update_norm": float(g["update_norm"].median()), "max_update_norm": float(g["update_norm"].max()),

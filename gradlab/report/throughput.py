@@ -80,13 +80,6 @@ def view(t: Tables, manifest: dict) -> Section:
     ratios = res[res["impl"] != "cudnn"]
     if len(ratios):
         sec.key_points.append(_ratio_sentence(ratios))
-    above = res[res["peak_fraction"] > 1]
-    if len(above):
-        tf32 = manifest.get("environment", {}).get("cudnn_allow_tf32")
-        sec.key_points.append(f"{len(above)} timings run above the matmul peak ({', '.join(sorted(above['impl'].unique()))}, up to "
-                              f"{above['peak_fraction'].max():.2f}): the peak is a full-precision {above['dtype'].iloc[0]} matmul"
-                              + (", and cuDNN runs float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest)." if tf32 else "."))
-    if len(ratios):
         wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
         wide.columns = [f"{c} / fused" for c in wide.columns]
         wide = wide.reset_index().drop(columns=SHAPE)  # sorted by the numbers, shown as one label
@@ -94,6 +87,12 @@ def view(t: Tables, manifest: dict) -> Section:
         sec.figures.append(("ratio", "Median time of each impl over the fused kernel's (cuDNN on a GPU, PyTorch's own on a CPU), per "
                             "cell and shape; dashed: 1, as fast.",
                             partial(bars_by_shape, ratios, "ratio_to_fused", "time / fused kernel's", figures.fixed_title("time over the fused kernel", fixed), line=1.0)))
+    above = res[res["peak_fraction"] > 1]
+    if len(above):
+        tf32 = manifest.get("environment", {}).get("cudnn_allow_tf32")
+        sec.key_points.append(f"{len(above)} timings run above the matmul peak ({', '.join(sorted(above['impl'].unique()))}, up to "
+                              f"{above['peak_fraction'].max():.2f}): the peak is a full-precision {above['dtype'].iloc[0]} matmul"
+                              + (", and cuDNN runs float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest)." if tf32 else "."))
     sec.figures.append(("tokens", "Tokens (steps x batch) per second, per impl, cell and shape (log axis).",
                         partial(bars_by_shape, res, "tokens_per_s", "tokens per second", figures.fixed_title("throughput", fixed), log=True)))
     sec.figures.append(("peak", "Share of the matmul peak measured in the same point: the achieved matmul FLOP rate (the FLOP count "

@@ -17,6 +17,7 @@ URLS = (
     "https://raw.githubusercontent.com/ShusenTang/Dive-into-DL-PyTorch/master/data/jaychou_lyrics.txt.zip",
 )
 ENV_VAR = "GRADLAB_DATA"
+SETTING = "the corpus setting"  # how an explicit path (--set corpus=PATH) is named in messages
 
 
 class CorpusError(RuntimeError):
@@ -40,7 +41,7 @@ def candidates(path: str | Path | None) -> list[tuple[str, Path]]:
     """Where the zip is looked for, in order, each with how it was named."""
     out = []
     if path is not None:
-        out.append(("the corpus setting", _as_zip(Path(path))))
+        out.append((SETTING, _as_zip(Path(path))))
     if os.environ.get(ENV_VAR):
         out.append((f"${ENV_VAR}", _as_zip(Path(os.environ[ENV_VAR]))))
     out.append(("user cache", cache_dir() / FILE_NAME))
@@ -73,7 +74,7 @@ def locate(path: str | Path | None = None, download: bool = True) -> Path | None
     for how, where in tried:
         if where.is_file():
             return verify(where, how)
-        if how == "the corpus setting":  # an explicit path that is not there is an error, not a fallback
+        if how == SETTING:  # an explicit path that is not there is an error, not a fallback
             raise CorpusError(f"corpus={where} does not exist. Set corpus to the path of {FILE_NAME} or of its folder.")
     if not download:
         return None

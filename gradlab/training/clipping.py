@@ -57,16 +57,22 @@ class Clipper:
         return ClipResult(before, before, False)
 
 
+def apply_in_place(grads: list[torch.Tensor], before: float, theta: float, change, measure: bool = True) -> ClipResult:
+    """Run `change` on every gradient in place and say what it did: the norm after, and the cosine with
+    the unclipped gradient (measured on a copy, unless `measure` is off for timing)."""
+    unclipped = [g.clone() for g in grads] if measure else None
+    for g in grads:
+        change(g)
+    return ClipResult(before, global_norm(grads), True, theta, cosine(unclipped, grads) if measure else float("nan"))
+
+
 def rescale(grads: list[torch.Tensor], before: float, theta: float, measure: bool = True) -> ClipResult:
     """Global-norm clipping at theta (Pascanu et al. 2013): every gradient times theta / norm when the
     norm exceeds theta. The cosine is measured (1 to float precision), unless `measure` is off (timing)."""
     if not before > theta:
         return ClipResult(before, before, False, theta)
-    unclipped = [g.clone() for g in grads] if measure else None
     scale = theta / before
-    for g in grads:
-        g.mul_(scale)
-    return ClipResult(before, global_norm(grads), True, theta, cosine(unclipped, grads) if measure else float("nan"))
+    return apply_in_place(grads, before, theta, lambda g: g.mul_(scale), measure)
 
 
 @dataclass
@@ -145,10 +151,7 @@ class ValueClip(Clipper):
         fired = any(bool((g.abs() > self.theta).any()) for g in grads)
         if not fired:
             return ClipResult(before, before, False, self.theta)
-        unclipped = [g.clone() for g in grads] if self.measure_cosine else None
-        for g in grads:
-            g.clamp_(-self.theta, self.theta)
-        return ClipResult(before, global_norm(grads), True, self.theta, cosine(unclipped, grads) if unclipped else float("nan"))
+        return apply_in_place(grads, before, self.theta, lambda g: g.clamp_(-self.theta, self.theta), self.measure_cosine)
 
 
 STRATEGIES: dict[str, type[Clipper]] = {"none": Clipper, "norm": NormClip, "value": ValueClip, "adaptive": AdaptiveClip, "mean": MeanClip}
