@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -14,14 +15,19 @@ from .names import EXECUTORS, TABLES
 
 
 def _friendly(fn):
-    """Library ValueErrors (bad names, bad combinations) become usage errors, not tracebacks."""
+    """Library ValueErrors (bad names, bad combinations) become usage errors, not tracebacks; a folder that
+    cannot be used is an error of its own (the message, no usage banner)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .store import FolderError
         from .tasks.corpus import CorpusError
 
         try:
             return fn(*args, **kwargs)
+        except FolderError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except (ValueError, CorpusError) as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -68,25 +74,30 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Run the points on this Dask scheduler (tcp://host:8786); needs gradlab[dask].")
 @click.option("--dry-run", is_flag=True, help="Say which points would be computed and how many are cached; compute nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--no-report", is_flag=True, help="Write the tables and manifest only.")
+@click.option("--no-report", is_flag=True, help="Write the tables and manifest only (an older page and figures are removed: they would describe another state).")
+@click.option("--reference", is_flag=True, help="Allow writing over a committed reference run in reports/ (scripts/reference_runs.sh).")
 @_friendly
 def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
-        executor: str | None = None, scheduler: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False) -> None:
+        executor: str | None = None, scheduler: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False,
+        reference: bool = False) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
     interrupted (every finished point is saved: rerun the same command to resume)."""
-    from .report import render
-    from .runner import ExecutorLost, StudyInterrupted, plan, point_states, run_study
+    from .report import draw
+    from .runner import ExecutorLost, StudyInterrupted, check_out, default_out, plan, point_states, run_study
 
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
         _echo_dry_run(planned, out, profile, point_states(planned, out))
         return
+    check_out(out or default_out(planned), reference)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a kill ends like Ctrl-C: what finished is saved and shown
     try:
         summary = run_study(
             study, profile, list(overrides), out, workers=workers, executor=executor, progress=not quiet,
-            argv=["gradlab", *sys.argv[1:]], render=None if no_report else render, echo=click.echo, planned=planned, scheduler=scheduler,
+            argv=["gradlab", *sys.argv[1:]], render=None if no_report else draw, echo=click.echo, planned=planned, scheduler=scheduler,
+            reference=reference,
         )
     except StudyInterrupted as exc:
         click.echo(str(exc), err=True)
@@ -94,7 +105,10 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
     except ExecutorLost as exc:  # the Dask scheduler went away: what finished is saved
         click.echo(str(exc), err=True)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     stale = f" ({summary.stale} of them made before by other code)" if summary.stale else ""
+    stale += f" ({summary.corrupt} recomputed: they failed their checksums)" if summary.corrupt else ""
     click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
     if summary.rows:
@@ -103,6 +117,10 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         click.echo(f"failed {fail['key']}: {fail['error'].splitlines()[0]}", err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[str]) -> None:
@@ -202,18 +220,18 @@ def _echo_summary(out: Path) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @_friendly
 def report(run_dir: Path) -> None:
-    """Re-render RUN_DIR's figures and report.html from its tables alone."""
-    from .report import render
-
-    from .report import UnfinishedRun
+    """Re-render RUN_DIR's figures and report.html from its tables alone. A run that stopped early is
+    rendered as far as it got, and says so; one killed before writing its tables gets them first, from
+    its saved points."""
+    from .runner import report_folder
 
     try:
-        click.echo(f"wrote {render(run_dir)}")
-    except UnfinishedRun as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
+        page, unfinished = report_folder(run_dir, echo=lambda text: click.echo(text, err=True))
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
+    if unfinished:
+        click.echo(unfinished, err=True)
+    click.echo(f"wrote {page}")
 
 
 @main.command()
@@ -224,10 +242,17 @@ def report(run_dir: Path) -> None:
 def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     """RUN_A and RUN_B side by side: the same summary table of each (decay rates, final evaluations), rows
     matched on the settings that vary, each value as A, B and B - A."""
-    from .report import check_finished
+    from .folder import locked_by_other
+    from .report import check_finished, unfinished_note
     from .report.compare import compare as compare_runs
 
-    check_finished(run_a), check_finished(run_b)
+    for run_dir in (run_a, run_b):
+        holder = locked_by_other(run_dir)
+        if holder:
+            raise click.ClickException(f"{run_dir} is being written (pid {holder.get('pid')}: {holder.get('command')}); compare it when that ends.")
+        note = unfinished_note(check_finished(run_dir))
+        if note:
+            click.echo(f"{run_dir}: {note}", err=True)
     table, differing = compare_runs(run_a, run_b)
     for key, (va, vb) in differing.items():
         click.echo(f"{key}: {va} in A, {vb} in B")

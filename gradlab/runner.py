@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
+import uuid
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,7 +24,9 @@ from . import measures
 from .dask_executor import worker_address
 from .executors import InlineExecutor, default_executor, make_executor
 from .env import code_identity
-from .store import PLAN_FILE, PointStore, assemble, progress_of, write_json_atomic
+from .assemble import assemble, collect, lags_behind, read_plan
+from .folder import FolderLock, recover
+from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 from .study import Dropped, Resolved, Study, StudyError, expand, load_study, resolve
 
 
@@ -46,6 +50,7 @@ class RunSummary:
     rows: int
     report: Path | None
     stale: int = 0  # of the computed: finished before, by other code (source digest or torch version)
+    corrupt: int = 0  # of the computed: saved before, but failed their checksums
 
 
 def point_key(measure: str, config: dict) -> str:
@@ -174,25 +179,29 @@ def _workers_of(executor) -> list[str] | None:
 
 
 def point_states(p: Plan, out: Path | None) -> list[str]:
-    """Each point's state in `out` ('done', 'stale' or 'todo'), for this code."""
+    """Each point's state in `out` ('done', 'stale', 'corrupt' or 'todo'), for this code."""
     store = PointStore(Path(out) if out is not None else default_out(p), code_identity())
     return [store.state(k) for k in p.keys]
 
 
+RUNS_DIR = Path("runs")  # where a run lands without --out (git ignores it); reference runs live in reports/
+
+
 def default_out(p: Plan) -> Path:
-    return Path("reports") / f"{p.study.name}-{p.resolved.profile}"
+    return RUNS_DIR / f"{p.study.name}-{p.resolved.profile}"
 
 
 def previous_run(out: Path, p: Plan) -> str | None:
     """What reusing `out` for this plan replaces, in a sentence; None when it held this very grid (or nothing)."""
-    path = Path(out) / PLAN_FILE
-    if not path.exists():
-        return None
+    out = Path(out)
     try:
-        before = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if before.get("keys") == p.keys:
+        before = read_plan(out)
+        if before is None and (out / "manifest.json").exists():  # a folder whose plan is gone (git keeps only the manifest)
+            m = read_json(out / "manifest.json")
+            before = {"study": m.get("study"), "profile": m.get("profile"), "argv": m.get("argv"), "keys": [pt.get("key") for pt in m.get("points", [])]}
+    except FolderError:
+        return f"{out} held a run whose plan or manifest is damaged; its tables are replaced by this grid's {len(p.keys)} points."
+    if before is None or before.get("keys") == p.keys:
         return None
     shared = len(set(before.get("keys", [])) & set(p.keys))
     return (f"{out} held a run of study {before.get('study')!r} ({before.get('profile')}, {len(before.get('keys', []))} points, "
@@ -200,9 +209,47 @@ def previous_run(out: Path, p: Plan) -> str | None:
             f"{shared} of which it had computed (they are reused if made by this code).")
 
 
-def write_plan(out: Path, p: Plan, argv: list[str]) -> None:
-    write_json_atomic({"study": p.study.name, "profile": p.resolved.profile, "measure": p.study.measure, "argv": argv,
-                       "keys": p.keys}, Path(out) / PLAN_FILE)
+def _tracked_by_git(path: Path) -> bool:
+    try:
+        done = subprocess.run(["git", "-C", str(path.parent), "ls-files", "--error-unmatch", path.name],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def check_out(out: Path, reference: bool = False) -> None:
+    """`out` can hold a run: a folder (or none yet) that is writable, not below a file, and not a committed
+    reference run unless `reference` (scripts/reference_runs.sh remakes those). A FolderError says why not."""
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise FolderError(f"--out {out}: {parent} is a file, not a folder. Name a folder (it is made if missing).")
+        if parent.exists():
+            break
+    if (out / "manifest.json").exists() and not reference and _tracked_by_git(out / "manifest.json"):
+        raise FolderError(f"--out {out} holds a committed reference run (git tracks its manifest.json), and a plain run never "
+                          f"writes over one. Use another --out (runs land in {RUNS_DIR}/ by default), or pass --reference "
+                          "to remake it as scripts/reference_runs.sh does.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FolderError(f"--out {out} cannot be written: {exc.strerror or exc}. Choose a folder you can write to.") from None
+
+
+def plan_record(p: Plan, argv: list[str], code: dict, base: dict) -> dict:
+    """plan.json: what a run is, written when it starts, so that the folder's tables can be rebuilt from
+    its saved points whenever the run stops (`gradlab report` after a kill)."""
+    columns = [f.name for f in dataclasses.fields(p.module.Config)]  # every setting: tables of any two runs stack
+    return {"id": uuid.uuid4().hex, "study": p.study.name, "profile": p.resolved.profile, "measure": p.study.measure,
+            "argv": argv, "keys": p.keys, "columns": columns, "code": code, "manifest": base | {"columns": columns}}
+
+
+class _Interrupt(Exception):
+    """Carries a KeyboardInterrupt out of the run loop, after the finished points are saved."""
 
 
 def run_study(
@@ -215,38 +262,61 @@ def run_study(
     executor: cf.Executor | str | None = None,
     progress: bool = True,
     argv: list[str] | None = None,
-    render: Callable[[Path], Path] | None = None,
+    render: Callable[[Path, Path], Path] | None = None,  # draws a staged folder's page (report.draw)
     echo: Callable[[str], None] | None = None,
     planned: Plan | None = None,
     scheduler: str | None = None,
+    reference: bool = False,
 ) -> RunSummary:
     """Run every point not already finished in `out`, then write the tables, manifest and report.
     `echo` hears what the run is about to do (profile, points, exclusions, a reused folder)."""
     p = planned or plan(study_ref, profile, list(overrides), device)
-    resolved, points, module, keys, study = p.resolved, p.points, p.module, p.keys, p.study
     argv = argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]  # the program's name, not its path
     out = Path(out) if out is not None else default_out(p)
+    check_out(out, reference)
+    with FolderLock(out, " ".join(argv), echo):
+        note = recover(out)
+        if note and echo:
+            echo(f"  note: {note}")
+        return _run_locked(p, profile, overrides, out, workers, executor, progress, argv, render, echo, scheduler)
+
+
+def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progress, argv, render, echo, scheduler) -> RunSummary:
+    resolved, points, module, keys, study = p.resolved, p.points, p.module, p.keys, p.study
     code = code_identity()
     store = PointStore(out, code)
     configs = [dataclasses.asdict(pt) for pt in points]
     states = [store.state(k) for k in keys]
     todo = [(k, c) for k, c, st in zip(keys, configs, states) if st != "done"]
-    stale = states.count("stale")
+    stale, corrupt = states.count("stale"), states.count("corrupt")
     cached = len(points) - len(todo)
     if echo:
         how = "asked for" if profile is not None else ("the study's default" if study.default_profile else "no profile: the study's own grid")
         echo(f"study {study.name!r}, profile {resolved.profile!r} ({how}): {len(points)} points, {cached} cached, {len(todo)} to compute"
              + (f" ({stale} made before by other code)" if stale else ""))
+        if corrupt:
+            bad = [k for k, st in zip(keys, states) if st == "corrupt"]
+            echo(f"  note: {corrupt} saved point{'s' * (corrupt != 1)} failed {'their' if corrupt != 1 else 'its'} checksum (truncated or "
+                 f"changed on disk) and {'are' if corrupt != 1 else 'is'} recomputed: {', '.join(bad[:5])}{' ...' if corrupt > 5 else ''}")
         for line in p.describe_drops():
             echo(f"  excluded: {line}")
         replaced = previous_run(out, p)
         if replaced:
             echo(f"  note: {replaced}")
-    write_plan(out, p, argv)
     started = datetime.now(timezone.utc).isoformat()
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
     executor_name = (executor or default_executor(workers, scheduler)) if own_executor else type(executor).__name__
+    base = {
+        "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
+        "profile": resolved.profile, "argv": argv, "overrides": list(overrides),
+        "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
+        "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),
+        "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started,
+        "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "points_corrupt": corrupt, "code": code,
+    }
+    record = plan_record(p, argv, code, base)
+    write_json_atomic(record, Path(out) / PLAN_FILE)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     executor = make_executor(executor_name, workers, scheduler) if own_executor else executor
     if hasattr(executor, "check_everywhere") and hasattr(module, "preflight"):  # inputs the points need, on every worker
         missing = executor.check_everywhere(_preflight, study.measure, [c for _, c in todo])
@@ -258,6 +328,16 @@ def run_study(
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
     in_flight: dict[cf.Future, tuple[str, dict]] = {}
+    cluster_workers = None
+
+    def save(outcome: PointOutcome) -> None:
+        try:
+            store.write(outcome)
+        except OSError as exc:  # a full disk or a folder gone read-only: what was saved before stays
+            raise FolderError(f"could not save a point in {out}: {exc.strerror or exc}. The points saved before are kept: "
+                              "free space (or fix the folder's permissions) and rerun the same command to resume.", exit_code=1) from None
+
+    interrupted = False
     try:
         queue = iter(todo)
         while True:
@@ -278,35 +358,62 @@ def run_study(
                     if isinstance(exc, cf.BrokenExecutor) and own_executor:  # a broken pool takes no more work
                         executor.shutdown(wait=False, cancel_futures=True)
                         executor = make_executor(executor_name, workers)
-                store.write(outcome)
+                save(outcome)
                 failed_now += outcome.error is not None
                 bar.update(1)
                 if failed_now:
                     bar.set_postfix(failed=failed_now)
-    except BaseException as exc:  # killed (Ctrl-C) or broken: keep every point that did finish, then stop
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every point that did finish, write the tables of those, stop
+        interrupted = True
+    except BaseException:
         for future in in_flight:
             if future.done() and not future.cancelled() and future.exception() is None:
                 store.write(future.result())
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, StudyInterrupted):
-            saved = sum(store.state(k) == "done" for k in keys)
-            raise StudyInterrupted(out, saved, len(keys)) from exc
         raise
     finally:
         bar.close()
         cluster_workers = _workers_of(executor)
         if own_executor:
-            executor.shutdown(wait=True, cancel_futures=True)
-    ended = datetime.now(timezone.utc).isoformat()
-    manifest_extra = {
-        "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
-        "profile": resolved.profile, "argv": argv, "overrides": list(overrides),
-        "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
-        "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),
-        "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ended": ended,
-        "scheduler": getattr(executor, "address", None), "cluster_workers": cluster_workers,
-        "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "code": code,
-    }
-    columns = [f.name for f in dataclasses.fields(module.Config)]  # every setting: tables of any two runs stack
-    summary = assemble(out, keys, columns, module, manifest_extra | {"columns": columns})
-    report = render(out) if render is not None else None
-    return RunSummary(out, len(points), cached, len(todo), summary["failed"], summary["rows"], report, stale)
+            executor.shutdown(wait=not interrupted, cancel_futures=True)
+    extra = {"ended": datetime.now(timezone.utc).isoformat(), "scheduler": getattr(executor, "address", None), "cluster_workers": cluster_workers}
+    if interrupted:
+        for future in in_flight:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                save(future.result())
+        try:  # the saved points' tables, so that the folder shows what it holds (a second Ctrl-C: the journal keeps it whole)
+            assemble(out, record, module, extra)
+        except KeyboardInterrupt:
+            pass
+        raise StudyInterrupted(out, sum(store.state(k) == "done" for k in keys), len(keys))
+    try:
+        manifest = assemble(out, record, module, extra, render)
+    except KeyboardInterrupt:  # while the tables were written: the folder keeps its last whole state
+        raise StudyInterrupted(out, sum(store.state(k) == "done" for k in keys), len(keys)) from None
+    except OSError as exc:
+        raise FolderError(f"could not write the tables of {out}: {exc.strerror or exc}. Every point is saved and the folder "
+                          "keeps its previous state: free space and rerun the same command (it recomputes nothing).", exit_code=1) from None
+    report = Path(out) / "report.html" if render is not None else None
+    return RunSummary(out, len(points), cached, len(todo), manifest["failed_points"], manifest["row_count"], report, stale, corrupt)
+
+
+def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple[Path, str | None]:
+    """`gradlab report`: under the folder's lock, finish or drop a half-done write, rebuild the tables from
+    the saved points when the last run stopped before writing them, then draw the page anew. Returns the
+    page and, for an unfinished run, a sentence saying so."""
+    from .report import draw, render, unfinished_note
+
+    out = Path(out)
+    with FolderLock(out, f"gradlab report {out}", echo):
+        note = recover(out)
+        if note and echo:
+            echo(f"note: {note}")
+        behind = lags_behind(out)
+        if behind is not None:
+            if echo:
+                echo(f"note: {out}'s last run ({' '.join(behind.get('argv') or [])}) stopped before writing its tables: "
+                     "writing them from its saved points")
+            manifest = collect(out, draw)
+        else:
+            render(out)
+            manifest = read_json(out / "manifest.json")
+    return out / "report.html", unfinished_note(manifest)

@@ -1,14 +1,25 @@
-"""Results on disk: atomic writes of tables and JSON, so a killed run never leaves a half-written file."""
+"""Results on disk: atomic writes of tables and JSON, and the point cache, each point checked against
+the checksums written with it before it is reused."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+
+class FolderError(ValueError):
+    """A run folder that cannot be read or written as asked: the message names the file and what to do.
+    exit_code: 2 for a folder refused before any work, 1 for a write that failed during a run."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,6 +36,8 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as f:  # on disk before it takes the name: a crash leaves the old file or the new one
+            os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
@@ -44,19 +57,45 @@ def write_json_atomic(obj: object, path: Path) -> None:
     _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8"))
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON object from `path`; a file that is not one is a FolderError naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FolderError(f"{path} is not valid JSON ({exc}): the file is damaged; delete it (or the run folder) and rerun.") from None
+    if not isinstance(data, dict):
+        raise FolderError(f"{path} holds a JSON {type(data).__name__}, not an object: the file is damaged; delete it and rerun.")
+    return data
 
 
-PLAN_FILE = "plan.json"  # written when a run starts: what it is, for resuming and for a reused --out
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json_digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+PLAN_FILE = "plan.json"  # written when a run starts: what it is, for resuming, reporting and a reused --out
 VALIDITY = ("source", "torch")  # the parts of a point's code identity that must match for it to be reused
+MARKER_DIGEST = "marker_sha256"  # a marker's checksum of its own content (every other key)
 
 
 class PointStore:
-    """DIR/points/KEY.TABLE.parquet per finished point, then DIR/points/KEY.json as its commit marker:
-    a point whose marker is missing did not finish and runs again; one whose marker says ok is reused,
-    unless other code made it (another source digest or torch version than `code`): then it is stale
-    and runs again, so one table never mixes code versions."""
+    """DIR/points/KEY.TABLE.parquet per finished point, then DIR/points/KEY.json as its commit marker,
+    with the sha256 of every table file and of itself. A point is reused only when its marker says ok,
+    every checksum matches and this code made it (source digest and torch version: else 'stale');
+    a point whose files fail their checksums is 'corrupt' and runs again, so does one with no marker."""
 
     def __init__(self, out: Path, code: dict | None = None):
         self.dir = Path(out) / "points"
@@ -65,20 +104,36 @@ class PointStore:
     def _meta(self, key: str) -> Path:
         return self.dir / f"{key}.json"
 
+    def _table(self, key: str, name: str) -> Path:
+        return self.dir / f"{key}.{name}.parquet"
+
     def read_meta(self, key: str) -> dict | None:
+        """The marker, or None when there is none or it fails its own checksum."""
         path = self._meta(key)
         if not path.exists():
             return None
         try:
-            return read_json(path)
-        except (OSError, ValueError):  # unreadable marker: treat the point as unfinished
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
             return None
+        if not isinstance(meta, dict) or meta.get(MARKER_DIGEST) != _json_digest({k: v for k, v in meta.items() if k != MARKER_DIGEST}):
+            return None
+        return meta
 
     def state(self, key: str) -> str:
-        """'done' (reusable), 'stale' (finished by other code), or 'todo' (missing, failed, half-written)."""
-        meta = self.read_meta(key)
-        if not (meta and meta["status"] == "ok" and all((self.dir / f"{key}.{t}.parquet").exists() for t in meta["tables"])):
+        """'done' (reusable), 'stale' (finished by other code), 'corrupt' (its files fail their checksums:
+        truncated or changed on disk) or 'todo' (never finished, or failed)."""
+        if not self._meta(key).exists():
             return "todo"
+        meta = self.read_meta(key)
+        if meta is None:
+            return "corrupt"
+        if meta.get("status") != "ok":
+            return "todo"
+        for name, digest in meta.get("digests", {}).items():
+            path = self._table(key, name)
+            if not path.exists() or file_digest(path) != digest:
+                return "corrupt"
         made_by = meta.get("env", {}).get("code", {})
         if self.code is not None and any(made_by.get(k) != self.code.get(k) for k in VALIDITY):
             return "stale"
@@ -90,77 +145,17 @@ class PointStore:
     def write(self, outcome) -> None:
         meta = {"key": outcome.key, "config": outcome.config, "seconds": outcome.seconds, "env": outcome.env}
         if outcome.error is None:
+            digests = {}
             for name, rows in outcome.tables.items():
-                write_table_atomic(pd.DataFrame(rows), self.dir / f"{outcome.key}.{name}.parquet")
-            meta |= {"status": "ok", "tables": sorted(outcome.tables), "error": None}
+                path = self._table(outcome.key, name)
+                write_table_atomic(pd.DataFrame(rows), path)
+                digests[name] = file_digest(path)
+            meta |= {"status": "ok", "tables": sorted(outcome.tables), "digests": digests, "error": None}
         else:
-            meta |= {"status": "failed", "tables": [], "error": outcome.error}
-        write_json_atomic(meta, self._meta(outcome.key))
+            meta |= {"status": "failed", "tables": [], "digests": {}, "error": outcome.error}
+        meta = json.loads(json.dumps(meta, ensure_ascii=False, default=str))  # what reading it back gives, for the checksum
+        write_json_atomic(meta | {MARKER_DIGEST: _json_digest(meta)}, self._meta(outcome.key))
 
     def tables(self, key: str) -> dict[str, pd.DataFrame]:
         meta = self.read_meta(key) or {"tables": []}
-        return {t: pd.read_parquet(self.dir / f"{key}.{t}.parquet") for t in meta["tables"]}
-
-
-def _cell(value: object) -> object:
-    return str(value) if isinstance(value, (tuple, list, dict)) else value
-
-
-def assemble(out: Path, keys: list[str], axes: list[str], module, manifest_extra: dict) -> dict:
-    """Long-form tables from the finished points (every setting as a leading column, so the tables of
-    any two runs stack), the measure's derived tables, and manifest.json with a column dictionary.
-    Returns the failures and the row count."""
-    from .env import environment
-
-    store = PointStore(out)
-    parts: dict[str, list[pd.DataFrame]] = {}
-    points, failed = [], []
-    for key in keys:
-        meta = store.read_meta(key)
-        if meta is None:
-            continue
-        coords = {a: _cell(meta["config"].get(a)) for a in axes}
-        made_by = meta.get("env", {}).get("code", {})
-        points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords,
-                       "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}
-                       | {"worker": meta.get("env", {}).get("worker")}})
-        if meta["status"] != "ok":
-            failed.append({"key": key, **coords, "error": meta["error"]})
-            continue
-        for name, df in store.tables(key).items():
-            df = df.copy()
-            for pos, (axis, value) in enumerate(coords.items()):
-                df.insert(pos, axis, [value] * len(df))
-            df.insert(len(coords), "point", key)
-            parts.setdefault(name, []).append(df)
-    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
-    tables.setdefault("results", pd.DataFrame(columns=[*axes, "point"]))
-    for name, df in tables.items():
-        write_table_atomic(df, Path(out) / f"{name}.parquet")
-    derived = module.derive(tables, axes) if len(tables["results"]) else {}
-    for name, df in derived.items():
-        write_table_atomic(df, Path(out) / f"{name}.parquet")
-    write_table_atomic(pd.DataFrame(failed, columns=["key", *axes, "error"]), Path(out) / "failures.parquet")
-    results = tables["results"]
-    device = str(manifest_extra.get("resolved", {}).get("device", ["cpu"])[0])
-    manifest = manifest_extra | {
-        "environment": environment(device),
-        "backends": sorted({str(b) for df in tables.values() if "backend" in df for b in df["backend"].dropna().unique()}),
-        "tables": {name: len(df) for name, df in tables.items()},
-        "derived": sorted(derived), "row_count": len(results), "points": points, "failed": len(failed),
-    }
-    described = getattr(module, "COLUMNS", {})
-    written = [c for df in [*tables.values(), *derived.values()] for c in df.columns]
-    manifest["column_dictionary"] = {c: described.get(c, "") for c in dict.fromkeys(written)}
-    write_json_atomic(manifest, Path(out) / "manifest.json")
-    return {"failed": failed, "rows": len(results)}
-
-
-def progress_of(out: Path) -> dict | None:
-    """For a run folder: its plan and how many of its points are saved (None when no run started there)."""
-    path = Path(out) / PLAN_FILE
-    if not path.exists():
-        return None
-    started = read_json(path)
-    store = PointStore(out)
-    return started | {"saved": sum(store.state(k) == "done" for k in started["keys"]), "total": len(started["keys"])}
+        return {t: pd.read_parquet(self._table(key, t)) for t in meta["tables"]}

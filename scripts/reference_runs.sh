@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The reference runs the README quotes, into reports/ (each run folder's manifest names its command and
+# The reference runs the README quotes, into reports/ (--reference: the one way to write over a committed run) (each run folder's manifest names its command and
 # commit; .gitignore keeps their bulky parts out of git). On the 2-core development machine: hours.
 # bash scripts/reference_runs.sh [NAME ...]   (no name: all; the lyrics corpus through GRADLAB_DATA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALL="${*:-}"
-run() { name=$1; shift; if [ -z "$ALL" ] || [[ " $ALL " == *" $name "* ]]; then echo "== $name: gradlab $*"; gradlab "$@" --out "reports/$name" --quiet; fi; }
+run() { name=$1; shift; if [ -z "$ALL" ] || [[ " $ALL " == *" $name "* ]]; then echo "== $name: gradlab $*"; gradlab "$@" --out "reports/$name" --reference --quiet; fi; }
 run gradient-decay-quick run gradient-decay
 run gradient-decay-edge run gradient-decay --profile edge --workers 2
 run gradient-decay-theory run gradient-decay --profile theory --workers 2

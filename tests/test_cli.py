@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -153,8 +155,11 @@ def test_interrupted_run_says_how_much_is_saved_and_report_says_the_same(tmp_pat
     monkeypatch.setattr(runner, "execute_point", dies_on_fourth)
     r = CliRunner().invoke(main, _quick_args(out))
     assert r.exit_code == 130 and "interrupted: 3 of 9 points saved" in r.output and "rerun the same command to resume" in r.output
-    r = invoke("report", str(out))
-    assert r.exit_code == 1 and "unfinished run of study 'gradient-decay' (quick): 3 of 9 points saved; rerun the same command" in r.output
+    r = invoke("report", str(out))  # renders what the folder holds, and says it is unfinished
+    assert r.exit_code == 0 and "Unfinished run: 3 of 9 points saved" in r.output and "Rerun to resume: gradlab" in r.output
+    page = (out / "report.html").read_text()
+    assert "Unfinished run: 3 of 9 points saved" in page and "from 3 points" in page
+    assert json.loads((out / "manifest.json").read_text())["points_saved"] == 3
     monkeypatch.setattr(runner, "execute_point", real)
     assert "9 points, 3 cached, 6 to compute" in invoke(*_quick_args(out)).output
 

@@ -93,8 +93,10 @@ class DiesAfter(cf.Executor):
 def test_interrupted_run_resumes_without_losing_or_recomputing(tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_study(tiny, out=tmp_path / "a", device="cpu", progress=False, executor=DiesAfter(7))
-    assert not (tmp_path / "a" / "results.parquet").exists()
     assert len(list((tmp_path / "a" / "points").glob("*.json"))) == 7
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())  # the folder shows what it holds, and says it is unfinished
+    assert (m["complete"], m["points_saved"], m["points_total"]) == (False, 7, N_POINTS)
+    assert pd.read_parquet(tmp_path / "a" / "results.parquet")["point"].nunique() == 7
     resumed = run_study(tiny, out=tmp_path / "a", device="cpu", progress=False)
     assert (resumed.cached, resumed.computed) == (7, N_POINTS - 7)
     run_study(tiny, out=tmp_path / "b", device="cpu", progress=False)

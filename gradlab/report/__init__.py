@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..store import progress_of, read_json
+from ..folder import check_tables
+from ..store import read_json, write_text_atomic
 from . import cliff, figures, gradient_decay, page, throughput, train
 
 VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view, "throughput": throughput.view}  # measure -> its view
@@ -24,16 +25,25 @@ def load_tables(out: Path) -> dict[str, pd.DataFrame]:
 
 
 def check_finished(out: Path) -> dict:
-    """The run's manifest; an error that says what the folder holds when there is none."""
+    """The run's manifest, its tables checked against the checksums it records; an error that says what
+    the folder holds when there is none."""
     out = Path(out)
     if (out / "manifest.json").exists():
-        return read_json(out / "manifest.json")
-    started = progress_of(out)
-    if started is None:
-        raise FileNotFoundError(f"{out} holds no manifest.json: not a gradlab run folder (make one with `gradlab run`).")
-    raise UnfinishedRun(
-        f"{out} is an unfinished run of study {started['study']!r} ({started['profile']}): {started['saved']} of "
-        f"{started['total']} points saved; rerun the same command to resume: {' '.join(started.get('argv') or [])}")
+        manifest = read_json(out / "manifest.json")
+        check_tables(out, manifest)
+        return manifest
+    if (out / "plan.json").exists():
+        raise UnfinishedRun(f"{out} is a run that stopped before writing its tables: `gradlab report {out}` writes them "
+                            "from the saved points, and rerunning the same command resumes it.")
+    raise FileNotFoundError(f"{out} holds no manifest.json: not a gradlab run folder (make one with `gradlab run`).")
+
+
+def unfinished_note(manifest: dict) -> str | None:
+    """A sentence for a folder whose run did not finish (None: it did)."""
+    if manifest.get("complete", True):
+        return None
+    return (f"Unfinished run: {manifest.get('points_saved')} of {manifest.get('points_total')} points saved; everything here "
+            f"describes those points only. Rerun to resume: {' '.join(manifest.get('argv') or [])}")
 
 
 def summary_of(out: Path) -> page.Section:
@@ -45,14 +55,25 @@ def summary_of(out: Path) -> page.Section:
 
 
 def render(out: Path) -> Path:
-    """Write DIR/figures/*.png and DIR/report.html from DIR's tables and manifest; returns the page."""
+    """DIR's figures and report.html drawn anew from its tables and manifest, swapped in with the old
+    ones in one commit (a crash leaves the old page and figures, never half of each); returns the page."""
+    from ..folder import commit, staging
+
     out = Path(out)
+    check_finished(out)
+    draw(out, staging(out))
+    commit(out)
+    return out / "report.html"
+
+
+def draw(out: Path, into: Path) -> Path:
+    """Draw INTO/figures/*.png and INTO/report.html (INTO: a staging folder) from DIR's tables and
+    manifest; returns the page. Swapping them in is the caller's (folder.commit)."""
+    out, into = Path(out), Path(into)
     manifest = check_finished(out)
     tables = load_tables(out)
-    fig_dir = out / "figures"
+    fig_dir = into / "figures"
     fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):
-        old.unlink()
     measure = manifest.get("measure", "")
     view = VIEWS.get(measure)
     section = view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
@@ -74,6 +95,9 @@ def render(out: Path) -> Path:
             f" at {html.escape(commit)}, torch {html.escape(str(manifest.get('environment', {}).get('torch')))}, "
             f"{html.escape(str(manifest.get('environment', {}).get('device')))}; {html.escape(str(manifest.get('started')))[:19]} to "
             f"{html.escape(str(manifest.get('ended')))[:19]} UTC.</p>"]
+    note = unfinished_note(manifest)
+    if note:
+        body.append(f"<p class='failed'>{html.escape(note)}</p>")
     if section.key_points or section.summaries:
         body.append("<h2>Summary</h2><div class='key'>" + "".join(f"<p>{html.escape(k)}</p>" for k in section.key_points) + "</div>")
         body.extend(page.table(df, title) for title, df in section.summaries)
@@ -94,6 +118,6 @@ def render(out: Path) -> Path:
             pd.DataFrame({"column": list(columns), "unit and meaning": list(columns.values())}))))
     body.append(page.details("Manifest (study, resolved settings, versions, device, points)",
                              f"<pre>{html.escape(json.dumps(manifest, indent=1, ensure_ascii=False, default=str))}</pre>"))
-    path = out / "report.html"
-    path.write_text(page.page(title, "".join(body)), encoding="utf-8")
+    path = into / "report.html"
+    write_text_atomic(page.page(title, "".join(body)), path)
     return path

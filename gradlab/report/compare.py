@@ -33,7 +33,11 @@ def compare(run_a: Path, run_b: Path) -> tuple[pd.DataFrame, dict]:
     values = [v for v in values if v in a and v in b]
     key_of = lambda df: df[keys].map(repr).agg("|".join, axis=1) if keys else pd.Series("all", index=df.index)  # noqa: E731
     a, b = a.assign(_key=key_of(a)), b.assign(_key=key_of(b))
-    merged = a[keys + ["_key"] + values].merge(b[["_key"] + values], on="_key", how="outer", suffixes=(" A", " B"), indicator=True)
+    b_keys = {k: f"{k} (B)" for k in keys}  # a row only B has takes its settings from B
+    merged = a[keys + ["_key"] + values].merge(b[keys + ["_key"] + values].rename(columns=b_keys), on="_key", how="outer",
+                                               suffixes=(" A", " B"), indicator=True)
+    for k, kb in b_keys.items():
+        merged[k] = merged[k].where(merged["_merge"] != "right_only", merged[kb])
     for v in values:
         merged[f"{v} B-A"] = merged[f"{v} B"] - merged[f"{v} A"]
     merged["in"] = merged["_merge"].map({"both": "both", "left_only": "A only", "right_only": "B only"})

@@ -1,0 +1,136 @@
+"""From saved points to a run folder's state: long-form tables, the measure's derived tables, the manifest
+and (optionally) the page, staged and committed as one change (folder.commit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import folder
+from .store import PLAN_FILE, FolderError, PointStore, read_json
+
+
+def _cell(value: object) -> object:
+    return str(value) if isinstance(value, (tuple, list, dict)) else value
+
+
+def read_plan(out: Path) -> dict | None:
+    """The plan the last run of `out` started with (None: no run started there)."""
+    path = Path(out) / PLAN_FILE
+    if not path.exists():
+        return None
+    plan = read_json(path)
+    missing = [k for k in ("study", "measure", "keys", "columns", "code", "manifest") if k not in plan]
+    if missing:
+        raise FolderError(f"{path} lacks {', '.join(missing)}: it was written by an older gradlab or is damaged. "
+                          "Rerun the command that made the folder (its argv is in manifest.json).")
+    return plan
+
+
+def saved_keys(out: Path, plan: dict) -> list[str]:
+    """The plan's points saved in `out` by the code the plan ran (failures included: they are results)."""
+    store = PointStore(out, plan["code"])
+    return [k for k in plan["keys"] if store.state(k) == "done" or (store.read_meta(k) or {}).get("status") == "failed"]
+
+
+def progress_of(out: Path) -> dict | None:
+    """For a run folder: its plan and how many of its points are saved (None when no run started there)."""
+    plan = read_plan(out)
+    if plan is None:
+        return None
+    store = PointStore(out, plan["code"])
+    return plan | {"saved": sum(store.state(k) == "done" for k in plan["keys"]), "total": len(plan["keys"])}
+
+
+def build_tables(out: Path, keys: list[str], axes: list[str], module) -> tuple[dict, dict, list, list]:
+    """Long-form tables of the finished points among `keys` (every setting as a leading column, so the
+    tables of any two runs stack), the measure's derived tables, the points and the failures."""
+    store = PointStore(out)
+    parts: dict[str, list[pd.DataFrame]] = {}
+    points, failed = [], []
+    for key in keys:
+        meta = store.read_meta(key)
+        if meta is None:
+            continue
+        coords = {a: _cell(meta["config"].get(a)) for a in axes}
+        made_by = meta.get("env", {}).get("code", {})
+        points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords,
+                       "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}
+                       | {"worker": meta.get("env", {}).get("worker")}})
+        if meta["status"] != "ok":
+            failed.append({"key": key, **coords, "error": meta["error"]})
+            continue
+        for name, df in store.tables(key).items():
+            df = df.copy()
+            for pos, (axis, value) in enumerate(coords.items()):
+                df.insert(pos, axis, [value] * len(df))
+            df.insert(len(coords), "point", key)
+            parts.setdefault(name, []).append(df)
+    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
+    tables.setdefault("results", pd.DataFrame(columns=[*axes, "point"]))
+    derived = module.derive(tables, axes) if len(tables["results"]) else {}
+    return tables, derived, points, failed
+
+
+def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path, Path], Path] | None = None) -> dict:
+    """Stage the folder's next state from the plan's saved points (all of them, or those an interrupted run
+    finished: the manifest says which), render the page into it if asked, and commit it whole; a table,
+    figure or page of the state before that this one lacks is removed with the same commit.
+    Returns the manifest."""
+    from .env import environment
+
+    out = Path(out)
+    keys = saved_keys(out, plan)
+    axes = plan["columns"]
+    tables, derived, points, failed = build_tables(out, keys, axes, module)
+    stage = folder.staging(out)
+    every = tables | derived | {"failures": pd.DataFrame(failed, columns=["key", *axes, "error"])}
+    digests = folder.write_tables(stage, every)
+    results = tables["results"]
+    base = plan["manifest"]
+    device = str(base.get("resolved", {}).get("device", ["cpu"])[0])
+    manifest = base | extra | {
+        "plan_id": plan.get("id"), "complete": len(keys) == len(plan["keys"]),
+        "points_saved": len(keys), "points_total": len(plan["keys"]),
+        "environment": environment(device),
+        "backends": sorted({str(b) for df in tables.values() if "backend" in df for b in df["backend"].dropna().unique()}),
+        "tables": {name: len(df) for name, df in tables.items()}, "table_digests": digests,
+        "derived": sorted(derived), "row_count": len(results), "points": points, "failed": len(failed),
+    }
+    described = getattr(module, "COLUMNS", {})
+    written = [c for df in every.values() for c in df.columns]
+    manifest["column_dictionary"] = {c: described.get(c, "") for c in dict.fromkeys(written)}
+    from .store import write_json_atomic
+
+    write_json_atomic(manifest, stage / folder.MANIFEST)
+    if render is not None:
+        render(stage, stage)
+    staged = {p.name for p in stage.iterdir()}
+    folder.commit(out, remove=[n for n in folder.state_files(out) if n not in staged])
+    return manifest | {"failed_points": failed}
+
+
+def lags_behind(out: Path) -> dict | None:
+    """The plan whose saved points the folder's tables do not show yet (a run stopped before writing
+    them, or points saved since), or None when the tables are up to date."""
+    plan = read_plan(out)
+    if plan is None:
+        return None
+    path = Path(out) / folder.MANIFEST
+    manifest = read_json(path) if path.exists() else {}
+    if manifest.get("plan_id") == plan.get("id") and manifest.get("points_saved") == len(saved_keys(out, plan)):
+        return None
+    return plan
+
+
+def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> dict:
+    """The folder's state rebuilt from its plan and saved points (for `gradlab report` after a run was
+    killed before it could write its tables)."""
+    from . import measures
+
+    plan = read_plan(out)
+    if plan is None:
+        raise FolderError(f"{out} holds no plan.json: no gradlab run started there.")
+    return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report"}, render)
