@@ -147,8 +147,12 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
                 "here. Use --device cpu, or run it on a machine with a GPU."
             )
     problems: dict[str, list] = {}  # message -> the points it concerns
+    from .cells import check_seed
+
     for cfg in points:
         try:
+            if hasattr(cfg, "seed"):
+                check_seed(cfg.seed)
             cfg.validate()
         except ValueError as exc:
             problems.setdefault(str(exc), []).append({a: getattr(cfg, a) for a in resolved.axes})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import itertools
+import math
 import sys
 import types
 import typing
@@ -108,6 +109,8 @@ def load_study(ref: str | Path) -> Study:
         raise StudyError(f"study file {path} does not exist.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"study file {source} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"study file {source} is not valid TOML: {exc}") from None
     return parse_study(data, source)
@@ -182,8 +185,53 @@ def field_types(config_cls: type) -> dict[str, tuple[type, ...]]:
     return {f.name: _allowed_types(hints[f.name]) for f in dataclasses.fields(config_cls)}
 
 
-def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
-    """A value of an allowed type (ints widen to floats; strings from --set are parsed), or an error."""
+def item_types(config_cls: type) -> dict[str, type]:
+    """For each tuple-valued setting (tuple[X, ...], or that or None), the type X of its items."""
+    found = {}
+    for name, hint in typing.get_type_hints(config_cls).items():
+        for arg in (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)):
+            if typing.get_origin(arg) is tuple and typing.get_args(arg):
+                found[name] = typing.get_args(arg)[0]
+    return found
+
+
+def _item(key: str, value: Any, item: type, where: str) -> Any:
+    """One item of a tuple setting, of type `item` (strings from --set parsed)."""
+    if item is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, bool):
+        pass
+    elif item is int and isinstance(value, int):
+        return value
+    elif item is float and isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = item(value.strip())
+            if item is float and not math.isfinite(parsed):
+                raise ValueError
+            return parsed
+        except ValueError:
+            pass
+    raise StudyError(f"{where}: {key} takes a list of {item.__name__} values; {value!r} is not one.")
+
+
+def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str, item: type | None = None) -> Any:
+    """A value of an allowed type (ints widen to floats; strings from --set are parsed; a float must be
+    finite; a tuple's items are of type `item`), or an error."""
+    if tuple in allowed and item is not None:
+        if isinstance(value, (list, tuple)):
+            return tuple(_item(key, v, item, where) for v in value)
+        if isinstance(value, str) and str not in allowed and value.strip().lower() not in ("none", "null"):
+            return (_item(key, value, item, where),)  # one item of a tuple setting, e.g. prefixes=分开
+    value = _coerce(key, value, allowed, where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise StudyError(f"{where}: {key}={value!r} is not a finite number; give a finite one.")
+    return value
+
+
+def _coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
     names = "/".join("none" if t is type(None) else t.__name__ for t in allowed)
     if isinstance(value, str) and type(None) in allowed and value.strip().lower() in ("none", "null"):
         return None
@@ -234,10 +282,14 @@ def parse_override(text: str) -> tuple[str, list]:
     return key.strip(), values
 
 
+MAX_POINTS = 20_000  # a grid larger than this is a typo far more often than a plan (2 cores: weeks of work)
+
+
 def resolve(study: Study, config_cls: type, profile: str | None = None, overrides: list[str] = ()) -> Resolved:
     """Defaults < study settings and grid < profile (the study's default_profile when none is named) <
     [[when]] settings, for the points their match selects < --set; every key checked against config_cls."""
     types_of = field_types(config_cls)
+    items_of = item_types(config_cls)
     profile = profile if profile is not None else study.default_profile
     values: dict[str, list] = {}
     axes: list[str] = []
@@ -249,7 +301,14 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
             if key not in types_of:
                 raise StudyError(f"{where}: unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
             vals = value if is_grid else [value]
-            values[key] = [coerce(key, v, types_of[key], where) for v in vals]
+            if where == "--set" and key in items_of and all(isinstance(v, str) for v in vals):
+                vals = [tuple(vals)]  # KEY=A,B for a list setting is one list, not a grid of two (a grid: KEY=[A, B] per run)
+            coerced = [coerce(key, v, types_of[key], where, items_of.get(key)) for v in vals]
+            seen = [repr(v) for v in coerced]
+            twice = sorted({v for v in seen if seen.count(v) > 1})
+            if twice:
+                raise StudyError(f"{where}: {key} lists {', '.join(twice)} more than once; each grid value once.")
+            values[key] = coerced
             if (is_grid or len(vals) > 1) and key not in axes:
                 axes.append(key)
 
@@ -272,7 +331,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         for key in match:
             if key not in types_of:
                 raise StudyError(f"{study.source}: {where} names unknown key {key!r}. {suggest(key, types_of)}")
-        return Rule({k: [coerce(k, v, types_of[k], where) for v in (vals if isinstance(vals, list) else [vals])]
+        return Rule({k: [coerce(k, v, types_of[k], where, items_of.get(k)) for v in (vals if isinstance(vals, list) else [vals])]
                      for k, vals in match.items()}, str(because))
 
     rules = [rule({k: v for k, v in r.items() if k != BECAUSE}, r.get(BECAUSE, ""), "exclude") for r in exclude]
@@ -283,7 +342,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
             if key not in types_of:
                 raise StudyError(f"{study.source}: when.settings: unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
             if key not in overridden:  # --set has the last word
-                settings[key] = coerce(key, value, types_of[key], "when.settings")
+                settings[key] = coerce(key, value, types_of[key], "when.settings", items_of.get(key))
         conditional.append((rule(w["match"], w.get("because", ""), "when.match"), settings))
     return Resolved(study, profile or "default", values, axes, rules, overridden, conditional)
 
@@ -292,21 +351,28 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
     """Every grid point as a config_cls instance in grid order, and what each exclusion rule dropped
     (a point is charged to the first rule it matches)."""
     keys = list(resolved.values)
+    total = math.prod(len(resolved.values[k]) for k in keys)
+    if total > MAX_POINTS:
+        sizes = " x ".join(f"{len(resolved.values[k])} {k}" for k in resolved.axes if len(resolved.values[k]) > 1)
+        raise StudyError(f"study {resolved.study.name!r} ({resolved.profile}) would have {total:,} points ({sizes}), more than "
+                         f"{MAX_POINTS:,}: give fewer values, or split it into several runs.")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
     points: list = []
     dropped: dict[int, Dropped] = {}
     for combo in itertools.product(*(resolved.values[k] for k in keys)):
         point = dict(zip(keys, combo))
-        rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(point)), None)
+        full = defaults | point  # a rule may name a setting left at its default
+        rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(full)), None)
         if rule_index is None:
             for match, settings in resolved.when:  # settings for the points a [[when]] selects (varied axes untouched)
-                if match.matches(point):
+                if match.matches(full):
                     point |= {k: v for k, v in settings.items() if len(resolved.values.get(k, ())) < 2}
             points.append(config_cls(**point))
             continue
         rule = resolved.exclude[rule_index]
         d = dropped.setdefault(rule_index, Dropped(rule, 0, []))
         d.count += 1
-        combo = {k: point.get(k) for k in rule.match}
+        combo = {k: full.get(k) for k in rule.match}
         if combo not in d.combos:
             d.combos.append(combo)
     return points, [dropped[i] for i in sorted(dropped)]

@@ -15,6 +15,23 @@ Cell = ScratchCell | FusedCell
 __all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach"]
 
 
+MAX_INIT_SCALE = 100.0  # a recurrent spectral norm past this saturates every gated cell at step one and overflows the linear one
+
+
+def check_init_scale(init_scale: float | None) -> None:
+    """init_scale: a spectral norm in (0, 100], or None (the init's own)."""
+    if init_scale is not None and not 0 < init_scale <= MAX_INIT_SCALE:
+        raise ValueError(f"init_scale must be in (0, {MAX_INIT_SCALE:g}] (a spectral norm), or none; got {init_scale}.")
+
+
+MAX_SEED = 2**32 - 1  # numpy's and every generator's range here; torch's is wider, numpy's is the bound
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0 .. 2**32 - 1, got {seed}.")
+
+
 def check(cell: str, impl: str, variant: str | None = None, forget_bias: float = 0.0) -> str | None:
     """Validate a (cell, impl, variant, forget_bias) combination; returns the resolved variant (None
     for a cell without variants)."""

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from .. import theory
-from ..cells import check, create, family
+from ..cells import check, check_init_scale, check_seed, create, family
 from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
 from . import COMMON_COLUMNS
@@ -71,8 +71,8 @@ class Config:
         lookup(PROBES, self.probe, "probe")
         lookup(DTYPES, self.dtype, "dtype")
         lookup(INITS, self.init, "init")
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be > 0 (a spectral norm), or none; got {self.init_scale}.")
+        check_init_scale(self.init_scale)
+        check_seed(self.seed)
         if self.init == "critical" and self.init_scale is not None:
             raise ValueError("init 'critical' chooses the recurrent scale itself: set init_scale=none with it.")
         if self.input_std < 0:
@@ -80,6 +80,8 @@ class Config:
         for name in ("seq_len", "hidden_size", "input_size", "batch_size", "jacobian_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.probe == "jacobian" and self.jacobian_batch > self.batch_size:
+            raise ValueError(f"jacobian_batch ({self.jacobian_batch}) must be at most batch_size ({self.batch_size}): it takes that many of the batch's sequences.")
 
 
 def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:

@@ -124,6 +124,9 @@ def summary_table(summ: pd.DataFrame, split: list[str] = (), across: str = "init
     return wide.reset_index().fillna("")
 
 
+PROBE_WORDS = {"hidden": "true gradient", "independent": "fresh gradient", "jacobian": "Jacobian spectral norm"}
+
+
 def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[str]) -> None:
     """Mean-field theory beside the measurements: factor against init_scale with the edge of chaos, and the
     error against hidden size where it varies."""
@@ -142,11 +145,13 @@ def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
     for extra, g in group_by_others(state, settings, DRAWN | {"model", "quantity", "wrt", "hidden_size", "input_size"}):
         if "init" in g and (g["init"] == "critical").all():  # no line to draw: its scale is the prediction's edge
             continue
-        largest = g[(g["hidden_size"] == g["hidden_size"].max()) & g["probe"].isin(["hidden", "independent"])]
+        largest = g[g["hidden_size"] == g["hidden_size"].max()]
+        if largest["probe"].isin(["hidden", "independent"]).any():  # the gradient probes; else (a Jacobian-only run) that probe
+            largest = largest[largest["probe"].isin(["hidden", "independent"])]
         order = model_order(largest["model"])
         ratios = largest.groupby(["model", "probe"])["factor_over_predicted"].agg(["min", "max"])
         ratios = ratios.iloc[sorted(range(len(ratios)), key=lambda i: (order.index(ratios.index[i][0]), ratios.index[i][1]))]
-        said = "; ".join(f"{m} {'true' if p == 'hidden' else 'fresh'} gradient {lo:.3f}" + ("" if abs(hi - lo) < 5e-4 else f" to {hi:.3f}")
+        said = "; ".join(f"{m} {PROBE_WORDS.get(p, p)} {lo:.3f}" + ("" if abs(hi - lo) < 5e-4 else f" to {hi:.3f}")
                          for (m, p), (lo, hi) in ratios.iterrows())
         fresh = (largest["probe"] == "independent").any()
         sec.key_points.append(f"Measured over predicted factor per step{extra} (H {int(largest['hidden_size'].iloc[0])}; 1: the theory holds): {said}."

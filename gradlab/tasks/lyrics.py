@@ -79,6 +79,8 @@ class Lyrics(Task):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if self.pred_len < 0:
             raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
+        if not self.sample_temperature > 0:
+            raise ValueError(f"sample_temperature must be > 0 (greedy text is always drawn as well), got {self.sample_temperature}.")
         if any(k < 1 for k in self.context_lengths) or self.context_positions < 1:
             raise ValueError(f"context_lengths must be >= 1 and context_positions >= 1, got {self.context_lengths}, {self.context_positions}.")
 

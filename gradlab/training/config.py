@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cells import check
+from ..cells import check, check_init_scale, check_seed
 from ..names import DTYPES, INITS, OPTIMIZERS, lookup
 from ..tasks import Task, build, param_fields
 from .clipping import parse_clip
@@ -57,12 +57,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be > 0 (a spectral norm), or none; got {self.init_scale}.")
+        check_init_scale(self.init_scale)
+        check_seed(self.seed)
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
             raise ValueError(f"probe_steps must be steps >= 0 (0: at initialisation) and probe_size >= 1, got {self.probe_steps}, {self.probe_size}.")
+        beyond = [s for s in self.probe_steps if s > self.steps]
+        if beyond:
+            raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")
         task = self.make_task()
         task.check(self.seq_len)
         return task
