@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -13,18 +14,31 @@ from pathlib import Path
 from . import __version__
 
 PACKAGE = Path(__file__).resolve().parent
-NOT_NUMBERS = ("report/", "cli.py")  # source that draws or parses but never computes a number
+NOT_NUMBERS = ("report/", "derived/", "cli.py")  # source that draws, parses or derives tables from stored rows: never a point's rows
+
+
+def code_of(source: str) -> str:
+    """What a module computes, as text: its syntax tree without docstrings (comments and layout are not
+    in a tree), so that an edit to prose alone leaves it unchanged."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
 
 
 @functools.lru_cache(maxsize=None)
 def source_digest(root: Path = PACKAGE) -> str:
-    """sha256 (16 hex digits) over gradlab's source files that can change a number, by relative path:
-    any edit to them makes every cached point stale, whether or not it was committed."""
+    """sha256 (16 hex digits) over the code of gradlab's modules that can change a point's rows, by
+    relative path: any edit to what they compute makes every cached point stale, committed or not; an
+    edit to comments or docstrings, or to report/, derived/ or cli.py, does not."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if not rel.startswith(NOT_NUMBERS):
-            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+            digest.update(rel.encode() + b"\0" + code_of(path.read_text(encoding="utf-8")).encode() + b"\0")
     return digest.hexdigest()[:16]
 
 

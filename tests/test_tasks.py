@@ -100,7 +100,14 @@ def test_temporal_order_positions_and_classes():
     pairs = b.x[relevant.T.nonzero(as_tuple=True)[::-1]].view(500, 2)  # (B, 2) symbols in time order
     torch.testing.assert_close(b.y[-1], 2 * pairs[:, 0] + pairs[:, 1])
     assert set(b.y[-1].tolist()) == {0, 1, 2, 3}
-    assert task.windows(5) == ((0, 1), (2, 3))  # short lags keep one position per window
+    assert task.windows(5) == ((1, 2), (3, 4))  # short lags keep one position per window
+    from fractions import Fraction
+
+    for T in range(10, 400):  # the definition, in exact arithmetic: the integers t with 0.1T <= t < 0.2T, 0.5T <= t < 0.6T
+        first = [t for t in range(T) if Fraction(T, 10) <= t < Fraction(2 * T, 10)]
+        second = [t for t in range(T) if Fraction(5 * T, 10) <= t < Fraction(6 * T, 10)]
+        assert task.windows(T) == ((first[0], first[-1] + 1), (second[0], second[-1] + 1)), T
+    assert task.windows(35) == ((4, 7), (18, 21))  # floor would start the first window at 3
 
 
 def test_recall_layout():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 
 from ..cells import check, create
@@ -155,11 +154,4 @@ def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:
     return {"results": _cell_rows(cfg) if cfg.workload == "cell" else _epoch_rows(cfg)}
 
 
-def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
-    """Side by side per shape: each impl's median time, and its ratio to the fused kernel (or the book)."""
-    res = tables["results"]
-    keys = [c for c in ("workload", "cell", "seq_len", "batch_size", "hidden_size", "input_size", "mode", "dtype", "device") if c in res]
-    ratio = "ratio_to_book" if (res["workload"] == "lyrics_epoch").all() else "ratio_to_fused"
-    wide = res.pivot_table(index=keys, columns="impl", values=["ms_median", ratio, "peak_fraction"], aggfunc="first", dropna=False)
-    wide.columns = [f"{impl} {what}" for what, impl in wide.columns]
-    return {"ratios": wide.dropna(how="all").reset_index()}  # only the shapes a point measured
+from ..derived.throughput import derive  # noqa: E402,F401  (tables made from the rows; outside the source digest)

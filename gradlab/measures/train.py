@@ -3,9 +3,6 @@ per-step telemetry, and the task's own tables (generated text for lyrics)."""
 
 from __future__ import annotations
 
-import math
-
-import pandas as pd
 
 from ..training import TrainConfig, train, with_task_params
 from . import COMMON_COLUMNS
@@ -100,88 +97,4 @@ def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
     return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
 
 
-def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
-    """Per run: the last evaluation, the best held-out loss, solved or not, and the training time."""
-    results, runs = tables["results"], tables.get("runs")
-    last = results.groupby("point", sort=False).tail(1).set_index("point")  # rows come in step order, points in grid order
-    final = last.drop(columns=[c for c in ("grad_norm_post", "seconds") if c in last]).rename(
-        columns={"val_loss": "final_val_loss", "train_loss": "final_train_loss"})
-    final["best_val_loss"] = results.groupby("point")["val_loss"].min()
-    final["loss_over_baseline"] = final["final_val_loss"] / final["baseline"]
-    if runs is not None and len(runs):
-        r = runs.set_index("point")
-        final["solved"] = r["solved_step"].notna()
-        final["steps_to_solve"] = r["solved_step"]
-        final["diverged_step"] = r["diverged_step"]
-        final["train_seconds"] = r["train_seconds"]
-        if r["steps_per_epoch"].notna().all():
-            final["seconds_per_epoch"] = r["train_seconds"] / (r["steps_done"] / r["steps_per_epoch"])
-    final = final.reset_index()
-    derived = {"final": final}
-    if "solved" in final:
-        derived["longest_lag"] = longest_lag(final, columns)
-    if "context" in tables and len(tables["context"]):
-        derived["effective_context"] = effective_context(tables["context"], columns)
-    if "steps" in tables and len(tables["steps"]):
-        derived["clipping"] = clipping(tables["steps"], columns)
-    return derived
-
-
-SPIKE = 3.0  # a loss spike: above 3 x the median of the previous 50 steps' losses
-SPIKE_WINDOW = 50
-
-
-def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per run, from its steps: how often clipping fired, the thresholds and norms it met, what it did to
-    the direction (cosine) and the step (update norm), and how many loss spikes there were."""
-    settings = [c for c in columns if c in steps and c != "point"]
-    rows = []
-    for point, g in steps.groupby("point", sort=False):
-        g = g.sort_values("step")
-        running = g["loss"].shift(1).rolling(SPIKE_WINDOW, min_periods=SPIKE_WINDOW).median()
-        clipped = g[g["clipped"]]
-        finite = g["grad_norm_pre"][g["grad_norm_pre"].map(math.isfinite)]
-        median_norm = finite.median() if len(finite) else float("nan")  # numpy scalars: a zero norm divides to inf
-        median_threshold = g["clip_threshold"].median()
-        rows.append(g.iloc[0][settings].to_dict() | {
-            "point": point, "steps_run": len(g), "fraction_clipped": float(g["clipped"].mean()),
-            "median_grad_norm": float(median_norm), "median_threshold": float(median_threshold),
-            "threshold_over_norm": float(median_threshold / median_norm),
-            "min_cosine": float(clipped["clip_cosine"].min()) if len(clipped) else 1.0,
-            "median_cosine": float(clipped["clip_cosine"].median()) if len(clipped) else 1.0,
-            "median_update_norm": float(g["update_norm"].median()), "max_update_norm": float(g["update_norm"].max()),
-            "loss_spikes": int((g["loss"] > SPIKE * running).sum()),
-        })
-    return pd.DataFrame(rows)
-
-
-CONTEXT_NATS = 0.01  # effective context: within this many nats of the longest context's loss
-
-
-def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per run and text: the smallest k whose loss is within 0.01 nats of the longest context's."""
-    by = [c for c in columns if c in context] + ["split"]
-    rows = []
-    for key, g in context.groupby(by, dropna=False, sort=False):
-        g = g.sort_values("k")
-        longest = g["loss"].iloc[-1]
-        within = g[g["loss"] <= longest + CONTEXT_NATS]
-        best = g.loc[g["loss"].idxmin()]
-        rows.append(dict(zip(by, key)) | {"effective_context": int(within["k"].iloc[0]), "longest_context": int(g["k"].iloc[-1]),
-                                          "loss_longest": longest, "loss_1": g["loss"].iloc[0], "best_context": int(best["k"]),
-                                          "loss_best": best["loss"]})
-    return pd.DataFrame(rows)
-
-
-def longest_lag(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per task, cell and every other setting but the lag and the seed: the lags tried, how many seeds
-    solved each, and longest_lag_solved, the largest seq_len solved by most of its seeds (NaN: none)."""
-    by = [c for c in columns if c in final and c not in ("seq_len", "seed", "point")]
-    rows = []
-    for key, g in final.groupby(by, dropna=False, sort=False):
-        per_lag = g.groupby("seq_len")["solved"].agg(["sum", "count"]).sort_index()  # (lags,) seeds solved, seeds run
-        solved = per_lag[per_lag["sum"] > per_lag["count"] / 2].index
-        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
-            "lags_tried": " ".join(map(str, per_lag.index)), "seeds_solved": " ".join(f"{s}/{c}" for s, c in zip(per_lag["sum"], per_lag["count"])),
-            "longest_lag_solved": float(solved.max()) if len(solved) else float("nan")})
-    return pd.DataFrame(rows)
+from ..derived.train import derive  # noqa: E402,F401  (tables made from the rows; outside the source digest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from functools import partial
 
 import pandas as pd
@@ -64,7 +66,10 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                 f"Held out: {int(r['val_targets']):,} next-character targets; {int(r['val_targets_scored']):,} in the vocabulary of "
                 f"{int(r['vocab_size']):,} characters are each scored once, and {int(r['val_targets_oov']):,} outside it are read as "
                 f"context (an unknown-character input) and not scored. A uniform guess scores a perplexity of {int(r['vocab_size']):,}; "
-                f"predicting each character by its training frequency, {r['unigram_entropy']:.2f} nats per character.")
+                f"the baseline, predicting each character by its training frequency, scores {r['unigram_entropy']:.2f} nats per character "
+                f"(perplexity {math.exp(r['unigram_entropy']):.0f}) on the training text"
+                + (f" and {r['val_unigram_loss']:.2f} (perplexity {math.exp(r['val_unigram_loss']):.0f}) on the held-out text."
+                   if "val_unigram_loss" in r and pd.notna(r["val_unigram_loss"]) else "."))
     else:
         sec.key_points.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
                               "that ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")

@@ -34,6 +34,9 @@ class Adding(SyntheticTask):
     def baseline(self, length: int) -> float:
         return 1.0 / 6.0
 
+    def guess_loss(self, length: int) -> float:
+        return 7.0 / 6.0  # predicting 0: E[(a + b)^2] = 2 E[a^2] + 2 E[a] E[b] = 2/3 + 1/2, a, b ~ U[0, 1]
+
     def sample(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device = "cpu") -> Batch:
         half = length // 2
         values = torch.rand(length, batch_size, generator=gen)  # (T, B)

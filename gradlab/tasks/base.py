@@ -77,6 +77,13 @@ class Task:
         """Held-out loss of the best predictor that ignores the past (it may know the step index)."""
         raise NotImplementedError
 
+    def guess_loss(self, length: int) -> float:
+        """The loss of a predictor that knows nothing: uniform over the classes (cross-entropy: ln of their
+        number, whatever the data); an MSE task gives its own (predicting 0). The divergence rule's unit."""
+        if self.spec.loss == "cross_entropy":
+            return math.log(self.spec.output_size)
+        raise NotImplementedError(f"{type(self).__name__} must say its guess_loss (the MSE of predicting 0)")
+
     def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
         """Training batches, without end."""
         raise NotImplementedError

@@ -30,8 +30,9 @@ class Lyrics(Task):
 
     Worked example, seq_len 3, batch 1, text "分开 不分开": x = (分, 开, ' '), y = (开, ' ', 不).
 
-    Memoryless baseline: the unigram entropy of the training text (about 5.9 nats, perplexity ~370, for
-    the book's text), the loss of predicting every character by its frequency.
+    Memoryless baseline: the unigram entropy of the training text (5.599 nats, perplexity 270, for the
+    book's 10,000 characters), the loss of predicting every character by its training frequency; scored
+    on the held-out text the same predictor gives 5.40 nats (stats: val_unigram_loss).
     """
 
     name = "lyrics"

@@ -39,8 +39,11 @@ class TemporalOrder(SyntheticTask):
     @staticmethod
     def windows(length: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """[lo, hi) of the two relevant positions; at least one position each, even for a short T."""
-        a, b = int(0.1 * length), int(0.5 * length)
-        return (a, max(a + 1, int(0.2 * length))), (b, max(b + 1, int(0.6 * length)))
+        def tenths(k: int) -> int:  # ceil(k T / 10) in integers: 0.1 * 30 is 3.0000000000000004 in floats
+            return -(-k * length // 10)
+
+        a, b = tenths(1), tenths(5)  # the integers t with 0.1T <= t < 0.2T, and 0.5T <= t < 0.6T
+        return (a, max(a + 1, tenths(2))), (b, max(b + 1, tenths(6)))
 
     def sample(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device = "cpu") -> Batch:
         (lo1, hi1), (lo2, hi2) = self.windows(length)

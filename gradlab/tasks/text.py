@@ -101,8 +101,18 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> Lyric
         "val_targets_scored": targets - oov_targets,  # in the vocabulary: each scored exactly once
         "val_targets_oov": oov_targets,  # outside it: read as context, not scored
         "unigram_entropy": unigram_entropy(train_text),
+        "val_unigram_loss": unigram_loss(train_text, val_text[1:], vocab),
     }
     return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), val_ids, stats)
+
+
+def unigram_loss(train_text: str, targets: str, vocab: "Vocab") -> float:
+    """Mean -ln p(c) over the in-vocabulary characters of `targets`, p the training text's character
+    frequencies: what the memoryless predictor scores on held-out text (nats)."""
+    counts = Counter(train_text)
+    scored = [c for c in targets if c in counts]
+    total = sum(counts.values())
+    return float(sum(-math.log(counts[c] / total) for c in scored) / len(scored)) if scored else float("nan")
 
 
 def unigram_entropy(text: str) -> float:
