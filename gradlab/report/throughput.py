@@ -77,7 +77,12 @@ def view(t: Tables, manifest: dict) -> Section:
     sec.key_points.append("Each point times every impl on the same data, runs interleaved (a drift in the machine's speed hits "
                           "all alike); numbers are medians of synchronised runs. peak_fraction: the achieved matmul FLOP rate over an "
                           "n x n matmul's, measured in the same point on the same device and dtype.")
-    ratios = res[res["impl"] != "cudnn"]
+    noisy = res[res["noisy"]] if "noisy" in res else res.iloc[:0]
+    if len(noisy):
+        sec.key_points.append(f"NOISE: {len(noisy)} timing{'s' * (len(noisy) != 1)} spread too widely to mean anything (IQR above half the "
+                              "median, after retries): " + "; ".join(f"{r.impl} {r.cell} at {r.shape} ({r.ms_median:.3g} ms, IQR {r.ms_iqr:.3g} ms)"
+                                                                  for r in noisy.itertuples()) + ". No ratio is quoted for them; rerun on a quiet machine.")
+    ratios = res[(res["impl"] != "cudnn") & res["ratio_to_fused"].notna()]
     if len(ratios):
         sec.key_points.append(_ratio_sentence(ratios))
         wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
@@ -98,6 +103,6 @@ def view(t: Tables, manifest: dict) -> Section:
     sec.figures.append(("peak", "Share of the matmul peak measured in the same point: the achieved matmul FLOP rate (the FLOP count "
                         "of timing.layer_flops) over an n x n matmul's.",
                         partial(bars_by_shape, res, "peak_fraction", "share of the matmul peak", figures.fixed_title("peak fraction", fixed))))
-    sec.tables.append(("Every timing", res[["cell", "impl", "shape", "mode", "ms_median", "ms_iqr", "tokens_per_s", "gflops", "peak_fraction",
-                                            "peak_mem_bytes", "backend", "ratio_to_fused"]]))
+    sec.tables.append(("Every timing", res[[c for c in ["cell", "impl", "shape", "mode", "ms_median", "ms_iqr", "spread", "noisy", "attempts",
+                                                        "tokens_per_s", "gflops", "peak_fraction", "peak_mem_bytes", "backend", "ratio_to_fused"] if c in res]]))
     return sec

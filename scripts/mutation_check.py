@@ -1,0 +1,73 @@
+"""Each broken change below must fail the tests named beside it: applied one at a time to the checkout,
+the tests run, the change undone. Prints one line per mutation; exits 1 if any survives.
+
+python scripts/mutation_check.py [SUBSTRING]   (only the mutations whose name holds SUBSTRING)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (name, file, the text, what it becomes, the tests that must fail)
+MUTATIONS = [
+    ("matmul_peak n^3/t", "gradlab/timing.py", "return 2 * n**3 / seconds", "return n**3 / seconds",
+     "tests/test_summaries.py::test_matmul_peak_is_two_flops_per_multiply_add"),
+    ("longest_lag smallest solved", "gradlab/derived/train.py", "float(solved.max())", "float(solved.min())",
+     "tests/test_summaries.py -k longest_lag"),
+    ("longest_lag any seed", "gradlab/derived/train.py", 'per_lag["sum"] > per_lag["count"] / 2', 'per_lag["sum"] > 0',
+     "tests/test_summaries.py -k longest_lag"),
+    ("clip_rate 1.0", "gradlab/training/loop.py", '"clip_rate": sum(r["clipped"] for r in window) / len(window)', '"clip_rate": 1.0',
+     "tests/test_summaries.py::test_the_history_row_takes_the_median_norm_and_the_share_clipped"),
+    ("history grad_norm max", "gradlab/training/loop.py", "statistics.median(finite) if finite", "max(finite) if finite",
+     "tests/test_summaries.py::test_the_history_row_takes_the_median_norm_and_the_share_clipped"),
+    ("fraction_clipped 0", "gradlab/derived/train.py", '"fraction_clipped": float(g["clipped"].mean())', '"fraction_clipped": 0.0',
+     "tests/test_summaries.py::test_the_clipping_table_counts_clipped_steps_and_spikes"),
+    ("loss_spikes 0", "gradlab/derived/train.py", '"loss_spikes": int((g["loss"] > SPIKE * running).sum())', '"loss_spikes": 0',
+     "tests/test_summaries.py::test_the_clipping_table_counts_clipped_steps_and_spikes"),
+    ("lyrics baseline from held-out text", "gradlab/tasks/text.py", '"unigram_entropy": unigram_entropy(train_text)',
+     '"unigram_entropy": unigram_entropy(val_text)', "tests/test_summaries.py::test_the_lyrics_baseline_is_the_training_texts_unigram_entropy"),
+    *[(f"{part} out of the source digest", "gradlab/env.py", 'NOT_NUMBERS = ("report/", "derived/", "cli.py")',
+       f'NOT_NUMBERS = ("report/", "derived/", "cli.py", "{part}")', "tests/test_runner.py -k digest")
+      for part in ("training/", "measures/", "cells/", "probes.py")],
+    ("cached points trusted without checksums", "gradlab/store.py", "if not path.exists() or file_digest(path) != digest:",
+     "if not path.exists():", "tests/test_folder.py -k damaged"),
+    ("no lock", "gradlab/folder.py", "                if isinstance(pid, int) and host == me[\"host\"] and _alive(pid, holder.get(\"started\")):",
+     "                if False:", "tests/test_folder.py -k two_runs"),
+    ("divergence at 10 x guessing", "gradlab/training/loop.py", "DIVERGE_GUESSES = 3.0", "DIVERGE_GUESSES = 10.0",
+     "tests/test_training.py -k divergence_rule"),
+    ("noise quoted as a ratio", "gradlab/measures/throughput.py", '"ratio_to_fused": float("nan") if r["noisy"] else',
+     '"ratio_to_fused":', "tests/test_throughput.py -k noise"),
+    ("temporal order windows by floor", "gradlab/tasks/temporal_order.py", "return -(-k * length // 10)", "return k * length // 10",
+     "tests/test_tasks.py::test_temporal_order_positions_and_classes"),
+]
+
+
+def main(only: str = "") -> int:
+    survived = 0
+    for name, rel, old, new, tests in MUTATIONS:
+        if only not in name:
+            continue
+        path = ROOT / rel
+        original = path.read_text(encoding="utf-8")
+        if original.count(old) != 1:
+            print(f"STALE   {name}: {rel} holds {original.count(old)} copies of the text to mutate")
+            survived += 1
+            continue
+        path.write_text(original.replace(old, new), encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                                  cwd=ROOT, capture_output=True, text=True)
+        finally:
+            path.write_text(original, encoding="utf-8")
+        caught = done.returncode == 1
+        survived += not caught
+        print(f"{'caught ' if caught else 'SURVIVED'} {name}: {tests}" + ("" if caught else f" (exit {done.returncode})"))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ""))

@@ -1,0 +1,93 @@
+"""Summaries against exact answers on fixture frames and independent arithmetic: each test fails when the
+quantity it guards is computed another way (the mutations named in each docstring)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from gradlab.derived.train import clipping, longest_lag
+
+
+def _final(solved_by_lag: dict[int, list[bool]]) -> pd.DataFrame:
+    rows = [{"task": "adding", "cell": "lstm", "seq_len": lag, "seed": seed, "point": f"{lag}-{seed}", "solved": s}
+            for lag, per_seed in solved_by_lag.items() for seed, s in enumerate(per_seed)]
+    return pd.DataFrame(rows)
+
+
+def test_longest_lag_is_the_largest_lag_most_seeds_solved():
+    """Not the smallest solved lag (50), nor the largest any seed solved (200)."""
+    final = _final({50: [True, True, True], 100: [True, True, False], 200: [True, False, False], 400: [False, False, False]})
+    row = longest_lag(final, ["task", "cell", "seq_len", "seed", "point"]).iloc[0]
+    assert row["longest_lag_solved"] == 100
+    assert row["lags_tried"] == "50 100 200 400" and row["seeds_solved"] == "3/3 2/3 1/3 0/3"
+
+
+def test_longest_lag_is_empty_when_no_lag_has_a_majority():
+    final = _final({50: [True, False, False], 100: [False, False, False]})
+    assert math.isnan(longest_lag(final, ["task", "cell", "seq_len", "seed", "point"]).iloc[0]["longest_lag_solved"])
+
+
+def _steps(n: int = 100, clipped_at=(), spikes_at=(), loss: float = 1.0) -> pd.DataFrame:
+    return pd.DataFrame([{"clip": "norm:1", "point": "p", "step": s, "loss": 5.0 * loss if s in spikes_at else loss,
+                          "clipped": s in clipped_at, "grad_norm_pre": float(s), "clip_threshold": 1.0,
+                          "clip_cosine": 0.5 if s in clipped_at else 1.0, "update_norm": 0.1} for s in range(1, n + 1)])
+
+
+def test_the_clipping_table_counts_clipped_steps_and_spikes():
+    """fraction_clipped: 7 of 100 steps; loss_spikes: a loss above 3 x the median of the 50 before it, at steps
+    60 and 80 (the one at step 30 has no full window before it)."""
+    row = clipping(_steps(clipped_at={3, 9, 27, 41, 55, 70, 99}, spikes_at={30, 60, 80}), ["clip"]).iloc[0]
+    assert row["fraction_clipped"] == pytest.approx(0.07)
+    assert row["loss_spikes"] == 2
+    assert row["steps_run"] == 100 and row["median_grad_norm"] == 50.5 and row["min_cosine"] == 0.5
+    calm = clipping(_steps(), ["clip"]).iloc[0]
+    assert calm["fraction_clipped"] == 0 and calm["loss_spikes"] == 0 and calm["min_cosine"] == 1.0
+
+
+def test_the_history_row_takes_the_median_norm_and_the_share_clipped():
+    """grad_norm is the median of the window's norms before clipping (not its max or mean); clip_rate the share
+    of its steps that clipped (not 1.0), on a run where clipping fires on some steps and not on others."""
+    from gradlab.measures.train import Config
+    from gradlab.training import train
+
+    r = train(Config(task="adding", cell="rnn", hidden_size=16, seq_len=10, batch_size=16, optimizer="sgd", lr=0.1, clip="norm:0.3",
+                     steps=90, eval_every=30, eval_size=50))
+    rates = []
+    for h in r.history:
+        window = [s for s in r.steps if h["step"] - 30 < s["step"] <= h["step"]]
+        norms = [s["grad_norm_pre"] for s in window]
+        assert h["grad_norm"] == statistics.median(norms) and h["grad_norm"] != max(norms)
+        assert h["clip_rate"] == sum(s["clipped"] for s in window) / len(window)
+        rates.append(h["clip_rate"])
+    assert any(0 < rate < 1 for rate in rates), rates  # the run discriminates: some steps clipped, some not
+
+
+def test_the_lyrics_baseline_is_the_training_texts_unigram_entropy():
+    """Computed here from character counts of the training text; the held-out text's entropy differs."""
+    from gradlab.tasks.lyrics import Lyrics
+
+    text = "\n".join(["分开 想你 不分开", "我想你 你想我", "天天 想你", "你不分开 我不走", "想你 想我 天天"] * 4 + ["全新的 一行 歌词 么"])
+    task = Lyrics.from_text(text, setting="full", val_fraction=0.05, prefixes=("分",))
+
+    def entropy(s: str) -> float:
+        counts = Counter(s)
+        return -sum(c / len(s) * math.log(c / len(s)) for c in counts.values())
+
+    assert task.baseline(35) == pytest.approx(entropy(task.data.train_text), abs=1e-12)
+    assert abs(entropy(task.data.train_text) - entropy(task.data.val_text)) > 0.05
+    counts = Counter(task.data.train_text)
+    scored = [c for c in task.data.val_text[1:] if c in counts]
+    assert task.data.stats["val_unigram_loss"] == pytest.approx(sum(-math.log(counts[c] / len(task.data.train_text)) for c in scored) / len(scored))
+
+
+def test_matmul_peak_is_two_flops_per_multiply_add(monkeypatch):
+    """2 n^3 / t, with t the measured median (fixed here): n^3 / t would halve it."""
+    from gradlab import timing
+
+    monkeypatch.setattr(timing, "median_seconds", lambda fn, device="cpu", repeats=5, warmup=1: 0.25)
+    assert timing.matmul_peak("cpu", n=64) == 2 * 64**3 / 0.25
