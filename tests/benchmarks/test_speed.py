@@ -25,7 +25,7 @@ T, B, H, I = 1000, 32, 128, 32  # the probe's shape: long enough for the per-ste
 def gate(name: str, ratio: float) -> None:
     g = GATES[name]
     ok = ratio >= g["threshold"] if g.get("minimum") else ratio <= g["threshold"]
-    assert ok, f"{name} = {ratio:.3f}, gate {'>=' if g.get('minimum') else '<='} {g['threshold']} (measured before: {g['measured']})"
+    assert ok, f"{name} = {ratio:.3f}, gate {'>=' if g.get('minimum') else '<='} {g['threshold']} (recorded runs: {g['runs']}; goal {g['goal']})"
 
 
 def _setup(impl: str):
