@@ -9,7 +9,8 @@ import torch
 
 from gradlab.cells import create, parameters_in_scratch_layout
 from oracles import run_seed
-from gradlab.measures.gradient_decay import Config, decay_rates, run
+from gradlab.derived.gradient_decay import decay_rates
+from gradlab.measures.gradient_decay import Config, run
 from gradlab.probes import hidden_grad_norms, input_grad_norms, jacobian_norms
 
 F64 = torch.float64

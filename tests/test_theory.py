@@ -11,7 +11,8 @@ import torch
 
 from gradlab import theory
 from gradlab.cells import create
-from gradlab.measures.gradient_decay import Config, decay_rates, run
+from gradlab.derived.gradient_decay import decay_rates
+from gradlab.measures.gradient_decay import Config, run
 
 
 @pytest.mark.parametrize("std", [0.01, 0.3, 1.0, 3.0, 8.0, 20.0])

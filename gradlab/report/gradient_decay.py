@@ -19,7 +19,7 @@ def one_state(df: pd.DataFrame) -> pd.DataFrame:
     """The full-state probes' wrt names each cell's state (h, or h,c): one quantity, 'state', for drawing."""
     return df.assign(wrt=df["wrt"].where(~df["probe"].isin(["jacobian", "independent"]), "state"))
 DRAWN = {"cell", "impl", "init_scale", "forget_bias", "seed", "probe", "point", "variant"}
-AGREE = 1e-6  # the measure's threshold for 'one curve' (measures.gradient_decay.AGREE)
+AGREE = 1e-6  # the measure's threshold for 'one curve' (derived.gradient_decay.AGREE)
 
 
 def quantity(probe: str, wrt: str) -> str:
