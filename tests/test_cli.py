@@ -192,7 +192,7 @@ def test_every_file_a_run_writes_follows_the_umask(tmp_path):
 
 
 def test_meaningless_values_are_errors():
-    for setting, message in [("init_scale=-1", "init_scale must be > 0"), ("hidden_size=0", "hidden_size must be >= 1"),
+    for setting, message in [("init_scale=-1", "init_scale must be in (0, 100]"), ("hidden_size=0", "hidden_size must be >= 1"),
                              ("input_std=-0.5", "input_std must be >= 0"), ("batch_size=-2", "batch_size must be >= 1")]:
         r = invoke("run", "gradient-decay", "--set", setting, "--dry-run")
         assert r.exit_code == 2 and message in r.output, (setting, r.output)

@@ -237,7 +237,7 @@ MOVES = [
     ("measures/gradient_decay.py", "gen = torch.Generator().manual_seed(cfg.seed + 7)", "gen = torch.Generator().manual_seed(cfg.seed + 8)"),
     ("cells/scratch.py", "torch.tanh", "torch.sigmoid"),
     ("probes.py", "def ", "def _extra(): return 1\n\n\ndef "),
-    ("tasks/adding.py", "def ", "def _extra(): return 1\n\n\ndef "),
+    ("tasks/adding.py", "return 1.0 / 6.0", "return 1.0 / 7.0"),
     ("timing.py", "return 2 * n**3 / seconds", "return n**3 / seconds"),
     ("theory.py", "def ", "def _extra(): return 1\n\n\ndef "),
 ]
