@@ -80,8 +80,8 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         sec.summaries.append((f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]]))
         diverged = final[final["diverged"].astype(bool)] if "diverged" in final else final.iloc[:0]
         if len(diverged):
-            sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a loss far above its "
-                                  "running median for 50 steps, or 100 times its baseline); the table runs names the step and the reason.")
+            sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a median loss over 50 steps "
+                                  "above 3 times the loss of guessing); the table runs names the step and the reason.")
     if not lyrics and final is not None and "solved" in final and len(final):
         sec.key_points.append(named + _who_solved(final, settings))
     x, xlabel = ("epoch", "epoch") if "epoch" in res and res["epoch"].notna().all() else ("step", "optimiser step")
