@@ -10,7 +10,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from gradlab.derived.train import clipping, longest_lag
+from gradlab.derived.train import by_setting, clipping, longest_lag
 
 
 def _final(solved_by_lag: dict[int, list[bool]]) -> pd.DataFrame:
@@ -19,17 +19,47 @@ def _final(solved_by_lag: dict[int, list[bool]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+COLUMNS = ["task", "cell", "seq_len", "seed", "point"]
+
+
 def test_longest_lag_is_the_largest_lag_most_seeds_solved():
     """Not the smallest solved lag (50), nor the largest any seed solved (200)."""
     final = _final({50: [True, True, True], 100: [True, True, False], 200: [True, False, False], 400: [False, False, False]})
-    row = longest_lag(final, ["task", "cell", "seq_len", "seed", "point"]).iloc[0]
-    assert row["longest_lag_solved"] == 100
+    row = longest_lag(final, COLUMNS).iloc[0]
+    assert row["longest_lag_solved"] == 100 and row["solved_above_failure"] == ""
     assert row["lags_tried"] == "50 100 200 400" and row["seeds_solved"] == "3/3 2/3 1/3 0/3"
 
 
-def test_longest_lag_is_empty_when_no_lag_has_a_majority():
-    final = _final({50: [True, False, False], 100: [False, False, False]})
-    assert math.isnan(longest_lag(final, ["task", "cell", "seq_len", "seed", "point"]).iloc[0]["longest_lag_solved"])
+def test_a_lag_solved_above_a_failed_one_is_shown_not_counted():
+    final = _final({50: [True, True, False], 100: [False, False, True], 200: [True, True, True], 400: [False, True, True]})
+    row = longest_lag(final, COLUMNS).iloc[0]
+    assert row["longest_lag_solved"] == 50 and row["solved_above_failure"] == "200 400"
+
+
+def test_longest_lag_is_empty_when_the_shortest_lag_fails():
+    final = _final({50: [True, False, False], 100: [True, True, True]})
+    row = longest_lag(final, COLUMNS).iloc[0]
+    assert math.isnan(row["longest_lag_solved"]) and row["solved_above_failure"] == "100"
+
+
+def test_by_setting_summarises_the_seeds_of_each_setting():
+    """Five seeds at T 100: 3 solved at steps 500, 2,000, 800 (median 800, not the mean 1,100); loss over baseline
+    0.05, 0.08, 0.02, 0.9, and one diverged seed (NaN), left out of the quantiles, counted apart."""
+    final = _final({100: [True, True, True, False, False]}).assign(
+        steps_to_solve=[500.0, 2000.0, 800.0, float("nan"), float("nan")],
+        loss_over_baseline=[0.05, 0.08, 0.02, 0.9, float("nan")], diverged_step=[None, None, None, None, 12.0])
+    row = by_setting(final, COLUMNS).iloc[0]
+    assert (row["seeds"], row["seeds_solved_of"], row["solved_rate"], row["seeds_diverged"]) == (5, "3/5", 0.6, 1)
+    assert (row["steps_to_solve_median"], row["steps_to_solve_min"], row["steps_to_solve_max"]) == (800, 500, 2000)
+    assert row["loss_over_baseline_median"] == pytest.approx(0.065)  # of 0.02, 0.05, 0.08, 0.9
+    assert row["loss_over_baseline_q25"] == pytest.approx(0.0425) and row["loss_over_baseline_q75"] == pytest.approx(0.285)
+
+
+def test_by_setting_with_no_solved_seed_has_no_steps():
+    final = _final({200: [False, False, False]}).assign(steps_to_solve=float("nan"), loss_over_baseline=[1.0, 0.99, 1.01],
+                                                        diverged_step=None)
+    row = by_setting(final, COLUMNS).iloc[0]
+    assert row["solved_rate"] == 0 and math.isnan(row["steps_to_solve_median"]) and row["loss_over_baseline_median"] == 1.0
 
 
 def _steps(n: int = 100, clipped_at=(), spikes_at=(), loss: float = 1.0) -> pd.DataFrame:
@@ -91,3 +121,23 @@ def test_matmul_peak_is_two_flops_per_multiply_add(monkeypatch):
 
     monkeypatch.setattr(timing, "median_seconds", lambda fn, device="cpu", repeats=5, warmup=1: 0.25)
     assert timing.matmul_peak("cpu", n=64) == 2 * 64**3 / 0.25
+
+
+def test_the_page_says_how_many_seeds_and_draws_success_against_the_lag():
+    from gradlab.report import figures
+    from gradlab.report.page import Section
+    from gradlab.report.train import success
+
+    final = pd.concat([_final({50: [True, True, True], 100: [True, False, False]}).assign(cell=cell) for cell in ("gru", "lstm")])
+    final = final.assign(steps_to_solve=1000.0, loss_over_baseline=0.05, diverged_step=None, forget_bias=0.0, variant=None)
+    rates = by_setting(final, COLUMNS)
+    sec = Section()
+    success(sec, rates, COLUMNS)
+    assert sec.key_points[0].startswith("Seeds behind each setting: 3 (4 settings)")
+    (title, table), = sec.tables
+    assert list(table["seeds_solved_of"]) == ["3/3", "1/3", "3/3", "1/3"]
+    (stem, caption, draw), = sec.figures
+    fig = draw()
+    assert stem == "success-rate" and [ax.get_title() for ax in fig.axes] == ["adding"]
+    assert sorted(line.get_ydata()[-1] for line in fig.axes[0].lines if len(line.get_ydata()) == 2) == [1 / 3, 1 / 3]
+    figures.close(fig)

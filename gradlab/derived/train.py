@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.DataFrame]:
@@ -27,6 +28,7 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
     derived = {"final": final}
     if "solved" in final:
         derived["longest_lag"] = longest_lag(final, columns)
+        derived["by_setting"] = by_setting(final, columns)
     if "context" in tables and len(tables["context"]):
         derived["effective_context"] = effective_context(tables["context"], columns)
     if "steps" in tables and len(tables["steps"]):
@@ -82,13 +84,45 @@ def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame
 
 def longest_lag(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Per task, cell and every other setting but the lag and the seed: the lags tried, how many seeds
-    solved each, and longest_lag_solved, the largest seq_len solved by most of its seeds (NaN: none)."""
+    solved each, longest_lag_solved (the longest lag solved by most of its seeds with every shorter lag
+    tried solved by most of its seeds too; NaN: not even the shortest) and solved_above_failure (lags
+    solved by most seeds above a lag that was not: shown, not counted)."""
     by = [c for c in columns if c in final and c not in ("seq_len", "seed", "point")]
     rows = []
     for key, g in final.groupby(by, dropna=False, sort=False):
         per_lag = g.groupby("seq_len")["solved"].agg(["sum", "count"]).sort_index()  # (lags,) seeds solved, seeds run
-        solved = per_lag[per_lag["sum"] > per_lag["count"] / 2].index
+        majority = per_lag["sum"] > per_lag["count"] / 2
+        unbroken = majority.cummin()  # solved, and so was every shorter lag
+        longest = per_lag.index[unbroken]
+        above = per_lag.index[majority & ~unbroken]
         rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
             "lags_tried": " ".join(map(str, per_lag.index)), "seeds_solved": " ".join(f"{s}/{c}" for s, c in zip(per_lag["sum"], per_lag["count"])),
-            "longest_lag_solved": float(solved.max()) if len(solved) else float("nan")})
+            "longest_lag_solved": float(longest.max()) if len(longest) else float("nan"),
+            "solved_above_failure": " ".join(map(str, above))})
+    return pd.DataFrame(rows)
+
+
+def _quantiles(values: pd.Series) -> tuple[float, float, float]:
+    finite = values[np.isfinite(values)]
+    return tuple(float(finite.quantile(q)) for q in (0.25, 0.5, 0.75)) if len(finite) else (float("nan"),) * 3
+
+
+def by_setting(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Seeds as a statistic: per setting (every setting but the seed), the seeds run, solved k/n and its rate,
+    steps to solve (median and range over the seeds that solved), the final held-out loss over baseline
+    (median and interquartile range over the seeds that did not diverge) and how many diverged."""
+    by = [c for c in columns if c in final and c not in ("seed", "point")]
+    rows = []
+    for key, g in final.groupby(by, dropna=False, sort=False):
+        solved = g["solved"].astype(bool)
+        steps = g.loc[solved, "steps_to_solve"].astype(float)
+        diverged = g["diverged_step"].notna() if "diverged_step" in g else pd.Series(False, index=g.index)
+        q25, median, q75 = _quantiles(g.loc[~diverged, "loss_over_baseline"].astype(float))
+        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
+            "seeds": len(g), "seeds_solved_of": f"{int(solved.sum())}/{len(g)}", "solved_rate": float(solved.mean()),
+            "steps_to_solve_median": float(steps.median()) if len(steps) else float("nan"),
+            "steps_to_solve_min": float(steps.min()) if len(steps) else float("nan"),
+            "steps_to_solve_max": float(steps.max()) if len(steps) else float("nan"),
+            "loss_over_baseline_median": median, "loss_over_baseline_q25": q25, "loss_over_baseline_q75": q75,
+            "seeds_diverged": int(diverged.sum())})
     return pd.DataFrame(rows)

@@ -65,14 +65,20 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
     positive = df[y][(df[y] > 0) & np.isfinite(df[y])]
     floor = positive.min() / 3 if len(positive) else 1e-12
     zeros_at_floor = zeros_at_floor and log
-    has_zero = False
+    has_zero = banded = False
     for ax, value in zip(axes.flat, order):
         g = df[df[panel] == value]
         for (h, st), line in g.groupby([hue, style] if style else [hue, panel], sort=False, dropna=False):
             line = line.sort_values(x)
             pos = line[line[y] > 0] if log else line
-            ax.plot(pos[x], pos[y], color=colours[h], ls=styles.get(st if style else None, "-"), lw=1.4,
-                    label=(str(h) if hue in NAMELESS else f"{hue} {h}") + (f", {style} {st}" if style else ""))
+            label = (str(h) if hue in NAMELESS else f"{hue} {h}") + (f", {style} {st}" if style else "")
+            ls = styles.get(st if style else None, "-")
+            if pos[x].duplicated().any():  # several runs (seeds) at each x: their median, and a band over their middle half
+                banded = True
+                sns.lineplot(data=pos, x=x, y=y, estimator="median", errorbar=("pi", 50), color=colours[h], ls=ls, lw=1.4,
+                             label=label, ax=ax, legend=False)
+            else:
+                ax.plot(pos[x], pos[y], color=colours[h], ls=ls, lw=1.4, label=label)
             zero = line[line[y] == 0]
             if zeros_at_floor and len(zero):
                 has_zero = True
@@ -100,6 +106,8 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
         seen["exactly 0 (marked at the floor)"] = plt.Line2D([], [], marker="x", ls="", color="0.3")
     if baseline is not None:
         seen["baseline"] = plt.Line2D([], [], ls="--", color="0.3")
+    if banded:
+        seen["median of the seeds; band: their middle 50%"] = plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.35)
     fig.legend(seen.values(), seen.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -219,6 +227,34 @@ def spectra(q: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
     axes[0, 0].set_ylabel("singular values of ds_T-1/ds_t")
     handles = dict(zip(*axes.flat[0].get_legend_handles_labels()[::-1]))
     fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def success_rates(df: pd.DataFrame, panel: str, title: str, model_order: list) -> plt.Figure:
+    """The share of seeds that solved against the lag (log axis, ticks at the lags tried), one line per model
+    with its own marker and dashes, so that models at the same rate stay visible; one panel per `panel`."""
+    panels = ordered(df[panel].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.4, 3.2), sharey=True, squeeze=False)
+    colours = palette(model_order)
+    lags = sorted(df["seq_len"].unique())
+    for ax, value in zip(axes.flat, panels):
+        g = df[df[panel] == value]
+        sns.lineplot(data=g, x="seq_len", y="solved_rate", hue="model", style="model", hue_order=model_order, style_order=model_order,
+                     palette=colours, markers=True, dashes=True, errorbar=None, ax=ax, legend=ax is axes.flat[0], markersize=7)
+        ax.set_xscale("log")
+        ax.set_xticks(lags, [str(v) for v in lags])
+        ax.minorticks_off()
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(str(value), fontsize=9)
+        ax.set_xlabel("lag (seq_len, steps)")
+    axes.flat[0].set_ylabel("share of seeds solved")
+    legend = axes.flat[0].get_legend()
+    if legend is not None:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        legend.remove()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

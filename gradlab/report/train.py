@@ -50,7 +50,30 @@ def view(t: Tables, manifest: dict) -> Section:
     for task in tasks:
         sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
         _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
+    success(sec, t.get("by_setting"), settings)
     return sec
+
+
+def success(sec: Section, rates: pd.DataFrame | None, settings: list[str]) -> None:
+    """Pascanu et al. 2013's form: the share of seeds that solved against the lag, one line per model, one panel
+    per task; and the seeds behind every setting, in a table."""
+    if rates is None or not len(rates) or "seq_len" not in rates:
+        return
+    r = label_models(rates)
+    counts = sorted(set(r["seeds"].astype(int)))
+    sec.key_points.insert(0, f"Seeds behind each setting: {' to '.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} "
+                             f"({len(r)} settings); solved k/n counts the seeds whose held-out loss went under the solve fraction.")
+    keep = [c for c in ["task", "model", "impl", "seq_len", "seeds_solved_of", "steps_to_solve_median", "steps_to_solve_min", "steps_to_solve_max",
+                        "loss_over_baseline_median", "loss_over_baseline_q25", "loss_over_baseline_q75", "seeds_diverged"] if c in r]
+    sec.tables.append(("Over seeds, per setting: solved k/n, steps to solve (median, range over the seeds that solved), final held-out "
+                       "loss / baseline (median and interquartile range over the seeds that did not diverge)", r[keep]))
+    if r["seq_len"].nunique() < 2:
+        return
+    panel = "task" if "task" in r else "model"
+    sec.figures.append(("success-rate", "Share of seeds that solved the task against the lag (seq_len, log axis), one line per model, one "
+                        "panel per task: Pascanu et al. 2013's Fig. 7 form. Seeds per point: " + ", ".join(map(str, counts)) + ".",
+                        partial(figures.success_rates, r, panel, model_order=model_order(r["model"]),
+                                title=figures.fixed_title("success rate against the lag", fixed_settings(r, settings, DRAWN | {"task", "seq_len"})))))
 
 
 def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) -> None:
