@@ -9,7 +9,7 @@ from typing import Callable
 import pandas as pd
 
 from . import folder
-from .store import PLAN_FILE, FolderError, PointStore, read_json
+from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 
 
 def _cell(value: object) -> object:
@@ -33,15 +33,6 @@ def saved_keys(out: Path, plan: dict) -> list[str]:
     """The plan's points saved in `out` by the code the plan ran (failures included: they are results)."""
     store = PointStore(out, plan["code"])
     return [k for k in plan["keys"] if store.state(k) == "done" or (store.read_meta(k) or {}).get("status") == "failed"]
-
-
-def progress_of(out: Path) -> dict | None:
-    """For a run folder: its plan and how many of its points are saved (None when no run started there)."""
-    plan = read_plan(out)
-    if plan is None:
-        return None
-    store = PointStore(out, plan["code"])
-    return plan | {"saved": sum(store.state(k) == "done" for k in plan["keys"]), "total": len(plan["keys"])}
 
 
 def build_tables(out: Path, keys: list[str], axes: list[str], module) -> tuple[dict, dict, list, list]:
@@ -102,8 +93,6 @@ def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path,
     described = getattr(module, "COLUMNS", {})
     written = [c for df in every.values() for c in df.columns]
     manifest["column_dictionary"] = {c: described.get(c, "") for c in dict.fromkeys(written)}
-    from .store import write_json_atomic
-
     write_json_atomic(manifest, stage / folder.MANIFEST)
     if render is not None:
         render(stage, stage)

@@ -85,13 +85,12 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
     interrupted (every finished point is saved: rerun the same command to resume)."""
     from .report import draw
-    from .runner import ExecutorLost, StudyInterrupted, check_out, default_out, plan, point_states, run_study
+    from .runner import ExecutorLost, StudyInterrupted, plan, point_states, run_study
 
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
         _echo_dry_run(planned, out, profile, point_states(planned, out))
         return
-    check_out(out or default_out(planned), reference)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a kill ends like Ctrl-C: what finished is saved and shown
     try:
         summary = run_study(

@@ -35,6 +35,15 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def _may_be_running(holder: dict, host: str) -> bool:
+    """Whether the lock's holder may still be running: a live pid here, or any holder on another host
+    (which cannot be checked from here)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    return holder.get("host") != host or _alive(pid, holder.get("started"))
+
+
 def _alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -77,7 +86,7 @@ class FolderLock:
                 if holder is None:
                     continue  # released meanwhile: try again
                 pid, host = holder.get("pid"), holder.get("host")
-                if isinstance(pid, int) and host == me["host"] and _alive(pid, holder.get("started")):
+                if host == me["host"] and _may_be_running(holder, me["host"]):
                     raise FolderBusy(f"{self.path.parent} is being written by another gradlab process (pid {pid} on {host}, since "
                                      f"{holder.get('since')}: {holder.get('command')}). Wait for it, or use another --out.")
                 if isinstance(pid, int) and host not in (None, me["host"]):
@@ -114,14 +123,10 @@ class FolderLock:
 
 def locked_by_other(out: Path) -> dict | None:
     """The live holder of `out`'s lock, if another process holds it."""
-    lock = FolderLock(out, "")
-    holder = lock._holder()
+    holder = FolderLock(out, "")._holder()
     if not holder or holder.get("pid") == os.getpid():
         return None
-    pid = holder.get("pid")
-    if isinstance(pid, int) and (holder.get("host") != socket.gethostname() or _alive(pid, holder.get("started"))):
-        return holder
-    return None
+    return holder if _may_be_running(holder, socket.gethostname()) else None
 
 
 def staging(out: Path) -> Path:

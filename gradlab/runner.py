@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import measures
 from .dask_executor import worker_address
 from .executors import InlineExecutor, default_executor, make_executor
+from .cells import check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
 from .folder import FolderLock, recover
@@ -147,11 +148,9 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
                 "here. Use --device cpu, or run it on a machine with a GPU."
             )
     problems: dict[str, list] = {}  # message -> the points it concerns
-    from .cells import check_seed
-
     for cfg in points:
         try:
-            if hasattr(cfg, "seed"):
+            if hasattr(cfg, "seed"):  # every measure's seed, checked here once
                 check_seed(cfg.seed)
             cfg.validate()
         except ValueError as exc:
@@ -252,10 +251,6 @@ def plan_record(p: Plan, argv: list[str], code: dict, base: dict) -> dict:
             "argv": argv, "keys": p.keys, "columns": columns, "code": code, "manifest": base | {"columns": columns}}
 
 
-class _Interrupt(Exception):
-    """Carries a KeyboardInterrupt out of the run loop, after the finished points are saved."""
-
-
 def run_study(
     study_ref: str | Path,
     profile: str | None = None,
@@ -341,6 +336,11 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
             raise FolderError(f"could not save a point in {out}: {exc.strerror or exc}. The points saved before are kept: "
                               "free space (or fix the folder's permissions) and rerun the same command to resume.", exit_code=1) from None
 
+    def save_finished() -> None:  # the points that finished while the run was being stopped
+        for future in in_flight:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                save(future.result())
+
     interrupted = False
     try:
         queue = iter(todo)
@@ -370,9 +370,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every point that did finish, write the tables of those, stop
         interrupted = True
     except BaseException:
-        for future in in_flight:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                store.write(future.result())
+        save_finished()
         raise
     finally:
         bar.close()
@@ -381,9 +379,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
             executor.shutdown(wait=not interrupted, cancel_futures=True)
     extra = {"ended": datetime.now(timezone.utc).isoformat(), "scheduler": getattr(executor, "address", None), "cluster_workers": cluster_workers}
     if interrupted:
-        for future in in_flight:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                save(future.result())
+        save_finished()
         try:  # the saved points' tables, so that the folder shows what it holds (a second Ctrl-C: the journal keeps it whole)
             assemble(out, record, module, extra)
         except KeyboardInterrupt:

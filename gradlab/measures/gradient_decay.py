@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cells import check, check_init_scale, check_seed, create, family
+from ..cells import check, check_init_scale, create, family
 from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
 from . import COMMON_COLUMNS
@@ -68,7 +68,6 @@ class Config:
         lookup(DTYPES, self.dtype, "dtype")
         lookup(INITS, self.init, "init")
         check_init_scale(self.init_scale)
-        check_seed(self.seed)
         if self.init == "critical" and self.init_scale is not None:
             raise ValueError("init 'critical' chooses the recurrent scale itself: set init_scale=none with it.")
         if self.input_std < 0:

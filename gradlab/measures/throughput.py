@@ -122,9 +122,9 @@ def _cell_rows(cfg: Config) -> list[dict]:
     rows = []
     for impl, ts in times.items():
         q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0], ts[0], ts[0])
-        seconds = statistics.median(ts)
-        rows.append({"impl": impl, "ms_median": seconds * 1e3, "ms_iqr": (q3 - q1) * 1e3, "spread": spread(ts),
-                     "noisy": spread(ts) > NOISY_SPREAD, "attempts": attempts, "tokens_per_s": cfg.seq_len * cfg.batch_size / seconds,
+        seconds, relative = statistics.median(ts), spread(ts)
+        rows.append({"impl": impl, "ms_median": seconds * 1e3, "ms_iqr": (q3 - q1) * 1e3, "spread": relative,
+                     "noisy": relative > NOISY_SPREAD, "attempts": attempts, "tokens_per_s": cfg.seq_len * cfg.batch_size / seconds,
                      "flops": flops, "gflops": flops / seconds / 1e9, "peak_gflops": peak / 1e9, "peak_fraction": flops / seconds / peak,
                      "peak_mem_bytes": peak_mem.get(impl, float("nan")), "backend": cells[impl].last_backend + ("+graph" if impl == GRAPHED else "")})
     fused = next((r for r in rows if r["impl"] == "cudnn"), None)

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cells import check, check_init_scale, check_seed
+from ..cells import check, check_init_scale
 from ..names import DTYPES, INITS, OPTIMIZERS, lookup
 from ..tasks import Task, build, param_fields
 from .clipping import parse_clip
@@ -58,7 +58,6 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         check_init_scale(self.init_scale)
-        check_seed(self.seed)
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
