@@ -41,7 +41,7 @@ MUTATIONS = [
       for part in ("training/", "measures/", "cells/", "probes.py")],
     ("cached points trusted without checksums", "gradlab/store.py", "if not path.exists() or file_digest(path) != digest:",
      "if not path.exists():", "tests/test_folder.py -k damaged"),
-    ("no lock", "gradlab/folder.py", "                if isinstance(pid, int) and host == me[\"host\"] and _alive(pid, holder.get(\"started\")):",
+    ("no lock", "gradlab/folder.py", "                if host == me[\"host\"] and _may_be_running(holder, me[\"host\"]):",
      "                if False:", "tests/test_folder.py -k two_runs"),
     ("divergence at 10 x guessing", "gradlab/training/loop.py", "DIVERGE_GUESSES = 3.0", "DIVERGE_GUESSES = 10.0",
      "tests/test_training.py -k divergence_rule"),
