@@ -9,6 +9,7 @@ from typing import Callable
 import pandas as pd
 
 from . import folder
+from .ladder import from_record, skipped, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 
 
@@ -76,15 +77,19 @@ def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path,
     keys = saved_keys(out, plan)
     axes = plan["columns"]
     tables, derived, points, failed = build_tables(out, keys, axes, module)
+    left_out = ladder_skips(out, plan, module)
     stage = folder.staging(out)
     every = tables | derived | {"failures": pd.DataFrame(failed, columns=["key", *axes, "error"])}
+    if plan.get("ladder"):
+        every["skipped"] = pd.DataFrame(left_out, columns=["key", *(plan["coords"][0] if plan["coords"] else {}), "because"])
     digests = folder.write_tables(stage, every)
     results = tables["results"]
     base = plan["manifest"]
     device = str(base.get("resolved", {}).get("device", ["cpu"])[0])
     manifest = base | extra | {
-        "plan_id": plan.get("id"), "complete": len(keys) == len(plan["keys"]),
-        "points_saved": len(keys), "points_total": len(plan["keys"]),
+        "plan_id": plan.get("id"), "complete": len(keys) + len(left_out) == len(plan["keys"]),
+        "points_saved": len(keys), "points_skipped": len(left_out), "points_total": len(plan["keys"]),
+        "ladder": plan.get("ladder"),
         "environment": environment(device),
         "backends": sorted({str(b) for df in tables.values() if "backend" in df for b in df["backend"].dropna().unique()}),
         "tables": {name: len(df) for name, df in tables.items()}, "table_digests": digests,
@@ -99,6 +104,17 @@ def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path,
     staged = {p.name for p in stage.iterdir()}
     folder.commit(out, remove=[n for n in folder.state_files(out) if n not in staged])
     return manifest | {"failed_points": failed}
+
+
+def ladder_skips(out: Path, plan: dict, module) -> list[dict]:
+    """The points the plan's ladder leaves out, given the points saved in `out`."""
+    ladder = from_record(plan.get("ladder"))
+    if ladder is None:
+        return []
+    store = PointStore(out, plan["code"])
+    keys = plan["keys"]
+    known = {i: succeeded_in(store, k, module) for i, k in enumerate(keys) if store.state(k) == "done" or (store.read_meta(k) or {}).get("status") == "failed"}
+    return skipped(plan["coords"], keys, known.get, ladder)
 
 
 def lags_behind(out: Path) -> dict | None:

@@ -108,7 +108,8 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         signal.signal(signal.SIGTERM, previous)
     stale = f" ({summary.stale} of them made before by other code)" if summary.stale else ""
     stale += f" ({summary.corrupt} recomputed: they failed their checksums)" if summary.corrupt else ""
-    click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}, {len(summary.failed)} failed; {summary.rows} rows")
+    skipped = f", {summary.skipped} left out by the ladder" if summary.skipped else ""
+    click.echo(f"{summary.points} points: {summary.cached} cached, {summary.computed} computed{stale}{skipped}, {len(summary.failed)} failed; {summary.rows} rows")
     click.echo(f"tables and manifest in {summary.out}" + (f"; report {summary.report}" if summary.report else ""))
     if summary.rows:
         _echo_summary(summary.out)
@@ -134,6 +135,8 @@ def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[s
                f"{states.count('done')} cached, {len(todo)} to compute ({states.count('stale')} made before by other code)")
     for line in planned.describe_drops():
         click.echo(f"  excluded: {line}")
+    if planned.resolved.ladder is not None:
+        click.echo(f"  ladder: {planned.resolved.ladder}; of the points to compute, those it leaves out are known only as the shorter ones finish")
     if todo:
         axes = planned.resolved.axes or ["seed"]
         table = pd.DataFrame([{a: getattr(pt, a) for a in axes} for pt in todo])

@@ -27,6 +27,7 @@ from .cells import check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
 from .folder import FolderLock, recover
+from .ladder import RUN, SKIP, decide, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 from .study import Dropped, Resolved, Study, StudyError, expand, load_study, resolve
 
@@ -52,6 +53,7 @@ class RunSummary:
     report: Path | None
     stale: int = 0  # of the computed: finished before, by other code (source digest or torch version)
     corrupt: int = 0  # of the computed: saved before, but failed their checksums
+    skipped: int = 0  # left out by the study's ladder (longer lags after a failing streak)
 
 
 def point_key(measure: str, config: dict) -> str:
@@ -106,6 +108,13 @@ class Plan:
 
     def describe_drops(self) -> list[str]:
         return [str(d) for d in self.dropped]
+
+    @property
+    def coords(self) -> list[dict]:
+        """Each point's grid coordinates (and the ladder's axes, which the ladder groups points by)."""
+        ladder = self.resolved.ladder
+        names = list(dict.fromkeys([*self.resolved.axes, *((ladder.axis, ladder.over) if ladder else ())]))
+        return [{a: getattr(pt, a) for a in names} for pt in self.points]
 
 
 class ExecutorLost(RuntimeError):
@@ -162,6 +171,9 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
             f"{n_bad} of {len(points)} points of study {study.name!r} cannot run:\n" + "\n".join(lines)
             + "\nChange the --set values, or add an 'exclude' rule to the study file."
         )
+    if resolved.ladder is not None and not hasattr(module, "succeeded"):
+        raise StudyError(f"study {study.name!r} has a ladder, but measure {study.measure!r} says of no point whether it succeeded: "
+                         "a ladder needs a measure with succeeded() (train). Remove the [ladder] table.")
     if hasattr(module, "preflight"):
         module.preflight(points)
     keys = [point_key(study.measure, dataclasses.asdict(p)) for p in points]
@@ -248,7 +260,8 @@ def plan_record(p: Plan, argv: list[str], code: dict, base: dict) -> dict:
     its saved points whenever the run stops (`gradlab report` after a kill)."""
     columns = [f.name for f in dataclasses.fields(p.module.Config)]  # every setting: tables of any two runs stack
     return {"id": uuid.uuid4().hex, "study": p.study.name, "profile": p.resolved.profile, "measure": p.study.measure,
-            "argv": argv, "keys": p.keys, "columns": columns, "code": code, "manifest": base | {"columns": columns}}
+            "argv": argv, "keys": p.keys, "columns": columns, "code": code, "manifest": base | {"columns": columns},
+            "ladder": p.resolved.ladder.record() if p.resolved.ladder else None, "coords": p.coords if p.resolved.ladder else None}
 
 
 def run_study(
@@ -299,6 +312,8 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
                  f"changed on disk) and {'are' if corrupt != 1 else 'is'} recomputed: {', '.join(bad[:5])}{' ...' if corrupt > 5 else ''}")
         for line in p.describe_drops():
             echo(f"  excluded: {line}")
+        if resolved.ladder is not None:
+            echo(f"  ladder: {resolved.ladder}")
         replaced = previous_run(out, p)
         if replaced:
             echo(f"  note: {replaced}")
@@ -341,14 +356,39 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
             if future.done() and not future.cancelled() and future.exception() is None:
                 save(future.result())
 
+    ladder, coords = resolved.ladder, p.coords
+    success: dict[int, bool] = {}  # point index -> succeeded, for the ladder (points saved before, and this run's)
+    if ladder is not None:
+        for i, (k, st) in enumerate(zip(keys, states)):
+            if st == "done":
+                success[i] = bool(succeeded_in(store, k, module))
+    index_of = {k: i for i, k in enumerate(keys)}
+    pending = [index_of[k] for k, _ in todo]  # in grid order
+    skipped_now = 0
+
+    def next_items() -> list[tuple[str, dict]]:
+        """The pending points the ladder lets run now, in grid order (its skips leave the queue)."""
+        nonlocal pending, skipped_now
+        verdicts = decide(coords, success.get, ladder)
+        skips = [i for i in pending if verdicts[i][0] == SKIP]
+        if skips:
+            skipped_now += len(skips)
+            bar.update(len(skips))
+            bar.set_postfix(skipped=skipped_now, **({"failed": failed_now} if failed_now else {}))
+        pending = [i for i in pending if verdicts[i][0] != SKIP]
+        busy = {index_of[k] for k, _ in in_flight.values()}
+        return [todo_of[i] for i in pending if verdicts[i][0] == RUN and i not in busy]
+
+    todo_of = {index_of[k]: (k, c) for k, c in todo}
     interrupted = False
     try:
-        queue = iter(todo)
         while True:
-            while len(in_flight) < in_flight_max and (item := next(queue, None)) is not None:
+            for item in next_items()[: in_flight_max - len(in_flight)]:
                 # a bar inside a point too, where the point runs in this process (worker processes stay quiet)
                 in_flight[executor.submit(execute_point, study.measure, item[1], threads, progress and in_flight_max == 1)] = item
             if not in_flight:
+                if pending:  # points that wait on nothing that runs: a defect of the ladder, never a silent stop
+                    raise RuntimeError(f"{len(pending)} points wait on the ladder with nothing running")
                 break
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
             for future in done:
@@ -363,10 +403,13 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
                         executor.shutdown(wait=False, cancel_futures=True)
                         executor = make_executor(executor_name, workers)
                 save(outcome)
+                pending.remove(index_of[key])
+                if ladder is not None:
+                    success[index_of[key]] = outcome.error is None and bool(module.succeeded(store.tables(key)))
                 failed_now += outcome.error is not None
                 bar.update(1)
-                if failed_now:
-                    bar.set_postfix(failed=failed_now)
+                if failed_now or skipped_now:
+                    bar.set_postfix(**({"skipped": skipped_now} if skipped_now else {}), **({"failed": failed_now} if failed_now else {}))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every point that did finish, write the tables of those, stop
         interrupted = True
     except BaseException:
@@ -393,7 +436,8 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         raise FolderError(f"could not write the tables of {out}: {exc.strerror or exc}. Every point is saved and the folder "
                           "keeps its previous state: free space and rerun the same command (it recomputes nothing).", exit_code=1) from None
     report = Path(out) / "report.html" if render is not None else None
-    return RunSummary(out, len(points), cached, len(todo), manifest["failed_points"], manifest["row_count"], report, stale, corrupt)
+    return RunSummary(out, len(points), cached, len(todo) - manifest["points_skipped"], manifest["failed_points"], manifest["row_count"],
+                      report, stale, corrupt, manifest["points_skipped"])
 
 
 def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple[Path, str | None]:

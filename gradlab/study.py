@@ -18,11 +18,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .ladder import Ladder
 from .names import suggest
 
-TOP_KEYS = ("name", "measure", "description", "default_profile", "grid", "settings", "exclude", "when", "profiles")
+TOP_KEYS = ("name", "measure", "description", "default_profile", "grid", "settings", "exclude", "when", "ladder", "profiles")
 BECAUSE = "because"  # an exclusion rule's optional reason, said whenever the rule drops a point
-PROFILE_KEYS = ("description", "grid", "settings", "exclude", "when")
+PROFILE_KEYS = ("description", "grid", "settings", "exclude", "when", "ladder")
+LADDER_KEYS = ("axis", "stop_after", "over")  # [ladder]: gradlab.ladder.Ladder
 WHEN_KEYS = ("match", "settings", "because")  # [[when]]: settings for the points a match selects
 
 
@@ -42,6 +44,7 @@ class Study:
     source: str  # where it was read from, for messages and the manifest
     default_profile: str | None = None  # the profile a run without --profile uses
     when: list[dict] = field(default_factory=list)  # [[when]] tables: match, settings, because
+    ladder: dict | None = None  # [ladder]: axis, stop_after, over
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Resolved:
     exclude: list[Rule] = field(default_factory=list)
     overridden: list[str] = field(default_factory=list)  # keys --set gave
     when: list[tuple[Rule, dict]] = field(default_factory=list)  # settings for the points each rule matches
+    ladder: Ladder | None = None  # longer values of an axis not run once shorter ones failed (gradlab.ladder)
 
 
 def studies_dir() -> Path:
@@ -156,6 +160,9 @@ def parse_study(data: dict, source: str) -> Study:
             _check_keys(w, WHEN_KEYS, f"{source}: {where}when")
             _expect_table(w.get("match"), f"{source}: {where}when.match")
             _expect_table(w.get("settings"), f"{source}: {where}when.settings")
+    for where, table in [("", data), *((f"profiles.{n}.", prof) for n, prof in profiles.items())]:
+        if "ladder" in table:
+            _check_ladder(table["ladder"], f"{source}: {where}ladder")
     default = data.get("default_profile")
     if default is not None and default not in profiles:
         raise StudyError(f"{source}: default_profile {default!r} is not one of its profiles. {suggest(str(default), profiles)}")
@@ -164,7 +171,17 @@ def parse_study(data: dict, source: str) -> Study:
         grid=_check_grid(_expect_table(data.get("grid", {}), f"{source}: grid"), "grid"),
         settings=_expect_table(data.get("settings", {}), f"{source}: settings"),
         exclude=exclude, profiles=profiles, source=source, default_profile=default, when=data.get("when", []),
+        ladder=data.get("ladder"),
     )
+
+
+def _check_ladder(table: Any, where: str) -> None:
+    _check_keys(_expect_table(table, where), LADDER_KEYS, where)
+    if not isinstance(table.get("axis"), str) or not isinstance(table.get("over", "seed"), str):
+        raise StudyError(f"{where}: axis (the setting walked from short to long, e.g. 'seq_len') and over (default 'seed') are setting names.")
+    stop = table.get("stop_after")
+    if not isinstance(stop, int) or isinstance(stop, bool) or stop < 0:
+        raise StudyError(f"{where}: stop_after must be a whole number >= 0 (values in a row at which every point failed; 0: off), got {stop!r}.")
 
 
 # --- typing of values: from the measure's config dataclass ---
@@ -295,6 +312,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
     axes: list[str] = []
     exclude = list(study.exclude)
     whens = list(study.when)
+    ladder = study.ladder
 
     def put(table: dict, where: str, is_grid: bool) -> None:
         for key, value in table.items():
@@ -322,6 +340,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         put(prof.get("grid", {}), f"profile {profile!r} grid", True)
         exclude += prof.get("exclude", [])
         whens += prof.get("when", [])
+        ladder = prof.get("ladder", ladder)  # a profile's own ladder replaces the study's
     overridden = []
     for text in overrides:
         key, raw = parse_override(text)
@@ -344,7 +363,12 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
             if key not in overridden:  # --set has the last word
                 settings[key] = coerce(key, value, types_of[key], "when.settings", items_of.get(key))
         conditional.append((rule(w["match"], w.get("because", ""), "when.match"), settings))
-    return Resolved(study, profile or "default", values, axes, rules, overridden, conditional)
+    if ladder is not None:
+        for key in (ladder["axis"], ladder.get("over", "seed")):
+            if key not in types_of:
+                raise StudyError(f"{study.source}: ladder names unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
+        ladder = Ladder(ladder["axis"], ladder["stop_after"], ladder.get("over", "seed"))
+    return Resolved(study, profile or "default", values, axes, rules, overridden, conditional, ladder)
 
 
 def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:

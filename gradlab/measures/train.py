@@ -3,6 +3,7 @@ per-step telemetry, and the task's own tables (generated text for lyrics)."""
 
 from __future__ import annotations
 
+import pandas as pd
 
 from ..training import TrainConfig, train, with_task_params
 from . import COMMON_COLUMNS
@@ -102,6 +103,12 @@ def preflight(configs: list) -> None:
 def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
     result = train(cfg, progress=progress)
     return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
+
+
+def succeeded(tables: dict) -> bool:
+    """A run succeeded when it solved its task (held-out loss under solve_fraction x baseline): the ladder's test."""
+    runs = tables["runs"]
+    return bool(pd.DataFrame(runs)["solved_step"].notna().any())
 
 
 from ..derived.train import derive  # noqa: E402,F401  (tables made from the rows; outside the source digest)
