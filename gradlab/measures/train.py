@@ -68,6 +68,8 @@ COLUMNS = COMMON_COLUMNS | {
     "loss_over_baseline_median": "median final held-out loss / baseline over the seeds that did not diverge",
     "loss_over_baseline_q25": "its 25% quantile", "loss_over_baseline_q75": "its 75% quantile",
     "seeds_diverged": "seeds whose run diverged",
+    "because": "skipped: why the study's ladder did not run the point", "seq_len_not_run": "the lags the ladder did not run for the setting",
+    "points": "points of the setting the ladder did not run",
     "probe_steps": "steps at which the gradient flow is measured (0: at initialisation)",
     "probe_size": "held-out sequences the gradient-flow probe uses",
     "wrt": "flow: the state part the gradient is taken with respect to (h, or c for the LSTM)",

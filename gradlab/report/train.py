@@ -51,7 +51,22 @@ def view(t: Tables, manifest: dict) -> Section:
         sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
         _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
     success(sec, t.get("by_setting"), settings)
+    left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
+
+
+def left_out(sec: Section, skipped: pd.DataFrame | None, ladder: dict | None) -> None:
+    """What the study's ladder did not run, per setting, with its reason."""
+    if skipped is None or not len(skipped) or not ladder:
+        return
+    s = label_models(skipped) if "cell" in skipped else skipped
+    by = [c for c in ("task", "model") if c in s]
+    axis = ladder["axis"]
+    rows = (s.groupby([*by, "because"], sort=False)
+            .agg(**{f"{axis}_not_run": (axis, lambda v: " ".join(map(str, sorted(set(v))))), "points": ("key", "size")}).reset_index())
+    sec.key_points.append(f"The ladder left {len(s)} point{'s' * (len(s) != 1)} of {len(rows)} setting{'s' * (len(rows) != 1)} out: once every {ladder.get('over', 'seed')} of a setting had "
+                          f"failed at {ladder['stop_after']} {axis} values in a row, its longer ones were not run (table 'Not run').")
+    sec.tables.append((f"Not run: {axis} values the ladder left out, per setting, and why", rows))
 
 
 def success(sec: Section, rates: pd.DataFrame | None, settings: list[str]) -> None:
