@@ -63,6 +63,10 @@ TEXT_SETTINGS: dict[str, str] = {
     "book": "the first 10,000 characters of the training lines, as the book trains",
     "full": "every training line",
 }
+TEXT_SPLITS: dict[str, str] = {
+    "tail": "the last val_fraction of the lines held out (the book's regime: one held-out set)",
+    "blocks": "blocks of block_lines lines; every (1 / val_fraction)-th block held out, alternately validation and test",
+}
 DTYPES: dict[str, str] = {
     "float32": "single precision (torch's default; cuDNN may use TF32 on a GPU)",
     "float64": "double precision: exact comparisons, and norms far below float32's 1e-38",
@@ -82,7 +86,7 @@ EXECUTORS: dict[str, str] = {
 TABLES: dict[str, dict[str, str]] = {
     "cells": CELLS, "impls": IMPLS, "gru variants": GRU_VARIANTS, "inits": INITS, "tasks": TASKS,
     "measures": MEASURES, "optimizers": OPTIMIZERS, "clipping": CLIPS, "samplings": SAMPLINGS,
-    "text settings": TEXT_SETTINGS, "dtypes": DTYPES, "probes": PROBES,
+    "text settings": TEXT_SETTINGS, "text splits": TEXT_SPLITS, "dtypes": DTYPES, "probes": PROBES,
     "executors": EXECUTORS,
 }
 

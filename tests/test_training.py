@@ -298,21 +298,29 @@ def test_flop_formula_matches_torchs_flop_counter(style, cell):
 
 
 def test_context_analysis_against_per_position_oracle():
-    """Loss with only the last k characters, and the input gradient k characters back, recomputed one
+    """The cut context's loss, the full-context loss and the input gradient k characters back, recomputed one
     position at a time from the text itself (token ids through the scratch twin, one-hot by hand)."""
-    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1, context_lengths=(1, 3, 6), context_positions=7)
+    from gradlab.context import profile
+
+    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1)
     model = build_model(task.spec, "gru", "cudnn", 6, seed=2, init="xavier", dtype=torch.float64)
-    tables = task.analyse(model)
+    items = task.context_items(model, [], 7, 6)
     ids = task.data.val_ids
-    pos = task._positions(ids, 6)
+    pos = task._positions(ids, 6, 7)
     assert len(pos) == 7 and (ids[pos] != task.vocab.unknown_id).all() and (pos >= 6).all()
     scratch = convert(model.cell, "scratch")
-    for row in [r for r in tables["context"] if r["split"] == "held out"]:
-        k, losses = row["k"], []
-        for p in pos.tolist():
-            out, _ = scratch(ids[p - k : p][:, None])  # the k characters before position p
-            losses.append(-torch.log_softmax(model.readout(out[-1:])[0, 0], 0)[ids[p]].item())
-        assert row["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-10)
+
+    def loss_at(p: int, inputs: torch.Tensor) -> float:
+        out, _ = scratch(inputs[:, None])
+        return -torch.log_softmax(model.readout(out[-1:])[0, 0], 0)[ids[p]].item()
+
+    full = [loss_at(p, ids[:p]) for p in pos.tolist()]  # the whole text before p: the full context
+    torch.testing.assert_close(items["held out"][0].full_loss, torch.tensor(full, dtype=torch.float64), rtol=1e-10, atol=0)
+    rows = profile(model, task.spec, items["held out"], [1, 3, 6])
+    for row in [r for r in rows if r["probe"] == "truncate"]:
+        want = sum(loss_at(p, ids[p - row["k"] : p]) for p in pos.tolist()) / len(pos)  # the k characters before position p
+        assert row["loss"] == pytest.approx(want, rel=1e-10) and row["loss_full"] == pytest.approx(sum(full) / len(full), rel=1e-12)
+    tables = task.analyse(model, (1, 3, 6), 7)
     want = torch.zeros(6, dtype=torch.float64)
     for p in pos.tolist():
         proj = scratch.project(ids[p - 6 : p][:, None]).detach().requires_grad_()
@@ -325,16 +333,6 @@ def test_context_analysis_against_per_position_oracle():
     got = torch.tensor([r["input_grad_norm"] for r in tables["context_grads"]], dtype=torch.float64)
     assert [r["distance"] for r in tables["context_grads"]] == [6, 5, 4, 3, 2, 1]
     torch.testing.assert_close(got, (want / len(pos)).sqrt(), rtol=1e-8, atol=0)
-
-
-def test_effective_context_is_the_fewest_characters_within_a_hundredth_of_a_nat():
-    import pandas as pd
-
-    from gradlab.derived.train import effective_context
-
-    ctx = pd.DataFrame({"cell": "gru", "split": "held out", "k": [1, 2, 4, 8, 16], "loss": [5.0, 4.0, 3.1, 3.005, 3.0]})
-    row = effective_context(ctx, ["cell"]).iloc[0]
-    assert (row["effective_context"], row["longest_context"], row["loss_1"], row["loss_longest"]) == (8, 16, 5.0, 3.0)
 
 
 def test_adaptive_and_mean_clipping_follow_the_norms_seen_so_far():

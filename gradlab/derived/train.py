@@ -22,8 +22,13 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
         final["steps_to_solve"] = r["solved_step"]
         final["diverged_step"] = r["diverged_step"]
         final["train_seconds"] = r["train_seconds"]
+        for col in ("best_step", "kept", "stopped_early_step", "test_loss", "test_metric"):
+            if col in r:
+                final[col] = r[col]
         if r["steps_per_epoch"].notna().all():
             final["seconds_per_epoch"] = r["train_seconds"] / (r["steps_done"] / r["steps_per_epoch"])
+    if "test_metric" in final and "val_ppl" in final:
+        final["test_ppl"] = final["test_metric"]  # a language model's metric is its perplexity
     final = final.reset_index()
     derived = {"final": final}
     if "solved" in final:
@@ -31,6 +36,8 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
         derived["by_setting"] = by_setting(final, columns)
     if "context" in tables and len(tables["context"]):
         derived["effective_context"] = effective_context(tables["context"], columns)
+        if len(derived["effective_context"]):
+            derived["context_over_seeds"] = context_over_seeds(derived["effective_context"], columns)
     if "steps" in tables and len(tables["steps"]):
         derived["clipping"] = clipping(tables["steps"], columns)
     return derived
@@ -64,21 +71,40 @@ def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-CONTEXT_NATS = 0.01  # effective context: within this many nats of the longest context's loss
-
-
 def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per run and text: the smallest k whose loss is within 0.01 nats of the longest context's."""
+    """Per run and text (gradlab.context's rule, two-sided): effective_context, the smallest k from which every
+    longer context stays within the tolerance of the full-context loss; shuffle_context and replace_context,
+    the same for the probes that keep the last k inputs and shuffle or replace the ones before (beyond it,
+    order / the inputs themselves no longer matter); the full-context loss, and the loss with the fewest k."""
+    from ..context import effective_context as rule
+
+    if "probe" not in context:  # tables of a run before the probes existed: nothing this rule can read
+        return pd.DataFrame()
     by = [c for c in columns if c in context] + ["split"]
     rows = []
     for key, g in context.groupby(by, dropna=False, sort=False):
-        g = g.sort_values("k")
-        longest = g["loss"].iloc[-1]
-        within = g[g["loss"] <= longest + CONTEXT_NATS]
-        best = g.loc[g["loss"].idxmin()]
-        rows.append(dict(zip(by, key)) | {"effective_context": int(within["k"].iloc[0]), "longest_context": int(g["k"].iloc[-1]),
-                                          "loss_longest": longest, "loss_1": g["loss"].iloc[0], "best_context": int(best["k"]),
-                                          "loss_best": best["loss"]})
+        full = float(g["loss_full"].iloc[0])
+        found = {}
+        for probe, p in g.groupby("probe"):
+            p = p.sort_values("k")
+            found[probe] = rule(p["k"].tolist(), p["loss"].tolist(), full)
+        cut = g[g["probe"] == "truncate"].sort_values("k")
+        rows.append(dict(zip(by, key)) | {"effective_context": found.get("truncate"), "shuffle_context": found.get("shuffle"),
+                                          "replace_context": found.get("replace"), "longest_context": int(cut["k"].iloc[-1]),
+                                          "loss_full": full, "loss_shortest": float(cut["loss"].iloc[0]), "loss_longest": float(cut["loss"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def context_over_seeds(eff: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per setting and text, over its seeds: the median and range of each context measure."""
+    by = [c for c in columns if c in eff and c not in ("seed", "point")] + ["split"]
+    rows = []
+    for key, g in eff.groupby(by, dropna=False, sort=False):
+        row = dict(zip(by, key)) | {"seeds": len(g)}
+        for col in ("effective_context", "shuffle_context", "replace_context", "loss_full"):
+            v = g[col].astype(float)
+            row |= {f"{col}_median": float(v.median()), f"{col}_min": float(v.min()), f"{col}_max": float(v.max())}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

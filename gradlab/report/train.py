@@ -158,7 +158,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     accuracy(sec, curves, settings, x, xlabel, lyrics)
     longest(sec, t.get("longest_lag"), settings)
     flow(sec, t.get("flow"), settings)
-    context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings)
+    context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings, t.get("context_over_seeds"))
     samples = t.get("samples")
     if samples is not None and len(samples):
         last = samples[samples["epoch"] == samples["epoch"].max()]
@@ -209,29 +209,51 @@ def flow(sec: Section, flow_table: pd.DataFrame | None, settings: list[str]) -> 
                                     title=figures.fixed_title(f"gradient flow while learning{extra}", fixed_settings(g, settings, DRAWN)))))
 
 
-def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, eff: pd.DataFrame | None, settings: list[str]) -> None:
-    """How far back a trained language model looks: loss by available context, and input gradients."""
-    if ctx is None or not len(ctx):
+def _span(row: pd.Series, col: str) -> str:
+    """'median (min-max)' of a context measure over seeds, or the one value; 'beyond k' when not reached."""
+    med, lo, hi = row[f"{col}_median"], row[f"{col}_min"], row[f"{col}_max"]
+    if pd.isna(med):
+        return "beyond the longest k"
+    return f"{med:g}" if lo == hi else f"{med:g} ({lo:g}-{hi:g})"
+
+
+def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, eff: pd.DataFrame | None, settings: list[str],
+            over_seeds: pd.DataFrame | None = None) -> None:
+    """How far back a trained model looks (Khandelwal et al. 2018): loss with the context cut or scrambled
+    before the last k inputs, against the full-context loss; effective context per model, over its seeds."""
+    if ctx is None or not len(ctx) or "probe" not in ctx:
         return
+    if over_seeds is not None and len(over_seeds):
+        o = label_models(over_seeds)
+        if "impl" in o and o["impl"].nunique() > 1:
+            o["model"] = o["model"] + " " + o["impl"].astype(str)
+        said = []
+        for split in dict.fromkeys(o["split"]):
+            part = o[o["split"] == split]
+            said.append(f"on {split} text " + "; ".join(
+                f"{m} {_span(r, 'effective_context')} (order beyond {_span(r, 'shuffle_context')} ignored)" for m, r in zip(part["model"], [r for _, r in part.iterrows()])))
+        seeds = sorted(set(o["seeds"].astype(int)))
+        sec.key_points.insert(0, "Effective context, the fewest inputs k from which every longer context stays within 1% of the full-context "
+                              f"loss (median and range over {' to '.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seed{'s' * (seeds[-1] != 1)}): "
+                              + "; ".join(said) + ". In brackets: the k beyond which shuffling the earlier inputs costs under 1%.")
+        sec.tables.append(("Effective context over seeds (k inputs; shuffle / replace: the k beyond which shuffling / replacing "
+                           "the earlier inputs costs under 1% of the full-context loss)",
+                           o[[c for c in ["task", "model", "impl", "split", "seeds", "effective_context_median", "effective_context_min",
+                                          "effective_context_max", "shuffle_context_median", "replace_context_median", "loss_full_median"] if c in o]]))
     if eff is not None and len(eff):
         e = label_models(eff)
-        held = e[e["split"] == "held out"]
-        train_text = e[e["split"] == "training"]
-        sec.key_points.append("Effective context, the fewest characters within 0.01 nats of the longest context's loss: on training text "
-                              + ", ".join(f"{m} {k}" for m, k in zip(train_text["model"], train_text["effective_context"]))
-                              + "; on held-out text " + ", ".join(f"{m} {k}" for m, k in zip(held["model"], held["effective_context"])) + "."
-                              + (" Where held-out loss grows with context (a memorising model: the best context is "
-                                 + ", ".join(f"{m} {k}" for m, k in zip(held["model"], held["best_context"])) + " characters), more context only misleads it."
-                                 if (held["loss_longest"] > held["loss_best"] + 0.01).any() else ""))
-        sec.tables.append(("Effective context", e[[c for c in ["model", "impl", "split", "effective_context", "best_context", "longest_context", "loss_1",
-                                                               "loss_best", "loss_longest"] if c in e]]))
-    c = label_models(ctx)
-    sec.figures.append(("context-loss", "Next-character loss when the trained model sees only the last k characters (state from zero), "
-                        "held out and training text, the same positions for every k; log x axis.",
-                        partial(figures.panels_of_lines, c, "k", "loss", panel="split", hue="model", style="impl" if c["impl"].nunique() > 1 else None,
-                                xlabel="characters of context k", ylabel="loss (nats per character)", log=False, logx=True,
-                                panel_order=["held out", "training"],
-                                title=figures.fixed_title("loss by available context", fixed_settings(c, settings, DRAWN)))))
+        sec.tables.append(("Effective context per run", e[[c for c in ["task", "model", "impl", "seed", "split", "effective_context", "shuffle_context",
+                                                                       "replace_context", "longest_context", "loss_full", "loss_shortest", "loss_longest"] if c in e]]))
+    c = label_models(ctx).assign(increase=lambda d: (d["loss"] - d["loss_full"]) / d["loss_full"].abs())
+    c["probe"] = c["probe"].map({"truncate": "cut", "shuffle": "shuffled before k", "replace": "replaced before k"})
+    for extra, g in group_by_others(c, settings, DRAWN | {"model"}):
+        sec.figures.append((f"context-loss{extra.replace(' ', '').replace(',', '-')}",
+                            "Loss with only the last k inputs (cut: a zero state before them; shuffled or replaced: the earlier inputs "
+                            "permuted, or taken from another sequence), relative to the full-context loss on the same targets "
+                            "((loss - full) / full; 0: k is enough), one panel per text, log x axis. Several seeds: their median and middle half.",
+                            partial(figures.panels_of_lines, g, "k", "increase", panel="split", hue="model", style="probe",
+                                    xlabel="inputs of context k", ylabel="relative loss increase", log=False, logx=True, baseline=0.0,
+                                    title=figures.fixed_title(f"loss by available context{extra}", fixed_settings(g, settings, DRAWN)))))
     if grads is not None and len(grads):
         g = label_models(grads)
         sec.figures.append(("context-grads", "||dL/dz|| for the input k characters before the predicted one (z: its row of W_x), "

@@ -127,6 +127,10 @@ class Task:
         """What the run's table records about the task's data."""
         return {}
 
+    def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list]:
+        """Per text, the scored targets the context analysis (gradlab.context) cuts the context of."""
+        return {}
+
 
 @dataclass
 class SyntheticTask(Task):
@@ -148,6 +152,17 @@ class SyntheticTask(Task):
     def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
         while True:
             yield self.sample(gen, batch_size, length, device)
+
+    def context_steps(self, length: int, batch: Batch) -> list[int]:
+        """The steps whose targets the context analysis scores: those the loss scores (copy: its answers)."""
+        return list(range(batch.x.shape[0])) if batch.mask is None else batch.mask.nonzero().flatten().tolist()
+
+    def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list]:
+        """The first held-out sequences, each scored step with its whole past as the full context."""
+        from ..context import sequence_items
+
+        batch = Batch(torch.cat([b.x for b in held_out], 1), torch.cat([b.y for b in held_out], 1), held_out[0].mask)  # (T, N)
+        return {"held out": sequence_items(batch, self.context_steps(batch.x.shape[0], batch), count)}
 
     def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
         gen = torch.Generator().manual_seed(self.eval_seed)

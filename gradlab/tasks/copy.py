@@ -52,6 +52,10 @@ class Copy(SyntheticTask):
         y[length + k :] = symbols
         return Batch(x, y).to(device)
 
+    def context_steps(self, length: int, batch: Batch) -> list[int]:
+        """The answers: the last copy_len steps (every blank before them is predictable without memory)."""
+        return list(range(length - self.copy_len, length))
+
     def score(self, outputs: torch.Tensor, batch: Batch) -> dict[str, float]:
         sums = super().score(outputs, batch)
         written = outputs[-self.copy_len :].argmax(-1)  # (K, B): the symbols written back

@@ -9,7 +9,8 @@ from typing import Iterator
 import torch
 from torch.nn import functional as F
 
-from ..names import SAMPLINGS, TEXT_SETTINGS, lookup
+from ..names import SAMPLINGS, TEXT_SETTINGS, TEXT_SPLITS, lookup
+from ..context import Items, stream_losses
 from ..probes import input_grads_at_last_step
 from .base import IGNORE, Batch, Spec, Task, exp_or_inf
 from .corpus import locate, read_text
@@ -39,19 +40,19 @@ class Lyrics(Task):
     sampling: str = "consecutive"
     setting: str = "book"
     val_fraction: float = 0.1  # the last 10% of the corpus's lines are held out
+    text_split: str = "tail"  # the book's regime; 'blocks': held-out blocks from the whole corpus, validation and test
+    block_lines: int = 40  # split 'blocks': lines per block (a song's worth: the corpus has no song marks)
     corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download
     prefixes: tuple[str, ...] = ("分开", "不分开")  # the book's
     pred_len: int = 50  # the book's: characters generated from each prefix
     sample_temperature: float = 1.0  # samples are drawn greedily (as the book) and at this temperature
-    context_lengths: tuple[int, ...] = ()  # after training: loss with only the last k characters seen (empty: skip)
-    context_positions: int = 1000  # positions of each text that context analysis scores (a fixed random draw)
     _data: LyricsData | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_text(cls, raw: str, **params) -> "Lyrics":
         """The task over a given text instead of the corpus (tests, other corpora)."""
         task = cls(**params)
-        task._data = prepare(raw, task.setting, task.val_fraction)
+        task._data = prepare(raw, task.setting, task.val_fraction, task.text_split, task.block_lines)
         return task
 
     def params(self) -> dict:
@@ -60,7 +61,7 @@ class Lyrics(Task):
     @property
     def data(self) -> LyricsData:
         if self._data is None:
-            self._data = prepare(read_text(locate(self.corpus)), self.setting, self.val_fraction)
+            self._data = prepare(read_text(locate(self.corpus)), self.setting, self.val_fraction, self.text_split, self.block_lines)
         return self._data
 
     @property
@@ -76,19 +77,23 @@ class Lyrics(Task):
         super().check(length)
         lookup(SAMPLINGS, self.sampling, "sampling")
         lookup(TEXT_SETTINGS, self.setting, "setting")
+        lookup(TEXT_SPLITS, self.text_split, "text_split")
+        if self.block_lines < 1:
+            raise ValueError(f"block_lines must be >= 1, got {self.block_lines}.")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if self.pred_len < 0:
             raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
         if not self.sample_temperature > 0:
             raise ValueError(f"sample_temperature must be > 0 (greedy text is always drawn as well), got {self.sample_temperature}.")
-        if any(k < 1 for k in self.context_lengths) or self.context_positions < 1:
-            raise ValueError(f"context_lengths must be >= 1 and context_positions >= 1, got {self.context_lengths}, {self.context_positions}.")
 
     def ready(self, batch_size: int, length: int) -> None:
         """Checks that need the text (found, or fetched, on first use): fail before any training."""
         for prefix in self.prefixes:
             self.vocab.encode(prefix, "prefix")
+        if self.data.stats["val_targets_scored"] < 1:
+            raise ValueError(f"there is no held-out line the training text lacks (val_fraction {self.val_fraction}, split {self.text_split!r}): "
+                             "every held-out line repeats a training line. Hold out more (val_fraction) or other lines (text_split).")
         if self.steps_per_epoch(batch_size, length) < 1:
             raise ValueError(f"training text of {len(self.data.train_ids)} characters is too short for batch_size x seq_len.")
 
@@ -110,10 +115,17 @@ class Lyrics(Task):
                 yield Batch(x, y, carry=carry and k > 0)
 
     def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
-        """The held-out text as `batch_size` consecutive streams (fewer for a short text), state carried,
-        covering every target exactly once: the last batch is shorter, and the padding that evens the
-        streams out, like a target outside the vocabulary, is never scored (IGNORE)."""
-        ids = self.data.val_ids
+        """The held-out (validation) text as `batch_size` consecutive streams (fewer for a short text),
+        state carried, covering every target exactly once: the last batch is shorter, and the padding that
+        evens the streams out, like a target outside the vocabulary, is never scored (IGNORE)."""
+        return self._streams(self.data.val_ids, batch_size, length, device)
+
+    def test_set(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch] | None:
+        """The test text (split 'blocks'), batched as held_out; None without one."""
+        ids = self.data.test_ids
+        return None if ids is None or len(ids) < 2 else self._streams(ids, batch_size, length, device)
+
+    def _streams(self, ids: torch.Tensor, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
         n = len(ids) - 1  # next-character targets
         streams = max(1, min(batch_size, n // length))
         per_stream = -(-n // streams)  # ceil: the last stream is padded
@@ -139,44 +151,42 @@ class Lyrics(Task):
                 rows.append({"epoch": epoch, "prefix": prefix, "temperature": temperature, "text": text})
         return {"samples": rows}
 
-    def analyse(self, model: torch.nn.Module) -> dict[str, list[dict]]:
-        """How far back the trained model looks. 'context': the next-character loss when it sees only the
-        last k characters (state from zero), on held-out and on training text, at the same positions for
-        every k; 'context_grads': ||dL/dz_t|| for the input k steps before the predicted character, with
-        the longest context (z: the input's projection, the row of W_x the step reads)."""
-        if not self.context_lengths:
-            return {}
-        lengths, longest = sorted(set(self.context_lengths)), max(self.context_lengths)
+    def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list[Items]]:
+        """`count` positions of the held-out text (the test blocks where there are some: the run never
+        selected on them) and of the training text, each with the `longest` characters before it and
+        its loss with the whole text before it (the model reading the text from its start)."""
         device = next(model.parameters()).device
-        context, grads = [], []
-        for split, ids in (("held out", self.data.val_ids), ("training", self.data.train_ids)):
-            pos = self._positions(ids, longest)  # (N,) target positions
-            targets = ids[pos].to(device)
-            for k in lengths:
-                windows = ids[pos[None, :] - torch.arange(k, 0, -1)[:, None]].to(device)  # (k, N): the k characters before
-                context.append({"split": split, "k": k, "loss": self._last_step_loss(model, windows, targets), "positions": len(pos)})
-            if split == "held out":
-                windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]].to(device)  # (K, N)
-                norms = torch.stack([  # (chunks, K): sequences scored in chunks (the graph holds K x chunk x G*H)
-                    input_grads_at_last_step(model, windows[:, i : i + 125], lambda out, y=targets[i : i + 125]: F.cross_entropy(out, y, reduction="sum")).pow(2)
-                    * min(125, len(pos) - i) for i in range(0, len(pos), 125)]).sum(0).div(len(pos)).sqrt()
-                grads += [{"distance": longest - t, "input_grad_norm": float(v)} for t, v in enumerate(norms.tolist())]
-        return {"context": context, "context_grads": grads}
+        held = self.data.test_ids if self.data.test_ids is not None else self.data.val_ids
+        out = {}
+        for split, ids in (("held out", held), ("training", self.data.train_ids)):
+            pos = self._positions(ids, longest, count)  # (N,) target positions
+            full = stream_losses(model, ids[: int(pos.max()) + 1].to(device))[pos - 1]  # (N,): target p is the (p-1)-th
+            windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]]  # (K, N): the K characters before
+            out[split] = [Items(windows.to(device), ids[pos].to(device), full)]
+        return out
 
-    def _positions(self, ids: torch.Tensor, longest: int) -> torch.Tensor:
+    def analyse(self, model: torch.nn.Module, lengths: tuple[int, ...], count: int) -> dict[str, list[dict]]:
+        """'context_grads': ||dL/dz_t|| for the input k steps before the predicted held-out character, with
+        the longest context (z: the input's projection, the row of W_x the step reads)."""
+        if not lengths:
+            return {}
+        longest = max(lengths)
+        device = next(model.parameters()).device
+        ids = self.data.test_ids if self.data.test_ids is not None else self.data.val_ids
+        pos = self._positions(ids, longest, count)
+        targets = ids[pos].to(device)
+        windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]].to(device)  # (K, N)
+        norms = torch.stack([  # (chunks, K): sequences scored in chunks (the graph holds K x chunk x G*H)
+            input_grads_at_last_step(model, windows[:, i : i + 125], lambda out, y=targets[i : i + 125]: F.cross_entropy(out, y, reduction="sum")).pow(2)
+            * min(125, len(pos) - i) for i in range(0, len(pos), 125)]).sum(0).div(len(pos)).sqrt()
+        return {"context_grads": [{"distance": longest - t, "input_grad_norm": float(v)} for t, v in enumerate(norms.tolist())]}
+
+    def _positions(self, ids: torch.Tensor, longest: int, count: int) -> torch.Tensor:
         """Target positions with `longest` characters before them and a target in the vocabulary: a fixed draw."""
         candidates = torch.arange(longest, len(ids))
         candidates = candidates[ids[candidates] != self.vocab.unknown_id]
-        pick = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[: self.context_positions]
+        pick = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[:count]
         return candidates[pick].sort().values
-
-    @torch.no_grad()
-    def _last_step_loss(self, model: torch.nn.Module, windows: torch.Tensor, targets: torch.Tensor) -> float:
-        total = 0.0
-        for i in range(0, windows.shape[1], 250):  # chunks bound the (k, chunk, H) outputs
-            out, _ = model(windows[:, i : i + 250])
-            total += F.cross_entropy(out[-1], targets[i : i + 250], reduction="sum").item()
-        return total / windows.shape[1]
 
     def stats(self) -> dict:
         return dict(self.data.stats)

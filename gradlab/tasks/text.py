@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from ..names import TEXT_SETTINGS, lookup
+from ..names import TEXT_SETTINGS, TEXT_SPLITS, lookup
 
 BOOK_CHARS = 10_000  # the book trains on the first 10,000 characters
 
@@ -61,6 +61,8 @@ class LyricsData:
     train_ids: torch.Tensor  # (N_train,)
     val_ids: torch.Tensor  # (N_val,)
     stats: dict[str, float | int | str]
+    test_text: str = ""  # split 'blocks': held-out blocks the run never selects on (empty for 'tail')
+    test_ids: torch.Tensor | None = None  # (N_test,)
 
 
 def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -72,18 +74,46 @@ def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
     return lines[:-n_val], lines[-n_val:]
 
 
-def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> LyricsData:
+def split_blocks(raw: str, val_fraction: float, block_lines: int) -> tuple[list[str], list[str], list[str]]:
+    """Blocks of `block_lines` consecutive lines (a verse or a song's worth): every (1 / val_fraction)-th
+    block is held out, the held-out blocks alternately validation and test; the rest train. Held-out text
+    comes from every part of the corpus, not only its end, and a block keeps its lines' order."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    if block_lines < 1:
+        raise ValueError(f"block_lines must be >= 1, got {block_lines}.")
+    lines = raw.replace("\r", " ").split("\n")
+    blocks = [lines[i : i + block_lines] for i in range(0, len(lines), block_lines)]
+    cycle = max(2, round(1 / val_fraction))
+    held = [b for i, b in enumerate(blocks) if i % cycle == cycle // 2]  # mid-cycle: the first block trains
+    train = [ln for i, b in enumerate(blocks) if i % cycle != cycle // 2 for ln in b]
+    return train, [ln for b in held[0::2] for ln in b], [ln for b in held[1::2] for ln in b]
+
+
+def _unseen(lines: list[str], train_text: str) -> list[str]:
+    """The non-empty lines that never occur verbatim in the training text (lyrics repeat choruses)."""
+    return [ln for ln in lines if ln.strip() and ln not in train_text]
+
+
+def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, split: str = "tail", block_lines: int = 40) -> LyricsData:
     """Training text as the book makes it (newlines -> spaces, first 10,000 characters for 'book'), and
     held-out text from lines the model never sees: held-out lines that also occur in the training text
     (lyrics repeat choruses) are dropped. Held-out characters outside the vocabulary stay, as the
-    unknown id: context the model reads (as no known character), targets it is not scored on."""
+    unknown id: context the model reads (as no known character), targets it is not scored on.
+    Split 'tail' holds out the last lines (validation only); 'blocks' holds out blocks from the whole
+    corpus, alternately validation (evaluated during training) and test (scored once, at the end)."""
     lookup(TEXT_SETTINGS, setting, "setting")
-    train_lines, val_lines = split_lines(raw, val_fraction)
+    lookup(TEXT_SPLITS, split, "split")
+    if split == "tail":
+        train_lines, val_lines = split_lines(raw, val_fraction)
+        test_lines: list[str] = []
+    else:
+        train_lines, val_lines, test_lines = split_blocks(raw, val_fraction, block_lines)
     train_text = " ".join(train_lines)
     if setting == "book":
         train_text = train_text[:BOOK_CHARS]
-    val_lines = [ln for ln in val_lines if ln.strip()]
-    fresh = [ln for ln in val_lines if ln not in train_text]  # never seen verbatim
+    n_val = sum(1 for ln in val_lines if ln.strip())
+    fresh = _unseen(val_lines, train_text)
     val_text = " ".join(fresh)
     vocab = Vocab(sorted(set(train_text)))
     val_ids = vocab.encode_with_unknown(val_text)
@@ -94,7 +124,7 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> Lyric
         "train_chars": len(train_text),
         "vocab_size": len(vocab),
         "val_lines": len(fresh),
-        "val_lines_dropped_as_seen": len(val_lines) - len(fresh),
+        "val_lines_dropped_as_seen": n_val - len(fresh),
         "val_chars": len(val_text),
         "val_oov_chars": int(oov.sum()),
         "val_targets": targets,
@@ -103,7 +133,13 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1) -> Lyric
         "unigram_entropy": unigram_entropy(train_text),
         "val_unigram_loss": unigram_loss(train_text, val_text[1:], vocab),
     }
-    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), val_ids, stats)
+    test_text = " ".join(_unseen(test_lines, train_text))
+    test_ids = vocab.encode_with_unknown(test_text) if test_text else None
+    if test_ids is not None:
+        test_oov = int((test_ids[1:] == vocab.unknown_id).sum())
+        stats |= {"test_lines": len(_unseen(test_lines, train_text)), "test_chars": len(test_text),
+                  "test_targets_scored": len(test_ids) - 1 - test_oov, "test_unigram_loss": unigram_loss(train_text, test_text[1:], vocab)}
+    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), val_ids, stats, test_text, test_ids)
 
 
 def unigram_loss(train_text: str, targets: str, vocab: "Vocab") -> float:

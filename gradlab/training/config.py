@@ -23,6 +23,7 @@ class TrainConfig:
     init: str = "uniform"  # torch.nn's default, the set-up of the published LSTM results
     init_scale: float | None = None  # spectral norm of each recurrent matrix; None keeps the init's own
     forget_bias: float = 0.0  # LSTM only; Jozefowicz et al. 2015 recommend 1
+    dropout: float = 0.0  # on the cell's outputs while training (not the recurrence); 0 keeps the book's set-up
     optimizer: str = "rmsprop"  # Arjovsky et al. 2016: RMSProp, lr 1e-3, decay 0.9
     lr: float = 1e-3
     clip: str = "norm:1"  # global-norm clipping at 1
@@ -32,8 +33,12 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations on the fixed held-out set
     solve_fraction: float = 0.1  # solved: held-out loss below this fraction of the memoryless baseline
     stop_when_solved: bool = False
+    patience: int = 0  # early stopping: evaluations in a row without a new best held-out loss before the run ends; 0: never
+    keep_best: bool = False  # end with the parameters of the best held-out evaluation: they are tested, analysed and sampled
     probe_steps: tuple[int, ...] = ()  # steps at which ||dL/dh_t|| is measured on held-out data (0: at initialisation)
     probe_size: int = 100  # held-out sequences the gradient-flow probe uses
+    context_lengths: tuple[int, ...] = ()  # after training: the loss with the context cut to the last k inputs (empty: skip)
+    context_positions: int = 1000  # scored targets of each text the context analysis uses (a fixed draw)
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -52,9 +57,13 @@ class TrainConfig:
         lookup(DTYPES, self.dtype, "dtype")
         lookup(OPTIMIZERS, self.optimizer, "optimizer")
         parse_clip(self.clip)
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (evaluations without a new best held-out loss; 0: no early stopping), got {self.patience}.")
         for name in ("hidden_size", "seq_len", "batch_size", "steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) (the share of the cell's outputs zeroed while training), got {self.dropout}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         check_init_scale(self.init_scale)
@@ -62,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
             raise ValueError(f"probe_steps must be steps >= 0 (0: at initialisation) and probe_size >= 1, got {self.probe_steps}, {self.probe_size}.")
+        if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.context_lengths) or self.context_positions < 1:
+            raise ValueError(f"context_lengths must be >= 1 and context_positions >= 1, got {self.context_lengths}, {self.context_positions}.")
         beyond = [s for s in self.probe_steps if s > self.steps]
         if beyond:
             raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")

@@ -18,13 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cells import detach
+from ..context import profile
 from ..probes import task_loss_grad_norms
 from ..tasks import Batch, Task
 from ..tasks.base import loss_of
 from ..timing import sync
 from .clipping import global_norm, parse_clip
 from .config import TrainConfig
-from .model import SeqModel, build_model
+from .model import SeqModel, build_model, evaluating
 from .optimizers import make_optimizer
 
 
@@ -39,7 +40,12 @@ class TrainResult:
 
 @torch.no_grad()
 def evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
-    """val_loss and val_metric on the held-out batches (state carried where a batch says so)."""
+    """val_loss and val_metric on the held-out batches (state carried where a batch says so), in eval mode."""
+    with evaluating(model):
+        return _evaluate(model, task, held_out)
+
+
+def _evaluate(model: SeqModel, task: Task, held_out: list) -> dict[str, float]:
     sums: dict[str, float] = {}
     state = None
     for batch in held_out:
@@ -95,7 +101,7 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     device = torch.device(cfg.device)
     model = build_model(
         task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
-        variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias,
+        variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
     )
     params = list(model.parameters())
     opt = make_optimizer(cfg.optimizer, params, cfg.lr)
@@ -109,7 +115,8 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
     if 0 in probe_at:
         result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, 0))
     window: list[dict] = []  # step rows since the last evaluation
-    diverged_step = solved_step = diverged_reason = None
+    diverged_step = solved_step = diverged_reason = stopped_step = None
+    best = {"val_loss": math.inf, "step": None, "params": None, "since": 0}  # the best held-out evaluation so far
     recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
     guess = task.guess_loss(cfg.seq_len)
     state = None
@@ -140,24 +147,56 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         hist = _history_row(model, task, held_out, window, per_epoch, baseline, diverged=not finite)
         if hist["val_loss"] < cfg.solve_fraction * baseline and solved_step is None:
             solved_step = step
+        if hist["val_loss"] < best["val_loss"]:  # NaN (diverged) is never a best
+            best |= {"val_loss": hist["val_loss"], "step": step, "since": 0,
+                     "params": {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.keep_best else None}
+        else:
+            best["since"] += 1
         result.history.append(hist)
-        for name, rows in task.observe(model, hist, cfg.seed).items():
+        with evaluating(model):
+            observed = task.observe(model, hist, cfg.seed)
+        for name, rows in observed.items():
             result.tables.setdefault(name, []).extend(rows)
         bar.set_postfix(val_loss=f"{hist['val_loss']:.4g}")
         window = []
+        if finite and cfg.patience and best["since"] >= cfg.patience:
+            stopped_step = step
+            break
         if not finite or (solved_step is not None and cfg.stop_when_solved):
             break
     bar.close()
-    if diverged_step is None and hasattr(task, "analyse"):  # what the trained model does (lyrics: how far back it looks)
-        for name, rows in task.analyse(model).items():
-            result.tables.setdefault(name, []).extend(rows)
+    if cfg.keep_best and best["params"] is not None:
+        model.load_state_dict(best["params"])  # the selected model: what is tested and analysed
+    usable = diverged_step is None or (cfg.keep_best and best["params"] is not None)  # a diverged run keeps no model ... unless its best
+    tested = {}
+    test_set = task.test_set(cfg.batch_size, cfg.seq_len, device) if hasattr(task, "test_set") else None
+    if usable and test_set:
+        tested = {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
+    if usable and cfg.context_lengths:  # how far back the trained model looks
+        with evaluating(model):
+            for name, rows in context_tables(model, task, held_out, cfg).items():
+                result.tables.setdefault(name, []).extend(rows)
     result.run = {
         "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in params), "baseline": baseline,
         "steps_done": len(result.steps), "steps_per_epoch": per_epoch, "diverged": diverged_step is not None,
         "diverged_step": diverged_step, "diverged_reason": diverged_reason, "solved_step": solved_step,
+        "best_step": best["step"], "best_val_loss": best["val_loss"] if best["step"] is not None else math.nan,
+        "kept": "best" if cfg.keep_best and best["params"] is not None else "last", "stopped_early_step": stopped_step, **tested,
         "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(),
     }
     return result
+
+
+def context_tables(model: SeqModel, task: Task, held_out: list, cfg: TrainConfig) -> dict[str, list[dict]]:
+    """'context': per text, probe and k, the loss with the context cut (or scrambled) before the last k inputs
+    against the full-context loss (gradlab.context); and the task's own analysis (lyrics: input gradients)."""
+    lengths = list(cfg.context_lengths)
+    rows = [{"split": split, **r} for split, items in task.context_items(model, held_out, cfg.context_positions, max(lengths)).items()
+            for r in profile(model, task.spec, items, lengths)]
+    tables = {"context": rows} if rows else {}
+    if hasattr(task, "analyse"):
+        tables |= task.analyse(model, tuple(lengths), cfg.context_positions)
+    return tables
 
 
 def flow_rows(model: SeqModel, task: Task, held_out: list, size: int, step: int) -> list[dict]:
@@ -165,7 +204,8 @@ def flow_rows(model: SeqModel, task: Task, held_out: list, size: int, step: int)
     batch = held_out[0]
     n = min(size, batch.x.shape[1])
     batch = Batch(batch.x[:, :n], batch.y[:, :n], batch.mask)
-    norms = task_loss_grad_norms(model, batch, task.spec)
+    with evaluating(model):
+        norms = task_loss_grad_norms(model, batch, task.spec)
     T = batch.x.shape[0]
     return [{"step": step, "wrt": wrt, "t": t, "distance": T - 1 - t, "state_grad_norm": v}
             for wrt, values in norms.items() for t, v in enumerate(values.cpu().tolist())]

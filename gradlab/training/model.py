@@ -5,8 +5,12 @@ W_x, which is what a one-hot input would compute (the book feeds one-hot vectors
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..cells import Cell, State, create
 from ..tasks import Spec
@@ -20,9 +24,10 @@ class SeqModel(nn.Module):
     The output layer follows the cell's init: under 'uniform' (torch.nn's defaults) it is nn.Linear's,
     U(-1/sqrt(H), 1/sqrt(H)) for weights and bias; otherwise the seed's, N(0, 0.01) and a zero bias."""
 
-    def __init__(self, cell: Cell, output_size: int, seed: int = 0, init: str = "normal"):
+    def __init__(self, cell: Cell, output_size: int, seed: int = 0, init: str = "normal", dropout: float = 0.0):
         super().__init__()
         self.cell = cell
+        self.dropout = dropout  # on the cell's outputs, in training mode only: the non-recurrent connection (Zaremba et al. 2014)
         gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the cell's draws stay the same
         ref = next(cell.parameters())
         H = cell.hidden_size
@@ -39,6 +44,8 @@ class SeqModel(nn.Module):
         out, state = self.cell(x, state)  # (T, B, H)
         if steps is not None:
             out = out[steps]  # (S, B, H): only the scored steps reach the output layer
+        if self.dropout and self.training:
+            out = F.dropout(out, self.dropout)
         return self.readout(out), state
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -48,7 +55,18 @@ class SeqModel(nn.Module):
 
 
 def build_model(spec: Spec, cell: str, impl: str, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                device: str | torch.device = "cpu", **cell_options) -> SeqModel:
+                device: str | torch.device = "cpu", dropout: float = 0.0, **cell_options) -> SeqModel:
     """The cell sized for the task (input_size = vocabulary or vector width) and an output layer of its size."""
     rnn = create(cell, impl, spec.input_size, hidden_size, seed=seed, dtype=dtype, device=device, **cell_options)
-    return SeqModel(rnn, spec.output_size, seed, cell_options.get("init", "normal"))
+    return SeqModel(rnn, spec.output_size, seed, cell_options.get("init", "normal"), dropout)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
