@@ -33,9 +33,11 @@ class Items:
 def item_losses(model: torch.nn.Module, spec: Spec, windows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N,) each target's loss from the last output, the model reading `windows` from a zero state."""
     out = []
+    last_step = torch.zeros(windows.shape[0], dtype=torch.bool, device=windows.device)
+    last_step[-1] = True  # only the last step reaches the output layer (a vocabulary-wide readout per step is most of the cost)
     with torch.no_grad():
         for i in range(0, windows.shape[1], CHUNK):
-            logits, _ = model(windows[:, i : i + CHUNK])
+            logits, _ = model(windows[:, i : i + CHUNK], None, last_step)  # (1, n, O)
             last, y = logits[-1], targets[i : i + CHUNK]  # (n, O)
             if spec.loss == "cross_entropy":
                 out.append(F.cross_entropy(last.double(), y, reduction="none"))
@@ -64,7 +66,8 @@ def _replaced(windows: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.cat([windows[:head].roll(-1, dims=1), windows[head:]])
 
 
-def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: list[int], seed: int = 0) -> list[dict]:
+def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: list[int], seed: int = 0,
+            probes: tuple[str, ...] = PROBES) -> list[dict]:
     """Per probe and k: the mean loss over every item with its context cut (or scrambled) before the last k
     inputs, the mean full-context loss of the same items, and their count. A k at or past an item's
     window is its whole window (for a synthetic sequence, its full context)."""
@@ -74,7 +77,7 @@ def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: li
     loss_full = float(sum(f.sum() for f in full) / n)
     rows = []
     for k in sorted(set(lengths)):
-        for probe in PROBES:
+        for probe in probes:
             total = 0.0
             for g, f in zip(groups, full):
                 keep = min(k, g.windows.shape[0])
@@ -107,19 +110,23 @@ def effective_context(ks: list[int], losses: list[float], full: float, tolerance
     return float(found)
 
 
-def stream_losses(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """(N - 1,) the loss of each next-token target of one long text, the model reading it from its start
-    (state carried from chunk to chunk: the full context); a target outside the vocabulary gives NaN."""
-    vocab = model.W_hq.shape[1]  # (H, V): ids at or past V are outside the vocabulary
+def stream_losses(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """(N,) the loss of the target at each of `positions` (ids[p], predicted from ids[:p]) of one long text,
+    the model reading the text from its start (state carried from chunk to chunk: the full context)."""
+    if len(positions) > 1 and not bool((positions[1:] > positions[:-1]).all()):
+        raise ValueError("stream_losses takes distinct positions in increasing order (the losses come in text order).")
+    wanted = torch.zeros(len(ids), dtype=torch.bool)
+    wanted[positions - 1] = True  # the step that reads ids[p - 1] predicts ids[p]
     losses, state = [], None
     with torch.no_grad():
-        for i in range(0, len(ids) - 1, chunk):
-            x, y = ids[i : i + chunk][: len(ids) - 1 - i], ids[i + 1 : i + 1 + chunk]
-            logits, state = model(x[:, None], state)  # (c, 1, V)
-            known = y < vocab
-            loss = torch.full((len(y),), math.nan, dtype=torch.float64, device=ids.device)
-            loss[known] = F.cross_entropy(logits[:, 0][known].double(), y[known], reduction="none")
-            losses.append(loss)
+        for i in range(0, int(positions.max()), chunk):
+            x = ids[i : min(i + chunk, int(positions.max()))]
+            hidden, state = model.cell(x[:, None].to(next(model.parameters()).device), state)  # (c, 1, H)
+            sel = wanted[i : i + len(x)]
+            if bool(sel.any()):
+                logits = model.readout(hidden[sel.to(hidden.device)])[:, 0]  # (n, V): the output layer only where scored
+                targets = ids[i + 1 : i + 1 + len(x)][sel].to(logits.device)
+                losses.append(F.cross_entropy(logits.double(), targets, reduction="none"))
     return torch.cat(losses)
 
 

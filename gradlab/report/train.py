@@ -112,7 +112,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         sec.key_points.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
                               "that ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")
     if final is not None and len(final):
-        cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "seconds_per_epoch"] if lyrics else
+        cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "best_step", "test_ppl", "seconds_per_epoch"] if lyrics else
                                             ["step", "final_val_loss", "baseline", "loss_over_baseline", "val_metric", "solved", "steps_to_solve"])
         cols += [c for c in ("diverged_step",) if c in final and final[c].notna().any()]
         sec.summaries.append((f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]]))

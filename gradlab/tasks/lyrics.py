@@ -160,7 +160,7 @@ class Lyrics(Task):
         out = {}
         for split, ids in (("held out", held), ("training", self.data.train_ids)):
             pos = self._positions(ids, longest, count)  # (N,) target positions
-            full = stream_losses(model, ids[: int(pos.max()) + 1].to(device))[pos - 1]  # (N,): target p is the (p-1)-th
+            full = stream_losses(model, ids, pos)  # (N,)
             windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]]  # (K, N): the K characters before
             out[split] = [Items(windows.to(device), ids[pos].to(device), full)]
         return out

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cells import detach
-from ..context import profile
+from ..context import PROBES, profile
 from ..probes import task_loss_grad_norms
 from ..tasks import Batch, Task
 from ..tasks.base import loss_of
@@ -192,7 +192,7 @@ def context_tables(model: SeqModel, task: Task, held_out: list, cfg: TrainConfig
     against the full-context loss (gradlab.context); and the task's own analysis (lyrics: input gradients)."""
     lengths = list(cfg.context_lengths)
     rows = [{"split": split, **r} for split, items in task.context_items(model, held_out, cfg.context_positions, max(lengths)).items()
-            for r in profile(model, task.spec, items, lengths)]
+            for r in profile(model, task.spec, items, lengths, probes=PROBES if split != "training" else ("truncate",))]  # scrambles: unseen text
     tables = {"context": rows} if rows else {}
     if hasattr(task, "analyse"):
         tables |= task.analyse(model, tuple(lengths), cfg.context_positions)
