@@ -81,3 +81,23 @@ def test_a_tanh_rnn_that_fails_adding_at_t_100_looks_back_only_a_little():
     r, eff = _trained(task="adding", cell="rnn", seq_len=100, lr=3e-3, hidden_size=64, steps=300)
     assert r.run["solved_step"] is None
     assert eff < 20  # the marked numbers lie anywhere in the first half: a model that used them would need > 50
+
+
+def test_derived_context_over_seeds_counts_a_run_beyond_the_longest_k_as_beyond_not_as_missing():
+    import pandas as pd
+
+    from gradlab.derived.train import context_over_seeds, effective_context as derive_effective
+
+    rows = []
+    for seed, tail in ((0, 5.0), (1, 5.2), (2, 5.0)):  # seed 1: even k = 16 is 4% off its full loss 5.0
+        for k, loss in ((1, 7.0), (8, 5.01), (16, tail)):
+            rows.append({"cell": "gru", "seed": seed, "split": "held out", "probe": "truncate", "k": k, "loss": loss, "loss_full": 5.0})
+            rows.append({"cell": "gru", "seed": seed, "split": "held out", "probe": "shuffle", "k": k, "loss": 5.0, "loss_full": 5.0})
+            rows.append({"cell": "gru", "seed": seed, "split": "training", "probe": "truncate", "k": k, "loss": loss - 1, "loss_full": 4.0})
+    eff = derive_effective(pd.DataFrame(rows), ["cell", "seed"])
+    held = eff[eff["split"] == "held out"].set_index("seed")
+    assert list(held["effective_context"]) == [8, math.inf, 8] and list(held["shuffle_context"]) == [1, 1, 1]
+    assert eff[eff["split"] == "training"]["shuffle_context"].isna().all()  # not run on training text
+    over = context_over_seeds(eff, ["cell", "seed"]).set_index("split")
+    assert (over.loc["held out", "effective_context_median"], over.loc["held out", "effective_context_max"]) == (8, math.inf)
+    assert over.loc["held out", "seeds"] == 3

@@ -75,7 +75,8 @@ def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame
     """Per run and text (gradlab.context's rule, two-sided): effective_context, the smallest k from which every
     longer context stays within the tolerance of the full-context loss; shuffle_context and replace_context,
     the same for the probes that keep the last k inputs and shuffle or replace the ones before (beyond it,
-    order / the inputs themselves no longer matter); the full-context loss, and the loss with the fewest k."""
+    order / the inputs themselves no longer matter); inf where even the longest k is not within (it looks back
+    further than was tried), NaN where a probe was not run; the full-context loss, and the loss with the fewest k."""
     from ..context import effective_context as rule
 
     if "probe" not in context:  # tables of a run before the probes existed: nothing this rule can read
@@ -87,7 +88,8 @@ def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame
         found = {}
         for probe, p in g.groupby("probe"):
             p = p.sort_values("k")
-            found[probe] = rule(p["k"].tolist(), p["loss"].tolist(), full)
+            k = rule(p["k"].tolist(), p["loss"].tolist(), full)
+            found[probe] = math.inf if math.isnan(k) else k  # inf: not within even at the longest k tried; NaN: probe not run
         cut = g[g["probe"] == "truncate"].sort_values("k")
         rows.append(dict(zip(by, key)) | {"effective_context": found.get("truncate"), "shuffle_context": found.get("shuffle"),
                                           "replace_context": found.get("replace"), "longest_context": int(cut["k"].iloc[-1]),
@@ -96,7 +98,9 @@ def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame
 
 
 def context_over_seeds(eff: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per setting and text, over its seeds: the median and range of each context measure."""
+    """Per setting and text, over its seeds: the median and range of each context measure. A run whose loss
+    is not within the tolerance even at the longest k looks back further than was tried: it is inf
+    (effective_context), so the median and the maximum say so instead of skipping it."""
     by = [c for c in columns if c in eff and c not in ("seed", "point")] + ["split"]
     rows = []
     for key, g in eff.groupby(by, dropna=False, sort=False):

@@ -210,11 +210,12 @@ def flow(sec: Section, flow_table: pd.DataFrame | None, settings: list[str]) -> 
 
 
 def _span(row: pd.Series, col: str) -> str:
-    """'median (min-max)' of a context measure over seeds, or the one value; 'beyond k' when not reached."""
+    """'median (min-max)' of a context measure over seeds; inf (not within even at the longest k) as 'beyond'."""
+    def say(v: float) -> str:
+        return "beyond the longest k" if math.isinf(v) else f"{v:g}"
+
     med, lo, hi = row[f"{col}_median"], row[f"{col}_min"], row[f"{col}_max"]
-    if pd.isna(med):
-        return "beyond the longest k"
-    return f"{med:g}" if lo == hi else f"{med:g} ({lo:g}-{hi:g})"
+    return say(med) if lo == hi else f"{say(med)} ({say(lo)} to {say(hi)})"
 
 
 def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, eff: pd.DataFrame | None, settings: list[str],
@@ -231,7 +232,8 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
         for split in dict.fromkeys(o["split"]):
             part = o[o["split"] == split]
             said.append(f"on {split} text " + "; ".join(
-                f"{m} {_span(r, 'effective_context')} (order beyond {_span(r, 'shuffle_context')} ignored)" for m, r in zip(part["model"], [r for _, r in part.iterrows()])))
+                f"{m} {_span(r, 'effective_context')}" + (f" (order beyond {_span(r, 'shuffle_context')} ignored)" if pd.notna(r["shuffle_context_median"]) else "")
+                for m, (_, r) in zip(part["model"], part.iterrows())))
         seeds = sorted(set(o["seeds"].astype(int)))
         sec.key_points.insert(0, "Effective context, the fewest inputs k from which every longer context stays within 1% of the full-context "
                               f"loss (median and range over {' to '.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seed{'s' * (seeds[-1] != 1)}): "
