@@ -138,4 +138,7 @@ def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> di
     plan = read_plan(out)
     if plan is None:
         raise FolderError(f"{out} holds no plan.json: no gradlab run started there.")
-    return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report"}, render)
+    path = Path(out) / folder.MANIFEST
+    before = read_json(path) if path.exists() else {}
+    ended = before.get("ended") if before.get("plan_id") == plan.get("id") else None  # the run's own end, when it wrote one
+    return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report", "ended": ended}, render)

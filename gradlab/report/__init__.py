@@ -86,7 +86,7 @@ def draw(out: Path, into: Path) -> Path:
         blocks.append(page.figure(path, caption))
     title = f"{manifest.get('study', 'gradlab run')} ({manifest.get('profile', '')})"
     failed = int(manifest.get("failed", 0))
-    git = manifest.get("environment", {}).get("git", {})
+    git = manifest.get("code") or manifest.get("environment", {}).get("git", {})  # the code that computed the points
     commit = (git.get("commit") or "unknown commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
     body = [f"<h1>{html.escape(title)}</h1><p class='lede'>{html.escape(manifest.get('description', ''))}</p>",
             f"<p class='run'>{manifest.get('row_count', 0):,} rows from {len(manifest.get('points', []))} points"
