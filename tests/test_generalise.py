@@ -94,3 +94,21 @@ def test_the_generalise_profile_keeps_the_books_regime_untouched():
     assert "dropout" not in resolve(study, config, "book").overridden and book.get("dropout", [0.0]) == [0.0]
     assert gen["text_split"] == ["blocks"] and gen["dropout"] == [0.3] and gen["keep_best"] == [True] and gen["seed"] == [0, 1, 2]
     assert Config().dropout == 0.0 and Config().patience == 0 and not Config().keep_best
+
+
+def test_the_page_opens_with_test_perplexity_over_seeds_against_the_unigram_baseline():
+    import math
+
+    import pandas as pd
+
+    from gradlab.report.page import Section
+    from gradlab.report.train import tested
+
+    final = pd.DataFrame({"cell": ["gru"] * 3 + ["rnn"], "forget_bias": 0.0, "test_ppl": [170.0, 160.0, 166.0, 280.0]})
+    runs = pd.DataFrame({"test_unigram_loss": [math.log(382.0)] * 4})
+    sec = Section()
+    tested(sec, final, runs, "")
+    assert sec.key_points == ["Test perplexity of the kept (best-validation) model, median (range) over seeds: gru 166 (160-170, 3 seeds); "
+                              "rnn 280. The unigram baseline scores 382 on the same test text."]
+    tested(sec, final.drop(columns="test_ppl"), runs, "")  # no test set: nothing said
+    assert len(sec.key_points) == 1

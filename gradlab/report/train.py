@@ -159,11 +159,27 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     longest(sec, t.get("longest_lag"), settings)
     flow(sec, t.get("flow"), settings)
     context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings, t.get("context_over_seeds"))
+    tested(sec, final, runs, named)
     samples = t.get("samples")
     if samples is not None and len(samples):
         last = samples[samples["epoch"] == samples["epoch"].max()]
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy)", last[list(dict.fromkeys(cols))]))
+
+
+def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, named: str) -> None:
+    """The page's first line for a run with a test set: test perplexity of the kept model per model, over
+    its seeds, against the unigram baseline on the same text."""
+    if final is None or "test_ppl" not in final or final["test_ppl"].isna().all() or runs is None or "test_unigram_loss" not in runs:
+        return
+    f = label_models(final)
+    parts = []
+    for model, g in f.groupby("model", sort=False):
+        v = g["test_ppl"].astype(float)
+        parts.append(f"{model} {v.median():.0f}" + (f" ({v.min():.0f}-{v.max():.0f}, {len(v)} seeds)" if len(v) > 1 else ""))
+    unigram = math.exp(float(runs["test_unigram_loss"].iloc[0]))
+    sec.key_points.insert(0, f"{named}Test perplexity of the kept (best-validation) model, median (range) over seeds: " + "; ".join(parts)
+                          + f". The unigram baseline scores {unigram:.0f} on the same test text.")
 
 
 def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xlabel: str, lyrics: bool) -> None:
