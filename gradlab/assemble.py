@@ -112,9 +112,9 @@ def ladder_skips(out: Path, plan: dict, module) -> list[dict]:
     if ladder is None:
         return []
     store = PointStore(out, plan["code"])
-    keys = plan["keys"]
-    known = {i: succeeded_in(store, k, module) for i, k in enumerate(keys) if store.state(k) == "done" or (store.read_meta(k) or {}).get("status") == "failed"}
-    return skipped(plan["coords"], keys, known.get, ladder)
+    saved = set(saved_keys(out, plan))
+    known = {i: succeeded_in(store, k, module) for i, k in enumerate(plan["keys"]) if k in saved}
+    return skipped(plan["coords"], plan["keys"], known.get, ladder)
 
 
 def lags_behind(out: Path) -> dict | None:

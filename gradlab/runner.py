@@ -405,7 +405,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
                 save(outcome)
                 pending.remove(index_of[key])
                 if ladder is not None:
-                    success[index_of[key]] = outcome.error is None and bool(module.succeeded(store.tables(key)))
+                    success[index_of[key]] = bool(succeeded_in(store, key, module))  # as saved: the same test assemble applies
                 failed_now += outcome.error is not None
                 bar.update(1)
                 if failed_now or skipped_now:

@@ -161,7 +161,7 @@ class Lyrics(Task):
         for split, ids in (("held out", held), ("training", self.data.train_ids)):
             pos = self._positions(ids, longest, count)  # (N,) target positions
             full = stream_losses(model, ids, pos)  # (N,)
-            windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]]  # (K, N): the K characters before
+            windows = _windows(ids, pos, longest)  # (K, N): the K characters before
             out[split] = [Items(windows.to(device), ids[pos].to(device), full)]
         return out
 
@@ -175,7 +175,7 @@ class Lyrics(Task):
         ids = self.data.test_ids if self.data.test_ids is not None else self.data.val_ids
         pos = self._positions(ids, longest, count)
         targets = ids[pos].to(device)
-        windows = ids[pos[None, :] - torch.arange(longest, 0, -1)[:, None]].to(device)  # (K, N)
+        windows = _windows(ids, pos, longest).to(device)  # (K, N)
         norms = torch.stack([  # (chunks, K): sequences scored in chunks (the graph holds K x chunk x G*H)
             input_grads_at_last_step(model, windows[:, i : i + 125], lambda out, y=targets[i : i + 125]: F.cross_entropy(out, y, reduction="sum")).pow(2)
             * min(125, len(pos) - i) for i in range(0, len(pos), 125)]).sum(0).div(len(pos)).sqrt()
@@ -190,6 +190,11 @@ class Lyrics(Task):
 
     def stats(self) -> dict:
         return dict(self.data.stats)
+
+
+def _windows(ids: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, N): the k characters before each position."""
+    return ids[pos[None, :] - torch.arange(k, 0, -1)[:, None]]
 
 
 @torch.no_grad()
