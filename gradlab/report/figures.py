@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 CELL_ORDER = ("linear", "rnn", "gru", "lstm")  # simplest first
-NAMELESS = {"model", "split", "quantity"}  # panels and legend entries named by their value alone
+NAMELESS = {"model", "split", "quantity", "recorded"}  # panels and legend entries named by their value alone
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 
 
@@ -258,3 +258,12 @@ def success_rates(df: pd.DataFrame, panel: str, title: str, model_order: list) -
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def flow_over_training(df: pd.DataFrame) -> plt.Figure:
+    """gradlab.flow's records: ||dL/dh_t|| against distance from the loss, one line per recorded training
+    step (a sequential colour: early dark, late light), one panel per module, layer and state part."""
+    where = df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str) + ", dL/d" + df["wrt"].astype(str)
+    return panels_of_lines(df.assign(recorded=where), x="distance", y="grad_norm", panel="recorded", hue="step",
+                           title="Gradient flow while learning (gradlab.flow.watch)", xlabel="distance from the loss (steps)",
+                           ylabel="||dL/ds_t|| (RMS over the batch)", col_wrap=3)
