@@ -189,13 +189,16 @@ def _bare(study, config):
 @main.command("list")
 def list_things() -> None:
     """Studies (with profiles) and every table of names: cells, tasks, measures, optimizers, ..."""
-    from .study import builtin_studies, load_study
+    from .measures import known_measures
+    from .study import known_studies, load_study
+    from .tasks import known_tasks
 
     click.echo("studies:")
-    for name in builtin_studies():
+    for name, (_, source) in known_studies().items():
         study = load_study(name)
-        click.echo(f"  {name:16} measure {study.measure}; profiles: {', '.join(study.profiles) or '-'}")
-    for title, table in TABLES.items():
+        plugin = "" if source.startswith("studies/") else f" (plugin: {source})"
+        click.echo(f"  {name:16} measure {study.measure}; profiles: {', '.join(study.profiles) or '-'}{plugin}")
+    for title, table in (TABLES | {"tasks": known_tasks(), "measures": known_measures()}).items():
         click.echo(f"{title}:")
         for name, text in table.items():
             click.echo(f"  {name:16} {text}")

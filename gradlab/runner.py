@@ -57,8 +57,14 @@ class RunSummary:
 
 
 def point_key(measure: str, config: dict) -> str:
-    """A hash of the resolved config: the cache key of a point."""
-    text = json.dumps({"measure": measure, "config": config}, sort_keys=True, default=str)
+    """A hash of the resolved config (and of the code of any plugin the point runs): the cache key of a point."""
+    from .plugins import code_digests
+
+    keyed = {"measure": measure, "config": config}
+    plugins = code_digests(measure, config)
+    if plugins:  # absent for gradlab's own measures and tasks: their keys stay what they were
+        keyed["plugins"] = plugins
+    text = json.dumps(keyed, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -100,15 +100,24 @@ def builtin_studies() -> dict[str, Path]:
     return {p.stem: p for p in sorted(studies_dir().glob("*.toml"))}
 
 
+def known_studies() -> dict[str, tuple[Path, str]]:
+    """Every study by name -> (its file, how messages name it): gradlab's own, then the installed plugins'
+    (entry-point group gradlab.studies; a built-in name wins)."""
+    from .plugins import study_files
+
+    own = {name: (path, f"studies/{name}.toml") for name, path in builtin_studies().items()}
+    return own | {name: found for name, found in study_files().items() if name not in own}
+
+
 def load_study(ref: str | Path) -> Study:
-    """A study by name (shipped with gradlab) or by path to a TOML file."""
+    """A study by name (shipped with gradlab or an installed plugin) or by path to a TOML file."""
     path = Path(ref)
     source = str(ref)  # as the user named it: a shipped study reads 'studies/NAME.toml', no machine's path
     if not (path.suffix == ".toml" or path.is_file()):  # a folder named like a study is not a study file
-        known = builtin_studies()
+        known = known_studies()
         if str(ref) not in known:
             raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")
-        path, source = known[str(ref)], f"studies/{ref}.toml"
+        path, source = known[str(ref)]
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist.")
     try:

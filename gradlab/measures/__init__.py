@@ -1,13 +1,15 @@
 """Measures: one module per study kind (named in gradlab.names.MEASURES), each with a Config dataclass,
 run(cfg, progress) -> tables (no file I/O; a progress bar inside the point when asked), derive(tables, columns) -> derived tables, COLUMNS (the column
 dictionary: every column it writes, with its unit and meaning), and optionally preflight(configs): checks
-of shared inputs made once before any work. Every table carries every setting as a column."""
+of shared inputs made once before any work. Every table carries every setting as a column. Another package
+may add one under the entry-point group gradlab.measures (its module; optionally with view(tables, manifest))."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
+from .. import plugins
 from ..names import MEASURES, lookup
 
 
@@ -30,7 +32,14 @@ COMMON_COLUMNS: dict[str, str] = {
 }
 
 
+def known_measures() -> dict[str, str]:
+    """Every measure's name and description: the built-in ones, then the installed plugins'."""
+    return plugins.described("measures", MEASURES)
+
+
 def load(name: str) -> ModuleType:
     """The measure's module (imported on demand: torch loads only when a measure runs)."""
-    lookup(MEASURES, name, "measure")
-    return importlib.import_module(f"{__name__}.{name}")
+    if name in MEASURES:
+        return importlib.import_module(f"{__name__}.{name}")
+    lookup(known_measures(), name, "measure")
+    return plugins.load_measure(name, MEASURES)

@@ -16,6 +16,15 @@ from . import cliff, figures, gradient_decay, page, throughput, train
 VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view, "throughput": throughput.view}  # measure -> its view
 
 
+def view_of(measure: str):
+    """The measure's page: gradlab's own, or a plugin measure's view(tables, manifest) (None: tables alone)."""
+    if measure in VIEWS or not measure:
+        return VIEWS.get(measure)
+    from ..measures import known_measures, load
+
+    return getattr(load(measure), "view", None) if measure in known_measures() else None
+
+
 class UnfinishedRun(FileNotFoundError):
     """A folder a run started in but did not finish: the message says how far it got and how to resume."""
 
@@ -50,7 +59,7 @@ def summary_of(out: Path) -> page.Section:
     """A finished run's key points and summary table (nothing drawn): what `gradlab run` prints at the end."""
     manifest = check_finished(out)
     tables = load_tables(out)
-    view = VIEWS.get(manifest.get("measure", ""))
+    view = view_of(manifest.get("measure", ""))
     return view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
 
 
@@ -75,7 +84,7 @@ def draw(out: Path, into: Path) -> Path:
     fig_dir = into / "figures"
     fig_dir.mkdir(exist_ok=True)
     measure = manifest.get("measure", "")
-    view = VIEWS.get(measure)
+    view = view_of(measure)
     section = view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
     blocks = []
     for stem, caption, draw in section.figures:

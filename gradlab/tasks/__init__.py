@@ -1,5 +1,6 @@
 """What the networks learn: one module per task (`gradlab/tasks/<name>.py`, its class in `TASK`), named
-in `gradlab.names.TASKS`. Task parameters are the task class's dataclass fields."""
+in `gradlab.names.TASKS`, or a Task class another package names under the entry-point group gradlab.tasks.
+Task parameters are the task class's dataclass fields."""
 
 from __future__ import annotations
 
@@ -8,22 +9,30 @@ import importlib
 import typing
 from typing import Any
 
+from .. import plugins
 from ..names import TASKS, lookup
 from .base import Batch, Spec, SyntheticTask, Task
 
-__all__ = ["Batch", "Spec", "SyntheticTask", "Task", "task_class", "build", "param_fields"]
+__all__ = ["Batch", "Spec", "SyntheticTask", "Task", "task_class", "build", "param_fields", "known_tasks"]
+
+
+def known_tasks() -> dict[str, str]:
+    """Every task's name and description: the built-in ones, then the installed plugins'."""
+    return plugins.described("tasks", TASKS)
 
 
 def task_class(name: str) -> type[Task]:
     """The task's class (its module is imported on demand: torch loads only when a task is used)."""
-    lookup(TASKS, name, "task")
-    return importlib.import_module(f"{__name__}.{name}").TASK
+    if name in TASKS:
+        return importlib.import_module(f"{__name__}.{name}").TASK
+    lookup(known_tasks(), name, "task")
+    return plugins.load_task(name, TASKS)
 
 
 def param_fields() -> dict[str, Any]:
     """Every task parameter's type by name, over all tasks (a name two tasks share means the same thing)."""
     fields: dict[str, Any] = {}
-    for name in TASKS:
+    for name in known_tasks():
         cls = task_class(name)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):

@@ -1,0 +1,1 @@
+"""A gradlab plugin, installed beside it: the delayed-echo task and a weight-spectrum measure."""

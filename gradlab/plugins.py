@@ -1,0 +1,105 @@
+"""Tasks, measures and studies from other installed packages, named under the entry-point groups
+gradlab.tasks (a Task class), gradlab.measures (a measure module) and gradlab.studies (a package holding
+NAME.toml). No plugin is imported until it is used; a built-in name always wins."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+GROUPS = {"tasks": "gradlab.tasks", "measures": "gradlab.measures", "studies": "gradlab.studies"}
+MEASURE_NEEDS = ("Config", "run", "derive", "COLUMNS")  # what gradlab calls on a measure module (gradlab.measures)
+
+
+class PluginError(ValueError):
+    """An installed plugin that does not give gradlab what its entry point promises."""
+
+
+@functools.lru_cache(maxsize=None)
+def entry_points(kind: str, builtin: frozenset = frozenset()) -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed entry points of one kind by name; one that reuses a built-in name is ignored, with a warning."""
+    found = {}
+    for ep in importlib.metadata.entry_points(group=GROUPS[kind]):
+        if ep.name in builtin:
+            warnings.warn(f"{GROUPS[kind]} entry point {ep.name!r} ({ep.value}) is ignored: gradlab has a built-in {kind[:-1]} of that name.", stacklevel=2)
+        else:
+            found.setdefault(ep.name, ep)
+    return found
+
+
+def described(kind: str, builtin: dict[str, str]) -> dict[str, str]:
+    """The built-in names and descriptions, then every plugin's (named by its entry point and package)."""
+    eps = entry_points(kind, frozenset(builtin))
+    return builtin | {name: f"{ep.value} (plugin from {ep.dist.name if ep.dist else 'an installed package'})" for name, ep in eps.items()}
+
+
+def _load(kind: str, name: str, builtin: dict):
+    ep = entry_points(kind, frozenset(builtin))[name]
+    try:
+        return ep.load()
+    except Exception as exc:  # a plugin's own import error, said with where it came from
+        raise PluginError(f"{GROUPS[kind]} entry point {name!r} = {ep.value!r} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def load_task(name: str, builtin: dict):
+    from .tasks.base import Task
+
+    cls = _load("tasks", name, builtin)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise PluginError(f"gradlab.tasks entry point {name!r} must name a subclass of gradlab.tasks.Task, got {cls!r}.")
+    return cls
+
+
+def load_measure(name: str, builtin: dict) -> ModuleType:
+    module = _load("measures", name, builtin)
+    missing = [attr for attr in MEASURE_NEEDS if not hasattr(module, attr)]
+    if missing:
+        raise PluginError(f"gradlab.measures entry point {name!r} ({getattr(module, '__name__', module)}) lacks {', '.join(missing)}: "
+                          f"a measure module defines {', '.join(MEASURE_NEEDS)} (see gradlab.measures).")
+    return module
+
+
+def study_files() -> dict[str, tuple[Path, str]]:
+    """Installed plugin studies: name -> (the file, how messages name it: 'PACKAGE/NAME.toml')."""
+    out = {}
+    for name, ep in entry_points("studies").items():
+        path = Path(str(importlib.resources.files(ep.value) / f"{name}.toml"))
+        out[name] = (path, f"{ep.value}/{name}.toml")
+    return out
+
+
+def _package_of(kind: str, name: str) -> str | None:
+    from .names import MEASURES, TASKS
+
+    builtin = TASKS if kind == "tasks" else MEASURES
+    if name in builtin:
+        return None
+    ep = entry_points(kind, frozenset(builtin)).get(name)
+    return ep.value.split(":")[0].split(".")[0] if ep else None
+
+
+@functools.lru_cache(maxsize=None)
+def package_digest(package: str) -> str:
+    """sha256 (16 hex digits) over the code of every module of an installed package (docstrings and comments
+    aside, as gradlab's own source digest)."""
+    from .env import code_of
+
+    spec = importlib.util.find_spec(package)
+    root = Path(spec.origin).parent if spec and spec.origin else None
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")) if root else []:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + code_of(path.read_text(encoding="utf-8")).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def code_digests(measure: str, config: dict) -> dict[str, str]:
+    """The plugin packages a point runs (its measure, its task) by name, each with its code digest: part of
+    the point's cache key, so an edit to a plugin recomputes its points and leaves every other point be."""
+    used = {_package_of("measures", measure), _package_of("tasks", str(config.get("task", "")))} - {None}
+    return {package: package_digest(package) for package in sorted(used)}

@@ -1,0 +1,114 @@
+"""Extending an installed gradlab: the example plugin package (examples/gradlab-delay) built and installed
+offline beside it, its task, measure and studies found through entry points, run and reported; a broken
+plugin said plainly; a plugin's code part of its points' cache keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "gradlab-delay"
+GRADLAB = Path(sys.executable).parent / "gradlab"  # this environment's console script
+
+
+@pytest.fixture(scope="module")
+def beside(tmp_path_factory) -> dict:
+    """The example package installed (no index, no build isolation: this environment's setuptools) into a
+    folder of its own that is put on the path: installed beside gradlab, gradlab itself untouched."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    source = tmp / "source"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    site = tmp / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
+                           "--target", str(site), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    env = dict(os.environ, PYTHONPATH=str(site))
+    return {"env": env, "tmp": tmp, "site": site, "source": source}
+
+
+def _gradlab(beside: dict, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(GRADLAB), *args], capture_output=True, text=True, env=beside["env"], cwd=cwd or beside["tmp"], timeout=300)
+
+
+def test_the_installed_plugins_task_measure_and_studies_are_listed(beside):
+    done = _gradlab(beside, "list")
+    assert done.returncode == 0, done.stderr
+    assert "(plugin: gradlab_delay.studies/delay.toml)" in done.stdout
+    assert "weight-spectrum" in done.stdout
+    assert "gradlab_delay.delay:Delay (plugin from gradlab-delay)" in done.stdout
+    assert "gradlab_delay.weight_spectrum (plugin from gradlab-delay)" in done.stdout
+
+
+def test_the_plugins_study_trains_on_its_task_by_name_and_its_parameter_is_a_key(beside):
+    out = beside["tmp"] / "delay-run"
+    done = _gradlab(beside, "run", "delay", "--profile", "quick", "--set", "delay=2,4", "--set", "cell=gru", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs["delay"]) == [2, 4] and set(runs["task"]) == {"delay"}
+    assert (runs["baseline"] - 2.0794415).abs().max() < 1e-6  # ln 8: the task's own baseline
+    again = _gradlab(beside, "run", "delay", "--profile", "quick", "--set", "delay=2,4", "--set", "cell=gru", "--out", str(out))
+    assert "2 cached, 0 computed" in again.stdout, again.stdout  # the plugin's code digest is stable
+
+
+def test_the_plugins_measure_runs_and_its_own_view_draws_the_page(beside):
+    out = beside["tmp"] / "spectrum-run"
+    done = _gradlab(beside, "run", "weight-spectrum", "--set", "cell=rnn", "--set", "init=orthogonal", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    largest = pd.read_parquet(out / "largest.parquet")
+    assert largest["largest"].tolist() == pytest.approx([1.0])  # an orthogonal matrix: every singular value 1
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Spectral norms" in page and "1 recurrent matrices measured." in page and (out / "figures" / "spectra.png").exists()
+    assert json.loads((out / "manifest.json").read_text())["measure"] == "weight_spectrum"
+
+
+def test_a_study_file_runs_by_path_and_a_wrong_name_suggests_the_plugin(beside):
+    study = beside["source"] / "gradlab_delay" / "studies" / "delay.toml"
+    done = _gradlab(beside, "show", str(study))
+    assert done.returncode == 0 and "delay" in done.stdout, done.stderr
+    done = _gradlab(beside, "run", "dealy")
+    assert done.returncode != 0 and "Did you mean 'delay'?" in done.stderr
+
+
+def test_a_broken_plugin_is_named_with_what_it_lacks(tmp_path):
+    """A hand-made installed distribution whose measure entry point names a module without run/derive."""
+    site = tmp_path / "site"
+    (site / "broken_plugin").mkdir(parents=True)
+    (site / "broken_plugin" / "__init__.py").write_text("Config = object\nCOLUMNS = {}\n")
+    info = site / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[gradlab.measures]\nhalf = broken_plugin\n\n[gradlab.tasks]\nnot_a_task = broken_plugin:Config\n")
+    code = ("from gradlab import measures, tasks\n"
+            "for f, n in ((measures.load, 'half'), (tasks.task_class, 'not_a_task')):\n"
+            "    try: f(n)\n"
+            "    except ValueError as e: print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(site)))
+    assert "entry point 'half' (broken_plugin) lacks run, derive" in done.stdout, done.stdout + done.stderr
+    assert "'not_a_task' must name a subclass of gradlab.tasks.Task" in done.stdout
+
+
+def test_a_plugins_code_is_in_its_points_keys_and_nowhere_else(beside):
+    code = ("import json; from gradlab.runner import point_key; from gradlab.plugins import code_digests\n"
+            "print(json.dumps([code_digests('train', {'task': 'delay'}), code_digests('train', {'task': 'adding'}), "
+            "point_key('train', {'task': 'adding'})]))")
+    run = lambda env: json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout)  # noqa: E731
+    with_plugin, adding, adding_key = run(beside["env"])
+    assert list(with_plugin) == ["gradlab_delay"] and adding == {}
+    assert run({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})[2] == adding_key  # installing a plugin changes no built-in point
+    task = beside["site"] / "gradlab_delay" / "delay.py"
+    original = task.read_text()
+    try:
+        task.write_text(original.replace('"""Delayed echo', '"""Delayed echo, reworded'))  # prose: same code
+        assert run(beside["env"])[0] == with_plugin
+        task.write_text(original.replace("return math.log(self.n_symbols)", "return math.log(self.n_symbols) + 0.0"))
+        assert run(beside["env"])[0] != with_plugin
+    finally:
+        task.write_text(original)
