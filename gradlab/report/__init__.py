@@ -90,7 +90,7 @@ def draw(out: Path, into: Path) -> Path:
     for stem, caption, draw in section.figures:
         fig = draw()
         path = fig_dir / f"{stem.strip('-') or 'figure'}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        figures.save(fig, path)  # and its SVG beside it
         figures.close(fig)
         blocks.append(page.figure(path, caption))
     title = f"{manifest.get('study', 'gradlab run')} ({manifest.get('profile', '')})"
@@ -109,8 +109,13 @@ def draw(out: Path, into: Path) -> Path:
         body.append(f"<p class='failed'>{html.escape(note)}</p>")
     if section.key_points or section.summaries:
         body.append("<h2>Summary</h2><div class='key'>" + "".join(f"<p>{html.escape(k)}</p>" for k in section.key_points) + "</div>")
+        if section.notes:
+            body.append(page.details("How to read these numbers", "".join(f"<p>{html.escape(n)}</p>" for n in section.notes)))
         body.extend(page.table(df, title) for title, df in section.summaries)
-    body.append("<h2>Figures</h2>" + ("".join(blocks) or "<p>No figures: the run has no results yet.</p>"))
+    if blocks:
+        body.append("<h2>Figures</h2>" + "".join(blocks))
+    elif not len(tables.get("results", [])):
+        body.append("<h2>Figures</h2><p>No figures: the run has no results yet.</p>")
     shown = list(section.tables)
     failures = tables.get("failures")
     if failures is not None and len(failures):

@@ -16,7 +16,7 @@ from .views import Tables, fixed_settings
 def surface_with_paths(surface: pd.DataFrame, paths: pd.DataFrame, title: str) -> plt.Figure:
     """log10 loss over (w, b) as filled contours, and every path: one colour per clip, markers at its start."""
     wide = surface.pivot_table(index="b", columns="w", values="loss")
-    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    fig, ax = figures.subplots(figsize=(7.2, 5.4))
     filled = ax.contourf(wide.columns, wide.index, np.log10(wide.to_numpy() + 1e-12), levels=30, cmap="viridis")
     fig.colorbar(filled, ax=ax, label="log10 loss")
     colours = dict(zip(sorted(paths["clip"].unique()), ("#ff5a36", "white", "#ffd23f", "#58c4dd")))
@@ -25,13 +25,24 @@ def surface_with_paths(surface: pd.DataFrame, paths: pd.DataFrame, title: str) -
         ax.plot(p["w"], p["b"], "-", color=colours[clip], lw=1.4, label=f"clip {clip}" if start == 0 else None)
         ax.plot(p["w"].iloc[:1], p["b"].iloc[:1], "o", color="black", ms=5)
         ax.plot(p["w"].iloc[-1:], p["b"].iloc[-1:], "x", color=colours[clip], ms=7)
-    ax.set_xlim(wide.columns.min(), wide.columns.max())
-    ax.set_ylim(wide.index.min(), wide.index.max())
+    (w0, w1), (b0, b1) = (wide.columns.min(), wide.columns.max()), (wide.index.min(), wide.index.max())
+    ax.set_xlim(w0, w1)
+    ax.set_ylim(b0, b1)
+    for (clip, start), p in paths.groupby(["clip", "start"], sort=True):  # an end off the surface: marked on its edge, its place written
+        w, b = p.sort_values("step")[["w", "b"]].iloc[-1]
+        if not (w0 <= w <= w1 and b0 <= b <= b1):
+            cw, cb = min(max(w, w0), w1), min(max(b, b0), b1)
+            ax.plot([cw], [cb], marker="^" if b > b1 else "v" if b < b0 else ">" if w > w1 else "<", color=colours[clip], mec="black", ms=9, clip_on=False)
+            ax.annotate(f"ends off the surface at ({w:.2f}, {b:.2f})", (cw, cb), xytext=(-6, -12 if b > b1 else 8), textcoords="offset points",
+                        ha="right", fontsize=8, color="white")
     ax.set_xlabel("w (recurrent weight)")
     ax.set_ylabel("b (bias)")
-    ax.legend(loc="lower right", fontsize=8, title="o start, x end", title_fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))
+    handles["start"] = plt.Line2D([], [], marker="o", ls="", color="black", ms=5)
+    handles["end"] = plt.Line2D([], [], marker="x", ls="", color="0.3", ms=7)
+    figures.legend_below(fig, handles, facecolor="0.45")  # below the surface: never over a start or an end
     return fig
 
 

@@ -21,9 +21,7 @@ def norms_and_thresholds(steps: pd.DataFrame, thresholds: pd.DataFrame, title: s
     """One panel per clipping strategy: the histogram of pre-clip gradient norms (log x), the median
     threshold in force as a dashed line, the share of steps clipped in the corner."""
     order = list(dict.fromkeys(thresholds["clip"]))
-    cols = min(len(order), 4)
-    rows = -(-len(order) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows + 0.8), sharex=True, squeeze=False)
+    fig, axes = figures.panel_grid(len(order), 3, height=2.2, sharex=True)
     finite = steps["grad_norm_pre"][np.isfinite(steps["grad_norm_pre"]) & (steps["grad_norm_pre"] > 0)]
     bins = np.logspace(np.log10(finite.min()), np.log10(finite.max()), 40) if len(finite) else 10
     for ax, clip in zip(axes.flat, order):
@@ -44,7 +42,7 @@ def norms_and_thresholds(steps: pd.DataFrame, thresholds: pd.DataFrame, title: s
 
 
 def fraction_against_threshold(runs: pd.DataFrame, title: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = figures.subplots(figsize=(5.6, 3.6))
     kind = runs["clip"].str.split(":").str[0]
     for k, g in runs.assign(kind=kind).groupby("kind", sort=True):
         ax.plot(g["threshold_over_norm"], g["fraction_clipped"], "o", label=k, ms=6)
@@ -64,7 +62,7 @@ def final_over_lr_and_clip(final: pd.DataFrame, value: str, title: str) -> plt.F
     wide = wide.reindex(list(dict.fromkeys(final["clip"])))
     div = div.reindex(wide.index)
     text = wide.map(lambda v: "" if pd.isna(v) else f"{v:.3g}").where(~div.fillna(False).astype(bool), "div")
-    fig, ax = plt.subplots(figsize=(1.8 + 1.2 * wide.shape[1], 1.2 + 0.42 * wide.shape[0]))
+    fig, ax = figures.subplots(figsize=(min(figures.PAGE_IN - 0.3, 2.6 + 1.0 * wide.shape[1]), 1.2 + 0.36 * wide.shape[0]))
     shown = np.log10(wide.where(~div.fillna(False).astype(bool)).astype(float))
     sns.heatmap(shown, annot=text, fmt="", cmap="mako_r", ax=ax, cbar_kws={"label": f"log10 {value}"}, linewidths=0.5, annot_kws={"fontsize": 8})
     for i, row in enumerate(div.fillna(False).astype(bool).to_numpy()):  # a diverged run has no loss to colour: say so
@@ -85,14 +83,14 @@ def add(sec: Section, t: dict, settings: list[str], lyrics: bool, task: str | No
     named = f"{task}: " if task else ""
     clipped = runs[runs["fraction_clipped"] > 0]
     norm_like = clipped[~clipped["clip"].str.startswith("value")]
+    said = []
     if len(norm_like):
-        sec.key_points.append(named + "Clipping's direction, measured: norm-type clipping (norm, mean, adaptive) keeps it; the cosine between "
-                              f"clipped and unclipped gradient is at least {norm_like['min_cosine'].min():.9f}.")
-    if len(clipped):
-        value = clipped[clipped["clip"].str.startswith("value")]
-        if len(value):
-            sec.key_points.append(f"{named}value clipping turns it: cosines of its clipped steps from {value['min_cosine'].min():.3f} "
-                                  f"(median {value['median_cosine'].median():.3f}).")
+        said.append(f"norm-type clipping (norm, mean, adaptive) keeps it (cosine of clipped to unclipped gradient >= {norm_like['min_cosine'].min():.9f})")
+    value = clipped[clipped["clip"].str.startswith("value")]
+    if len(value):
+        said.append(f"value clipping turns it (cosines from {value['min_cosine'].min():.3f}, median {value['median_cosine'].median():.3f})")
+    if said:
+        sec.key_points.append(named + "Clipping's direction, measured: " + "; ".join(said) + ".")
     for extra, g in group_by_others(runs, settings, DRAWN):
         st = steps[steps["point"].isin(g["point"])]
         stem = f"{task or ''}{extra}".replace(" ", "").replace(",", "-").replace(":", "")

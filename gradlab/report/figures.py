@@ -14,7 +14,41 @@ import seaborn as sns  # noqa: E402
 
 CELL_ORDER = ("linear", "rnn", "gru", "lstm")  # simplest first
 NAMELESS = {"model", "split", "quantity", "recorded"}  # panels and legend entries named by their value alone
-sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+PAGE_PX = 1060  # the report's column (1100 px less its padding): a wider PNG is shrunk, and its text with it
+DPI = 110
+PAGE_IN = PAGE_PX / DPI
+MIN_FONT_PT = 7.0  # 10.7 px at DPI: the smallest text a figure may carry, at the page's own width
+CELL_COLOURS = {"linear": "#7f7f7f", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868"}  # every figure, every study
+IMPL_COLOURS = {"scratch": "#8172b3", "cudnn": "#937860", "scratch-graph": "#da8bc3", "scratch-compiled": "#8c8c8c", "book": "#ccb974"}
+SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45))  # a cell's variants: darker or lighter than the cell
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
+
+
+_STYLED = []
+
+
+def subplots(*args, **kwargs):
+    """plt.subplots in gradlab's style (set once, on first use)."""
+    if not _STYLED:
+        set_style()
+        _STYLED.append(True)
+    return plt.subplots(*args, **kwargs)
+
+
+def set_style() -> None:
+    """seaborn's theme at the page's sizes, with a CJK font after DejaVu Sans where one is installed (the lyrics
+    are Chinese): matplotlib falls back glyph by glyph along the list."""
+    from matplotlib import font_manager
+
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.8)
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *[f for f in CJK_FONTS if f in installed]]
+    plt.rcParams["savefig.dpi"] = DPI
+
+
+def cjk_font() -> str | None:
+    """The CJK font figures fall back to, or None (Chinese text would draw as boxes: install fonts-noto-cjk)."""
+    return next((f for f in plt.rcParams["font.sans-serif"] if f in CJK_FONTS), None)
 
 
 def ordered(values, order: tuple = CELL_ORDER) -> list:
@@ -25,12 +59,71 @@ def ordered(values, order: tuple = CELL_ORDER) -> list:
     return [v for v in order if v in values] + [v for v in values if v not in order]
 
 
-def palette(values, ordered_values: bool = False) -> dict:
-    """One colour per value, the same in every figure of a page (values sorted): a sequential map for
-    ordered quantities (steps, scales) with many values, distinct colours otherwise."""
+def model_colour(label) -> tuple | None:
+    """A model label's colour: its cell's (rnn blue, gru orange, lstm green, linear grey), darker for a forget
+    bias or the reset_before GRU, lighter for the fused impl; None for a label that names no cell."""
+    text = str(label)
+    cell = text.split(" ")[0].rstrip(",")
+    if cell not in CELL_COLOURS:
+        return None
+    rgb = np.array(matplotlib.colors.to_rgb(CELL_COLOURS[cell]))
+    rest = text[len(cell):]
+    for token, amount in SHADES:
+        if token in rest:
+            rgb = rgb * (1 + amount) if amount < 0 else rgb + (1 - rgb) * amount
+    return tuple(float(v) for v in rgb)
+
+
+def palette(values, ordered_values: bool = False, hue: str | None = None) -> dict:
+    """One colour per value, the same in every figure and study: fixed colours for models and cells
+    (model_colour) and impls, a sequential map for ordered quantities (steps, scales) with many values,
+    distinct colours by sorted value otherwise."""
     values = sorted(dict.fromkeys(values), key=lambda v: (str(type(v)), v))
+    if hue == "impl":  # fixed colours, none a cell's; a new impl gets one of the rest
+        spare = iter(c for c in sns.color_palette("deep", 10)[3:] if matplotlib.colors.to_hex(c) not in IMPL_COLOURS.values())
+        return {v: IMPL_COLOURS.get(v) or next(spare, (0.3, 0.3, 0.3)) for v in values}
+    fixed = {v: model_colour(v) for v in values}
+    if values and all(c is not None for c in fixed.values()):
+        seen: dict = {}
+        for v in ordered(values):  # two labels of one shade (say forget bias 1 and 2): the later one darker still
+            c = fixed[v]
+            while c in seen.values():
+                c = tuple(x * 0.75 for x in c)
+            seen[v] = c
+        return seen
     many = ordered_values and len(values) > 4
     return dict(zip(values, sns.color_palette("viridis" if many else "deep", len(values))))
+
+
+def legend_below(fig: plt.Figure, handles: dict, fontsize: float = 8, facecolor: str | None = None) -> None:
+    """The legend under the panels, in as many columns as the page's width holds (none on top of a line);
+    on a `facecolor` box where its colours need one (white lines)."""
+    if not handles:
+        return
+    longest = max(len(str(k)) for k in handles)
+    per_entry = 0.5 + longest * fontsize * 0.55 / 72  # inches: the handle and the text
+    ncol = max(1, min(len(handles), int((min(fig.get_figwidth(), PAGE_IN) - 0.2) // per_entry)))
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=fontsize,
+               frameon=facecolor is not None, facecolor=facecolor)
+
+
+def panel_grid(n: int, col_wrap: int = 3, width: float = 3.0, height: float = 2.4, extra_h: float = 0.9, **kw):
+    """n panels in rows of at most col_wrap, as wide as the page allows."""
+    cols = max(1, min(n, col_wrap))
+    rows = -(-n // cols)
+    w = min(width, (PAGE_IN - 0.7) / cols)
+    return subplots(rows, cols, figsize=(w * cols + 0.7, height * rows + extra_h), squeeze=False, **kw)
+
+
+def save(fig: plt.Figure, path) -> None:
+    """The PNG for the page and an SVG beside it (vector, for papers). A figure wider than the page is
+    drawn at a lower resolution so that the page shows it at its own size (a test keeps them within)."""
+    from pathlib import Path
+
+    path = Path(path)
+    width = fig.get_tightbbox(fig.canvas.get_renderer()).width + 0.2  # inches, with bbox_inches="tight"'s padding
+    fig.savefig(path, dpi=min(DPI, PAGE_PX / width), bbox_inches="tight")
+    fig.savefig(path.with_suffix(".svg"), bbox_inches="tight")
 
 
 def named_missing(values: pd.Series) -> pd.Series:
@@ -47,42 +140,57 @@ def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
 
 def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, title: str, xlabel: str, ylabel: str,
                     panel_order: list | None = None, zeros_at_floor: bool = True, baseline: float | None = None,
-                    style: str | None = None, col_wrap: int = 4, log: bool = True, logx: bool = False,
+                    style: str | None = None, col_wrap: int = 3, log: bool = True, logx: bool = False,
                     cap: float | None = None) -> plt.Figure:
     """One panel per value of `panel`, lines of y against x on a log axis coloured by `hue` (one colour per
     value across panels). Exact zeros cannot sit on a log axis: they are marked at the panel's floor as
-    'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline)."""
+    'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline).
+    A run that diverged (its row's `diverged` true, or y infinite) is drawn up to its divergence and marked
+    there at the top of the axis ('X'); a line of three points or fewer carries markers, so that it shows."""
+    df = df.assign(**{c: named_missing(df[c]) for c in {panel, hue, style} - {None}})
+    broke = ~np.isfinite(df[y].astype(float)) & df[y].notna()
+    if "diverged" in df:
+        broke |= df["diverged"].fillna(False).astype(bool)
+    finite = df[y][np.isfinite(df[y].astype(float)) & ~broke]
+    top = cap if cap is not None else (float(finite.max()) * (3 if log else 1.1) if len(finite) else 1.0)
+    df = df.assign(**{y: df[y].where(~broke, top)}, _broke=broke)
     if cap is not None:  # values beyond the cap are drawn at it (a diverged run should not squash the others)
         df = df.assign(**{y: df[y].clip(upper=cap)})
-    df = df.assign(**{c: named_missing(df[c]) for c in {panel, hue, style} - {None}})
     order = panel_order or ordered(df[panel].unique())
     n = len(order)
-    cols = min(n, col_wrap)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.6, 2.8 * rows + 0.9), sharex=True, sharey=True, squeeze=False)
-    colours = palette(df[hue].unique(), ordered_values=hue in ("step", "init_scale", "seq_len"))
+    fig, axes = panel_grid(n, col_wrap, sharex=True, sharey=True)
+    cols = axes.shape[1]
+    colours = palette(df[hue].unique(), ordered_values=hue in ("step", "init_scale", "seq_len"), hue=hue)
     styles = {v: ls for v, ls in zip(ordered(df[style].unique()), ("-", "--", ":", "-."))} if style else {None: "-"}
     positive = df[y][(df[y] > 0) & np.isfinite(df[y])]
     floor = positive.min() / 3 if len(positive) else 1e-12
     zeros_at_floor = zeros_at_floor and log
-    has_zero = banded = False
+    has_zero = banded = diverged = False
+    broken_at: list = []
     for ax, value in zip(axes.flat, order):
         g = df[df[panel] == value]
         for (h, st), line in g.groupby([hue, style] if style else [hue, panel], sort=False, dropna=False):
             line = line.sort_values(x)
-            pos = line[line[y] > 0] if log else line
+            pos = line[line[y] > 0] if log else line[line[y].notna()]
             label = (str(h) if hue in NAMELESS else f"{hue} {h}") + (f", {style} {st}" if style else "")
             ls = styles.get(st if style else None, "-")
+            marker = "o" if pos[x].nunique() <= 3 else None  # too few points for a line to be seen
             if pos[x].duplicated().any():  # several runs (seeds) at each x: their median, and a band over their middle half
                 banded = True
                 sns.lineplot(data=pos, x=x, y=y, estimator="median", errorbar=("pi", 50), color=colours[h], ls=ls, lw=1.4,
-                             label=label, ax=ax, legend=False)
+                             label=label, ax=ax, legend=False, marker=marker, ms=4)
             else:
-                ax.plot(pos[x], pos[y], color=colours[h], ls=ls, lw=1.4, label=label)
+                ax.plot(pos[x], pos[y], color=colours[h], ls=ls, lw=1.4, label=label, marker=marker, ms=4)
+            ends = line[line["_broke"]]
+            if len(ends):
+                diverged = True
+                broken_at.append((ax, ends[x].to_numpy(), ends[y].to_numpy(), colours[h]))
             zero = line[line[y] == 0]
             if zeros_at_floor and len(zero):
                 has_zero = True
                 ax.plot(zero[x], np.full(len(zero), floor), "x", color=colours[h], ms=5)
+        _mark_divergences(fig, broken_at)
+        broken_at = []
         if baseline is not None:
             ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.set_yscale("log" if log else "linear")
@@ -97,21 +205,37 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
             ax.set_xlabel(xlabel)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    for ax in axes.flat[1:n]:
+    seen = {}  # one plain line per entry: the legend shows colour and dash, never one line's markers
+    for ax in axes.flat[:n]:
         for hd, lb in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lb, hd)
+            seen.setdefault(lb, plt.Line2D([], [], color=hd.get_color(), ls=hd.get_linestyle(), lw=1.4) if isinstance(hd, plt.Line2D) else hd)
     if has_zero:
         seen["exactly 0 (marked at the floor)"] = plt.Line2D([], [], marker="x", ls="", color="0.3")
+    if diverged:
+        seen["diverged here (drawn at the top)" if cap is None else f"diverged here (drawn at {cap:,g})"] = plt.Line2D([], [], marker="X", ls="", color="0.5", mec="black", mew=0.6, ms=7)
     if baseline is not None:
         seen["baseline"] = plt.Line2D([], [], ls="--", color="0.3")
     if banded:
         seen["median of the seeds; band: their middle 50%"] = plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.35)
-    fig.legend(seen.values(), seen.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    legend_below(fig, seen)
     return fig
+
+
+def _mark_divergences(fig: plt.Figure, marks: list) -> None:
+    """An 'X' where each run diverged; runs that diverged at the same place side by side (7 pt apart), so
+    that every one of them shows."""
+    from matplotlib.transforms import offset_copy
+
+    spots: dict = {}
+    for ax, xs, ys, colour in marks:
+        for xv, yv in zip(xs, ys):
+            spots.setdefault((id(ax), xv, yv), (ax, []))[1].append(colour)
+    for (_, xv, yv), (ax, colours) in spots.items():
+        for i, colour in enumerate(colours):
+            shift = offset_copy(ax.transData, fig=fig, x=7 * (i - (len(colours) - 1) / 2), units="points")
+            ax.plot([xv], [yv], "X", color=colour, ms=7, mec="black", mew=0.6, transform=shift, clip_on=False)
 
 
 def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, title: str, center: float = 1.0,
@@ -121,8 +245,13 @@ def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, ti
     panels = list(dict.fromkeys(df[panel]))
     finite = df[values][np.isfinite(df[values])]
     span = max(abs(finite.max() - center), abs(finite.min() - center), 1e-9) if len(finite) else 1.0
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 + 1.6 + 1.25 * df[cols].nunique() * len(panels), 1.3 + 0.42 * df[rows].nunique()),
-                             squeeze=False)
+    label_w = 0.09 * max(len(str(v)) for v in df[rows].unique()) + 0.4  # inches for the row labels
+    panel_w = 0.62 * df[cols].nunique() + 0.3  # 0.62 in a cell holds '~0.999' at 8 pt
+    per_row = max(1, min(len(panels), int((PAGE_IN - label_w - 0.9) // panel_w)))
+    n_rows = -(-len(panels) // per_row)
+    fig, axes = subplots(n_rows, per_row, figsize=(label_w + 0.9 + panel_w * per_row, 0.9 + (0.4 + 0.3 * df[rows].nunique()) * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     for k, (ax, value) in enumerate(zip(axes.flat, panels)):
         g = df[df[panel] == value]
         wide = g.pivot_table(index=rows, columns=cols, values=values, aggfunc="first", dropna=False)
@@ -133,20 +262,41 @@ def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, ti
             fit = g.pivot_table(index=rows, columns=cols, values=weak, aggfunc="first", dropna=False).reindex(wide.index)
             text = text.where(~(fit < weak_below), "~" + text)
         sns.heatmap(wide, annot=text, fmt="", cmap="vlag", center=center, vmin=center - span, vmax=center + span, ax=ax,
-                    cbar=k == len(panels) - 1, cbar_kws={"label": values}, linewidths=0.5, annot_kws={"fontsize": 8})
+                    cbar=False, linewidths=0.5, annot_kws={"fontsize": 8})
         ax.set_title(str(value), fontsize=9)
-        ax.set_ylabel(rows if k == 0 else "")
+        first = k % per_row == 0
+        ax.set_ylabel(rows if first else "")
+        if not first:
+            ax.set_yticklabels([])
         ax.set_xlabel(cols)
+        long_ticks = max((len(str(c)) for c in wide.columns), default=0) > 5
+        ax.tick_params(axis="x", labelrotation=90 if long_ticks else 0)
+        ax.tick_params(axis="y", labelrotation=0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    mappable = plt.cm.ScalarMappable(cmap="vlag", norm=matplotlib.colors.Normalize(center - span, center + span))
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), orientation="horizontal", location="bottom", fraction=0.05 / n_rows, pad=0.32 / n_rows,
+                 aspect=40, label=values)
     return fig
 
 
 def bars(df: pd.DataFrame, x: str, y: str, hue: str | None, title: str, ylabel: str, order: list | None = None) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None, order=order or ordered(df[x].unique()))
+    """Bars of y per x (and hue), in the fixed colours of models and impls; the legend below."""
+    order = order or ordered(df[x].unique())
+    fig, ax = subplots(figsize=(min(PAGE_IN - 0.4, 2.0 + 0.5 * len(order) * max(1, df[hue].nunique() if hue else 1)), 3.2))
+    key = hue or x
+    colours = palette(df[key].unique(), hue=key)
+    sns.barplot(data=df, x=x, y=y, hue=key, ax=ax, errorbar=None, order=order, palette=colours, legend=bool(hue),
+                hue_order=ordered(df[key].unique()) if hue else order)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    if hue and ax.get_legend() is not None:
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+        fig.tight_layout()
+        legend_below(fig, dict(zip(labels, handles)))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -154,20 +304,26 @@ def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
 
+PROBE_MARKERS = {  # marker, colour, face, size, label: distinct in shape and colour, the larger one hollow, so none hides another
+    "jacobian": ("s", "#1b9e77", "none", 9, "measured, ||ds_T/ds_t||"),
+    "hidden": ("o", "#d95f02", None, 5.5, "measured, ||dL/dh_t||"),
+    "independent": ("x", "#7570b3", None, 7, "measured, fresh random gradient each step"),
+    "input": ("^", "#e7298a", None, 6, "measured, ||dL/dx_t||"),
+}
+
+
 def theory_against_measured(theory: pd.DataFrame, measured: pd.DataFrame, edge: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
     """One panel per model: the predicted factor per step against init_scale (line), the measured ones (points,
-    one marker per probe), 1 (dashed) and the edge of chaos (dotted, where the prediction crosses 1)."""
+    one marker and colour per probe), 1 (dashed) and the edge of chaos (dotted, where the prediction crosses 1)."""
     n = len(panel_order)
-    cols = min(n, 5)
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.1 * cols + 0.6, 2.9 * -(-n // cols) + 0.8), squeeze=False)
-    markers = {"hidden": ("o", "measured, ||dL/dh_t||"), "independent": ("x", "measured, fresh random gradient each step"),
-               "jacobian": ("s", "measured, ||ds_T/ds_t||"), "input": ("^", "measured, ||dL/dx_t||")}
+    fig, axes = panel_grid(n, 3, height=2.5)
     for ax, model in zip(axes.flat, panel_order):
         line = theory[theory["model"] == model].sort_values("init_scale")
         ax.plot(line["init_scale"], line["predicted_factor"], "-", color="#2c7fb8", lw=1.6, label="mean-field prediction")
-        for probe, g in measured[measured["model"] == model].groupby("probe"):
-            marker, label = markers.get(probe, ("d", probe))
-            ax.plot(g["init_scale"], g["factor_per_step"], marker, color="#d95f02", ms=6, ls="", label=label)
+        for probe in [p for p in PROBE_MARKERS if p in set(measured["probe"])] + sorted(set(measured["probe"]) - set(PROBE_MARKERS)):
+            g = measured[(measured["model"] == model) & (measured["probe"] == probe)]
+            marker, colour, face, size, label = PROBE_MARKERS.get(probe, ("d", "0.3", None, 6, probe))
+            ax.plot(g["init_scale"], g["factor_per_step"], marker, color=colour, mfc=face or colour, ms=size, mew=1.3, ls="", label=label)
         ax.axhline(1.0, color="0.4", ls="--", lw=1)
         for x in edge.loc[edge["model"] == model, "edge_init_scale"].dropna():
             ax.axvline(x, color="0.2", ls=":", lw=1.2, label=f"edge of chaos, {x:.2f}")
@@ -176,23 +332,25 @@ def theory_against_measured(theory: pd.DataFrame, measured: pd.DataFrame, edge: 
         ax.set_ylim(0, 2)  # the region around 1 that matters; the linear cell's line runs on past it
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    axes[0, 0].set_ylabel("factor per step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("factor per step")
     handles = {}
     for ax in axes.flat[:n]:
         for h, lb in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lb if not lb.startswith("edge") else "edge of chaos (prediction = 1)", h)
-    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    legend_below(fig, handles)
     return fig
 
 
 def finite_size(df: pd.DataFrame, title: str) -> plt.Figure:
     """|measured - predicted| factor against hidden size (log-log), one line per model and probe."""
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    fig, ax = subplots(figsize=(6.2, 3.8))
+    colours = palette(df["model"].unique(), hue="model")
     for (model, probe), g in df.groupby(["model", "probe"], sort=True):
         g = g.sort_values("hidden_size")
-        ax.plot(g["hidden_size"], g["abs_error"], "o-" if probe == "hidden" else "x--", label=f"{model}, {probe}")
+        ax.plot(g["hidden_size"], g["abs_error"], "o-" if probe == "hidden" else "x--", color=colours[model], label=f"{model}, {probe}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("hidden size H")
@@ -207,8 +365,7 @@ def spectra(q: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
     """One panel per model: the singular values of ds_T/ds_t against distance (median line, 25-75% and 5-95%
     bands, largest dotted), their RMS (solid) and the mean-field RMS prediction factor^distance (dashed)."""
     n = len(panel_order)
-    cols = min(n, 5)
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.1 * cols + 0.6, 2.9 * -(-n // cols) + 0.8), squeeze=False, sharey=True)
+    fig, axes = panel_grid(n, 3, height=2.5, sharey=True)
     for ax, model in zip(axes.flat, panel_order):
         g = q[q["model"] == model].sort_values("distance")
         d = g["distance"]
@@ -224,11 +381,12 @@ def spectra(q: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
         ax.set_xlabel("distance from the loss (steps)")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    axes[0, 0].set_ylabel("singular values of ds_T-1/ds_t")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("singular values of ds_T-1/ds_t")
     handles = dict(zip(*axes.flat[0].get_legend_handles_labels()[::-1]))
-    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    legend_below(fig, handles)
     return fig
 
 
@@ -236,27 +394,32 @@ def success_rates(df: pd.DataFrame, panel: str, title: str, model_order: list) -
     """The share of seeds that solved against the lag (log axis, ticks at the lags tried), one line per model
     with its own marker and dashes, so that models at the same rate stay visible; one panel per `panel`."""
     panels = ordered(df[panel].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.4, 3.2), sharey=True, squeeze=False)
-    colours = palette(model_order)
+    fig, axes = panel_grid(len(panels), 2 if len(panels) == 4 else 3, width=3.6, height=2.6, sharey=True)
+    colours = palette(model_order, hue="model")
     lags = sorted(df["seq_len"].unique())
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     for ax, value in zip(axes.flat, panels):
         g = df[df[panel] == value]
         sns.lineplot(data=g, x="seq_len", y="solved_rate", hue="model", style="model", hue_order=model_order, style_order=model_order,
                      palette=colours, markers=True, dashes=True, errorbar=None, ax=ax, legend=ax is axes.flat[0], markersize=7)
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xscale("log")
         ax.set_xticks(lags, [str(v) for v in lags])
         ax.minorticks_off()
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(str(value), fontsize=9)
         ax.set_xlabel("lag (seq_len, steps)")
-    axes.flat[0].set_ylabel("share of seeds solved")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of seeds solved")
     legend = axes.flat[0].get_legend()
+    handles = {}
     if legend is not None:
-        handles, labels = axes.flat[0].get_legend_handles_labels()
+        handles = dict(zip(*axes.flat[0].get_legend_handles_labels()[::-1]))
         legend.remove()
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    legend_below(fig, handles)
     return fig
 
 

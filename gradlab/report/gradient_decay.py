@@ -166,8 +166,8 @@ def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
         size = sizes[-1]  # the largest network: where the theory should hold best
         sec.figures.append((f"theory{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
                             "The factor per step predicted by mean-field theory (line; gradlab.theory, docs/mean_field.md) against the "
-                            "measured ones (points): the true gradient (o) and a fresh random gradient carried one step at a time (x), the "
-                            "quantity the theory computes. Dashed: 1; dotted: the edge of chaos, where the prediction crosses 1.",
+                            "measured ones (points): " + _probes_drawn(set(g["probe"])) + ". Dashed: 1; dotted: the edge of chaos, where "
+                            "the prediction crosses 1.",
                             partial(figures.theory_against_measured, sub_line[sub_line["hidden_size"] == size], g[g["hidden_size"] == size],
                                     sub_edge[sub_edge["hidden_size"] == size],
                                     figures.fixed_title(f"theory and measurement{extra}, H {size}", fixed_settings(g[g["hidden_size"] == size], settings, DRAWN - {"seed"} | {"wrt"})),
@@ -200,3 +200,14 @@ def spectra_figure(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
                             "it does not describe.",
                             partial(figures.spectra, g, figures.fixed_title(f"Jacobian spectra{extra}", fixed_settings(g, settings, DRAWN - {"seed"})),
                                     model_order(g["model"]))))
+
+
+MARKER_WORDS = {"hidden": "the true gradient ||dL/dh_t|| (filled circles)", "jacobian": "the state Jacobian's spectral norm (hollow squares)",
+               "independent": "a fresh random gradient carried one step at a time, the quantity the theory computes (x)",
+               "input": "||dL/dx_t|| (triangles)"}
+
+
+def _probes_drawn(probes: set) -> str:
+    """The caption's words for the markers the theory figure draws: those of the probes in its data, no others."""
+    return "; ".join(MARKER_WORDS.get(p, p) for p in [*MARKER_WORDS, *sorted(probes - set(MARKER_WORDS))] if p in probes)
+

@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-STYLE = """body{font-family:system-ui,-apple-system,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
+STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","WenQuanYi Zen Hei","PingFang SC","Microsoft YaHei",sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .lede{color:#444}.run{color:#666;font-size:.88em}.failed{color:#a00;font-weight:600}
 .key{background:#f3f7fb;border-left:4px solid #4a7fb5;padding:.6em 1em;margin:1em 0}
@@ -26,6 +26,7 @@ class Section:
     """What a measure's view hands the page: prose, figures, tables; all read from stored tables."""
 
     key_points: list[str] = field(default_factory=list)  # sentences, shown first
+    notes: list[str] = field(default_factory=list)  # how to read the numbers (definitions, not findings): folded under the key points
     summaries: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # compact tables of the numbers the study exists for
     figures: list[tuple[str, str, Callable]] = field(default_factory=list)  # (file stem, caption, draw() -> a figure)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
@@ -61,9 +62,12 @@ def table(df: pd.DataFrame, title: str = "", note: str = "", max_rows: int = 200
 
 
 def figure(path: Path, caption: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return (f'<figure><img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    """The PNG inside the page, and a link to the SVG beside it (figures/NAME.svg) for print."""
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    vector = f' <a href="figures/{html.escape(path.with_suffix(".svg").name)}">SVG</a>' if path.with_suffix(".svg").exists() else ""
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}{vector}</figcaption></figure>")
 
 
 def details(title: str, body: str) -> str:

@@ -24,25 +24,45 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
     width follows its number of shapes, so 17 shapes get room to be read."""
     cells = figures.ordered(df["cell"].unique())
     shapes = {c: list(dict.fromkeys(df[df["cell"] == c].sort_values(SHAPE)["shape"])) for c in cells}
-    widths = [max(3.0, 0.5 * len(shapes[c])) for c in cells]
-    fig, axes = plt.subplots(1, len(cells), figsize=(sum(widths) + 1.5, 4.2), sharey=True, squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
-    for ax, cell in zip(axes.flat, cells):
-        g = df[df["cell"] == cell]
-        sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=sorted(df["impl"].unique()))
-        if line is not None:
-            ax.axhline(line, color="0.3", ls="--", lw=1)
-        if log:
-            ax.set_yscale("log")
-        ax.set_title(cell, fontsize=9)
-        ax.set_xlabel("")
-        many = len(shapes[cell]) > 3
-        ax.tick_params(axis="x", labelrotation=90 if many else 20, labelsize=7 if many else 8)
-        if ax is not axes.flat[0] and ax.get_legend():
-            ax.get_legend().remove()
-    axes.flat[0].set_ylabel(ylabel)
+    widths = {c: max(2.2, 0.42 * len(shapes[c])) for c in cells}
+    rows: list[list[str]] = [[]]  # cells packed into rows the page holds, a panel's width following its shapes
+    for c in cells:
+        if rows[-1] and sum(widths[k] for k in rows[-1]) + widths[c] + 1.2 > figures.PAGE_IN:
+            rows.append([])
+        rows[-1].append(c)
+    page_w = min(figures.PAGE_IN - 0.3, max(sum(widths[k] for k in r) for r in rows) + 1.2)
+    heights = [3.0 + (1.3 if any(len(shapes[k]) > 3 for k in r) else 0.3) for r in rows]
+    fig = figures.subplots(figsize=(page_w, sum(heights) + 0.8))[0]
+    fig.clear()
+    grid = fig.add_gridspec(len(rows), 1, height_ratios=heights)
+    impls = sorted(df["impl"].unique())
+    colours = figures.palette(impls, hue="impl")
+    axes_rows = []
+    for i, r in enumerate(rows):
+        used = [widths[k] for k in r]
+        spare = max(page_w - 1.2 - sum(used), 0.0)
+        sub = grid[i].subgridspec(1, len(r) + (spare > 0.05), width_ratios=used + ([spare] if spare > 0.05 else []))
+        axes_rows.append([fig.add_subplot(sub[0, j]) for j in range(len(r))])
+    for row_cells, row_axes in zip(rows, axes_rows):
+        for ax, cell in zip(row_axes, row_cells):
+            g = df[df["cell"] == cell]
+            sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours)
+            if line is not None:
+                ax.axhline(line, color="0.3", ls="--", lw=1)
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(cell, fontsize=9)
+            ax.set_xlabel("")
+            many = len(shapes[cell]) > 3
+            ax.tick_params(axis="x", labelrotation=90 if many else 20, labelsize=8)
+            if ax.get_legend():
+                ax.get_legend().remove()
+        row_axes[0].set_ylabel(ylabel)
+        for ax in row_axes[1:]:
+            ax.set_ylabel("")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    figures.legend_below(fig, {i: plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in impls})
     return fig
 
 

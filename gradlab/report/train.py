@@ -49,7 +49,12 @@ def view(t: Tables, manifest: dict) -> Section:
     tasks = list(dict.fromkeys(t["results"]["task"])) if "task" in t["results"] else [None]
     for task in tasks:
         sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
+        before = len(sec.key_points)
         _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
+        if len(tasks) > 1 and len(sec.key_points) > before + 1:  # one paragraph per task: its name once, then its findings
+            prefix = f"{task}: "
+            said = [k[len(prefix):] if k.startswith(prefix) else k for k in sec.key_points[before:]]
+            sec.key_points[before:] = [prefix + " ".join(said)]
     success(sec, t.get("by_setting"), settings)
     left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
@@ -96,12 +101,12 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     lyrics = "val_ppl" in res and res["val_ppl"].notna().any()
     named = f"{task}: " if task else ""
     if lyrics:
-        sec.key_points.append(named + "Perplexity is exp(mean cross-entropy per next character). Training perplexity is over the last "
+        sec.notes.append(named + "Perplexity is exp(mean cross-entropy per next character). Training perplexity is over the last "
                               "epoch before each evaluation; held-out perplexity over whole lines the model never saw.")
         if runs is not None and "val_targets_scored" in runs and len(runs):
             r = runs.iloc[0]
-            sec.key_points.append(
-                f"Held out: {int(r['val_targets']):,} next-character targets; {int(r['val_targets_scored']):,} in the vocabulary of "
+            sec.notes.append(
+                f"{named}Held out: {int(r['val_targets']):,} next-character targets; {int(r['val_targets_scored']):,} in the vocabulary of "
                 f"{int(r['vocab_size']):,} characters are each scored once, and {int(r['val_targets_oov']):,} outside it are read as "
                 f"context (an unknown-character input) and not scored. A uniform guess scores a perplexity of {int(r['vocab_size']):,}; "
                 f"the baseline, predicting each character by its training frequency, scores {r['unigram_entropy']:.2f} nats per character "
@@ -109,7 +114,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                 + (f" and {r['val_unigram_loss']:.2f} (perplexity {math.exp(r['val_unigram_loss']):.0f}) on the held-out text."
                    if "val_unigram_loss" in r and pd.notna(r["val_unigram_loss"]) else "."))
     else:
-        sec.key_points.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
+        sec.notes.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
                               "that ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")
     if final is not None and len(final):
         cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "best_step", "test_ppl", "seconds_per_epoch"] if lyrics else
@@ -148,7 +153,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                                 partial(figures.panels_of_lines, g, x, "loss_over_baseline", panel="seq_len", hue=hue, style=style,
                                         xlabel=xlabel, ylabel="held-out loss / baseline", baseline=1.0,
                                         title=figures.fixed_title(f"{named}held-out loss / baseline{extra}", fixed))))
-    if final is not None and lyrics and "seconds_per_epoch" in final and not by_clip:
+    if final is not None and lyrics and "seconds_per_epoch" in final and not by_clip and len(final) > 1:  # one bar: the table says it
         f = label_models(final)
         sec.figures.append(("seconds", "Training seconds per epoch (evaluation excluded), median run per model and impl.",
                             partial(figures.bars, f, "model", "seconds_per_epoch", hue="impl" if f["impl"].nunique() > 1 else None,
@@ -164,7 +169,8 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     if samples is not None and len(samples):
         last = samples[samples["epoch"] == samples["epoch"].max()]
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
-        sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy)", last[list(dict.fromkeys(cols))]))
+        sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy; Chinese: a browser without a CJK font, "
+                           "such as Debian's fonts-wqy-zenhei or fonts-noto-cjk, draws it as boxes)", last[list(dict.fromkeys(cols))]))
 
 
 def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, named: str) -> None:
@@ -204,6 +210,8 @@ def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None
     lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
     sec.tables.append(("Longest lag solved (by most seeds) per task and model", lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved",
                                                                                                   "longest_lag_solved"] if c in lag]]))
+    if len(lag) < 2:  # one bar: the table above says it
+        return
     sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model; 0: none of the lags tried.",
                         partial(figures.bars, lag, "task", "longest", hue="model", ylabel="longest lag solved (steps)",
                                 title=figures.fixed_title("longest lag solved", fixed_settings(lag, settings, DRAWN | {"task"})),
@@ -276,6 +284,6 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
         g = label_models(grads)
         sec.figures.append(("context-grads", "||dL/dz|| for the input k characters before the predicted one (z: its row of W_x), "
                             "RMS over held-out positions, with the longest context: how fast the trained model's sensitivity fades.",
-                            partial(figures.panels_of_lines, g.assign(panel="held out"), "distance", "input_grad_norm", panel="panel", hue="model",
+                            partial(figures.panels_of_lines, g.assign(split="held out"), "distance", "input_grad_norm", panel="split", hue="model",
                                     style="impl" if g["impl"].nunique() > 1 else None, xlabel="characters back", ylabel="||dL/dz||",
                                     title=figures.fixed_title("input gradient by distance", fixed_settings(g, settings, DRAWN)))))
