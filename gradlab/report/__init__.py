@@ -87,9 +87,14 @@ def draw(out: Path, into: Path) -> Path:
     view = view_of(measure)
     section = view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
     blocks = []
+    names: set[str] = set()
     for stem, caption, draw in section.figures:
         fig = draw()
-        path = fig_dir / f"{stem.strip('-') or 'figure'}.png"
+        name = base = stem.strip("-") or "figure"
+        while name in names:  # one file per figure, even where a view named two alike
+            name = f"{base}-{len(names)}"
+        names.add(name)
+        path = fig_dir / f"{name}.png"
         figures.save(fig, path)  # and its SVG beside it
         figures.close(fig)
         blocks.append(page.figure(path, caption))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 
 import matplotlib
@@ -42,7 +43,10 @@ def set_style() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.8)
     installed = {f.name for f in font_manager.fontManager.ttflist}
-    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *[f for f in CJK_FONTS if f in installed]]
+    cjk = [f for f in CJK_FONTS if f in installed][:1]
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # a CJK font of weight 500 only is no news per figure
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *cjk]
+    plt.rcParams["font.family"] = ["DejaVu Sans", *cjk]  # named, not 'sans-serif': matplotlib falls back only along named families
     plt.rcParams["savefig.dpi"] = DPI
 
 
@@ -286,7 +290,7 @@ def bars(df: pd.DataFrame, x: str, y: str, hue: str | None, title: str, ylabel: 
     fig, ax = subplots(figsize=(min(PAGE_IN - 0.4, 2.0 + 0.5 * len(order) * max(1, df[hue].nunique() if hue else 1)), 3.2))
     key = hue or x
     colours = palette(df[key].unique(), hue=key)
-    sns.barplot(data=df, x=x, y=y, hue=key, ax=ax, errorbar=None, order=order, palette=colours, legend=bool(hue),
+    sns.barplot(data=df, x=x, y=y, hue=key, ax=ax, errorbar=None, order=order, palette=colours, legend=bool(hue), saturation=1,
                 hue_order=ordered(df[key].unique()) if hue else order)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -46,7 +46,7 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
     for row_cells, row_axes in zip(rows, axes_rows):
         for ax, cell in zip(row_axes, row_cells):
             g = df[df["cell"] == cell]
-            sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours)
+            sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours, saturation=1)
             if line is not None:
                 ax.axhline(line, color="0.3", ls="--", lw=1)
             if log:

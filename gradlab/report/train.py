@@ -49,8 +49,11 @@ def view(t: Tables, manifest: dict) -> Section:
     tasks = list(dict.fromkeys(t["results"]["task"])) if "task" in t["results"] else [None]
     for task in tasks:
         sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
-        before = len(sec.key_points)
+        before, drawn = len(sec.key_points), len(sec.figures)
         _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
+        if len(tasks) > 1:  # each task's figures in files of their own: '<task>-flow-seq_len10', not one file per stem for all
+            sec.figures[drawn:] = [(stem if stem.startswith(str(task)) else f"{task}-{stem}", caption, draw)
+                                   for stem, caption, draw in sec.figures[drawn:]]
         if len(tasks) > 1 and len(sec.key_points) > before + 1:  # one paragraph per task: its name once, then its findings
             prefix = f"{task}: "
             said = [k[len(prefix):] if k.startswith(prefix) else k for k in sec.key_points[before:]]
