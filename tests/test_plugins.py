@@ -98,17 +98,18 @@ def test_a_broken_plugin_is_named_with_what_it_lacks(tmp_path):
 def test_a_plugins_code_is_in_its_points_keys_and_nowhere_else(beside):
     code = ("import json; from gradlab.runner import point_key; from gradlab.plugins import code_digests\n"
             "print(json.dumps([code_digests('train', {'task': 'delay'}), code_digests('train', {'task': 'adding'}), "
-            "point_key('train', {'task': 'adding'})]))")
+            "point_key('train', {'task': 'adding'}), point_key('train', {'task': 'delay'})]))")
     run = lambda env: json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout)  # noqa: E731
-    with_plugin, adding, adding_key = run(beside["env"])
+    with_plugin, adding, adding_key, delay_key = run(beside["env"])
     assert list(with_plugin) == ["gradlab_delay"] and adding == {}
     assert run({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})[2] == adding_key  # installing a plugin changes no built-in point
     task = beside["site"] / "gradlab_delay" / "delay.py"
     original = task.read_text()
     try:
-        task.write_text(original.replace('"""Delayed echo', '"""Delayed echo, reworded'))  # prose: same code
-        assert run(beside["env"])[0] == with_plugin
+        task.write_text(original.replace('"""Delayed echo', '"""Delayed echo, reworded'))  # prose: same code, same points
+        assert run(beside["env"])[3] == delay_key
         task.write_text(original.replace("return math.log(self.n_symbols)", "return math.log(self.n_symbols) + 0.0"))
-        assert run(beside["env"])[0] != with_plugin
+        edited = run(beside["env"])
+        assert edited[0] != with_plugin and edited[3] != delay_key and edited[2] == adding_key  # its points recomputed, no other
     finally:
         task.write_text(original)

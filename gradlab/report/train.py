@@ -52,7 +52,7 @@ def view(t: Tables, manifest: dict) -> Section:
         before, drawn = len(sec.key_points), len(sec.figures)
         _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
         if len(tasks) > 1:  # each task's figures in files of their own: '<task>-flow-seq_len10', not one file per stem for all
-            sec.figures[drawn:] = [(stem if stem.startswith(str(task)) else f"{task}-{stem}", caption, draw)
+            sec.figures[drawn:] = [(stem if str(task) in stem else f"{task}-{stem}", caption, draw)
                                    for stem, caption, draw in sec.figures[drawn:]]
         if len(tasks) > 1 and len(sec.key_points) > before + 1:  # one paragraph per task: its name once, then its findings
             prefix = f"{task}: "
