@@ -245,7 +245,7 @@ class Recorder:
         self.every = every
         self.modules = recurrent_modules(model)
         self.seen = {name: 0 for name in self.modules}  # training calls (gradients enabled) so far
-        self.norms: list[tuple] = []  # (module, step, layer, wrt, t, T, norm tensor), filled during backward
+        self.records: list[dict] = []  # per measured call: (module, step, layer, wrt, t, T) -> its norm, filled during backward
         self._context = _measured(self.modules, self._hooks, self._due)
         self._context.__enter__()
         self._open = True
@@ -255,22 +255,32 @@ class Recorder:
         return (self.seen[name] - 1) % self.every == 0
 
     def _hooks(self, name: str, layers: list[Layer]) -> None:
-        """Hooks on one measured call's taps: each stores its norm when the user's backward reaches it."""
+        """One slot per tap of a measured call, and a hook on each that fills its slot with the norm when the
+        user's backward reaches it."""
         step = self.seen[name] - 1
+        call: dict[tuple, torch.Tensor | None] = {}
         for li, layer in enumerate(layers):
             for wrt, taps in layer.state_taps().items():
                 for t, tap in enumerate(taps):
-                    tap.register_hook(self._store(name, step, li, wrt, t, len(taps)))
+                    where = (name, step, li, wrt, t, len(taps))
+                    call[where] = None
+                    tap.register_hook(self._store(call, where))
+        self.records.append(call)
 
-    def _store(self, *where):
+    @staticmethod
+    def _store(call: dict, where: tuple):
         def hook(grad: torch.Tensor) -> None:
-            self.norms.append((*where, grad.detach().double().pow(2).sum(-1).mean().sqrt()))
+            call[where] = grad.detach().double().pow(2).sum(-1).mean().sqrt()
         return hook
 
     def table(self):
-        """The records so far: module, step (the layer's training call, from 0), layer, probe, wrt, t, distance, grad_norm."""
-        rows = [{"module": m, "step": s, "layer": li, "probe": "hidden", "wrt": wrt, "t": t, "distance": T - 1 - t, "grad_norm": float(v)}
-                for m, s, li, wrt, t, T, v in self.norms]
+        """The records so far: module, step (the layer's training call, from 0), layer, probe, wrt, t, distance,
+        grad_norm. A call that has been through a backward gives every state: one the loss has no path from
+        (the last step's c) reads 0; a call not yet through one is left out."""
+        rows = [{"module": m, "step": s, "layer": li, "probe": "hidden", "wrt": wrt, "t": t, "distance": T - 1 - t,
+                 "grad_norm": 0.0 if v is None else float(v)}
+                for call in self.records if any(v is not None for v in call.values())
+                for (m, s, li, wrt, t, T), v in call.items()]
         frame = _to_frame(rows)
         return frame.sort_values(["module", "step", "layer", "wrt", "t"], ignore_index=True) if len(frame) else frame
 

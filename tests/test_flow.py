@@ -150,6 +150,9 @@ def test_the_recorders_figure_draws_one_line_per_recorded_step(tmp_path):
     for _ in range(3):
         model(x).sum().backward()
     fig = recorder.figure()
+    table = recorder.table()
+    assert len(table) == 3 * 2 * 5  # steps x (h, c) x T: the last c, which the loss has no path from, reads 0
+    assert table.query("wrt == 'c' and distance == 0")["grad_norm"].eq(0).all()
     lines = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) >= 4]  # dL/dc at distance 0 is 0: off the log axis
     assert len(lines) == 3 * 2  # 3 steps x (h, c) panels
     recorder.figure(tmp_path / "flow.svg")

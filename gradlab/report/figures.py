@@ -430,7 +430,8 @@ def success_rates(df: pd.DataFrame, panel: str, title: str, model_order: list) -
 def flow_over_training(df: pd.DataFrame) -> plt.Figure:
     """gradlab.flow's records: ||dL/dh_t|| against distance from the loss, one line per recorded training
     step (a sequential colour: early dark, late light), one panel per module, layer and state part."""
+    df = df.sort_values(["module", "layer", "wrt"], key=lambda c: c.map({"h": 0, "c": 1}) if c.name == "wrt" else c)
     where = df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str) + ", dL/d" + df["wrt"].astype(str)
     return panels_of_lines(df.assign(recorded=where), x="distance", y="grad_norm", panel="recorded", hue="step",
-                           title="Gradient flow while learning (gradlab.flow.watch)", xlabel="distance from the loss (steps)",
-                           ylabel="||dL/ds_t|| (RMS over the batch)", col_wrap=3)
+                           title="Gradient flow while learning (gradlab.flow.watch)", xlabel="steps before the last (T-1-t)",
+                           ylabel="||dL/ds_t|| (RMS over the batch)", col_wrap=3, panel_order=list(dict.fromkeys(where)))

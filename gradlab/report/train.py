@@ -145,14 +145,14 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
             sec.figures.append((f"perplexity-{stem}",
                                 f"Training and held-out perplexity against {xlabel}, one panel per split, one colour per {hue}"
                                 + (", line style per impl" if style else "") + f"; perplexities above {PPL_CAP:,} are drawn at "
-                                f"{PPL_CAP:,}. A line that stops: the run diverged there.",
+                                f"{PPL_CAP:,}. X: the run diverged there (drawn at the top).",
                                 partial(figures.panels_of_lines, long, x, "perplexity", panel="split", hue=hue, style=style, xlabel=xlabel,
                                         ylabel="perplexity", panel_order=["training", "held out"], cap=PPL_CAP,
                                         title=figures.fixed_title(f"{named}perplexity{extra}", fixed))))
         else:
             sec.figures.append((f"loss-{stem}",
                                 f"Held-out loss over the memoryless baseline against {xlabel} (log axis; dashed: the baseline, 1), "
-                                f"one panel per lag, one colour per {hue}. A line that stops: the run diverged (or was solved) there.",
+                                f"one panel per lag, one colour per {hue}. X: the run diverged there (drawn at the top); a line that stops without one was solved.",
                                 partial(figures.panels_of_lines, g, x, "loss_over_baseline", panel="seq_len", hue=hue, style=style,
                                         xlabel=xlabel, ylabel="held-out loss / baseline", baseline=1.0,
                                         title=figures.fixed_title(f"{named}held-out loss / baseline{extra}", fixed))))
