@@ -86,7 +86,53 @@ def test_the_page_flags_noise_and_quotes_no_ratio_for_it():
     (dict(mode="backward"), "Unknown mode 'backward'"),
     (dict(workload="lyrics_epoch", cell="rnn"), "gru and lstm"),
     (dict(repeats=0), "repeats must be >= 1"),
+    (dict(workload="train_step", optimizer="adamw"), "Unknown optimizer 'adamw'"),
+    (dict(workload="train_step", clip="norm"), "clip"),
+    (dict(workload="trainstep"), "Did you mean 'train_step'"),
 ])
 def test_bad_settings_say_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Config(**kwargs).validate()
+
+
+def test_the_train_step_workload_times_one_optimiser_step_as_the_trainer_takes_it():
+    """The timed call is training.loop.train_step on the adding task: it moves the parameters exactly as
+    the trainer's first step from the same model and batch does."""
+    import torch
+
+    from gradlab.measures import throughput as tp
+    from gradlab.tasks import build
+    from gradlab.training.clipping import parse_clip
+    from gradlab.training.loop import train_step
+    from gradlab.training.model import build_model
+    from gradlab.training.optimizers import make_optimizer
+
+    cfg = Config(workload="train_step", cell="lstm", seq_len=12, batch_size=4, hidden_size=8, lr=0.01)
+    batch = build("adding", {}).sample(torch.Generator().manual_seed(0), 4, 12)
+    call, cell = tp._train_step_call(cfg, "scratch", batch)
+    call()
+    spec = build("adding", {}).spec
+    model = build_model(spec, "lstm", "scratch", 8, seed=0, init="uniform")
+    params = list(model.parameters())
+    train_step(model, spec, batch, None, make_optimizer("rmsprop", params, 0.01), parse_clip("norm:1"), params)
+    for a, b in zip(cell.parameters(), model.cell.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rows = tp.run(cfg.__class__(**{**cfg.__dict__, "repeats": 2, "warmup": 1, "noise_retries": 0}))["results"]
+    assert {r["impl"] for r in rows} == {"scratch", "cudnn"} and all(r["ms_median"] > 0 for r in rows)
+    assert rows[0]["flops"] == pytest.approx(rows[1]["flops"])  # the same matmuls counted for both (I = 2, forward and backward)
+
+
+def test_time_shares_sum_to_one_and_put_a_matmul_in_matmul():
+    import torch
+
+    from gradlab.timeshare import BUCKETS, bucket_of, time_shares
+
+    assert [bucket_of(n) for n in ("aten::mm", "aten::mkldnn_rnn_layer", "aten::sigmoid_backward", "aten::slice",
+                                   "autograd::engine::evaluate_function: MmBackward0", "LSTMSequenceBackward", "aten::nonzero")] == [
+        "matmul", "fused recurrent kernel", "element-wise", "views and allocation", "autograd engine", "Python and dispatch", "other kernels"]
+    a = torch.randn(400, 400)
+    shares = time_shares(lambda: a @ a, repeats=3, warmup=1)
+    assert set(shares) == set(BUCKETS) | {"wall_ms"} and sum(shares[b] for b in BUCKETS) == pytest.approx(1.0)
+    assert shares["matmul"] > 0.5
+    x = torch.randn(200, 200)
+    assert time_shares(lambda: [torch.tanh(x) for _ in range(20)], repeats=3)["element-wise"] > 0.3

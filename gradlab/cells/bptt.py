@@ -34,8 +34,8 @@ class RNNSequence(torch.autograd.Function):
     def forward(ctx, inputs: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
         outputs = torch.empty_like(inputs)
         h = h0
-        for t in range(inputs.shape[0]):
-            h = torch.tanh(torch.addmm(inputs[t], h, w_h), out=outputs[t])
+        for x_t, h_t in zip(inputs.unbind(0), outputs.unbind(0)):  # views made once, not per step
+            h = torch.tanh(torch.addmm(x_t, h, w_h, out=h_t), out=h_t)
         ctx.save_for_backward(h0, w_h, outputs)
         return outputs
 
@@ -46,16 +46,20 @@ class RNNSequence(torch.autograd.Function):
         grad_a = torch.empty_like(outputs)  # d loss / d (pre-activation), every step
         grad_h = torch.zeros_like(h0)
         w_t = w_h.T
-        for t in range(outputs.shape[0] - 1, -1, -1):
-            torch.ops.aten.tanh_backward(grad_h + grad_out[t], outputs[t], grad_input=grad_a[t])
+        T = outputs.shape[0]
+        for t, go_t, h_t, ga_t in zip(range(T - 1, -1, -1), *(reversed(x.unbind(0)) for x in (grad_out, outputs, grad_a))):
+            torch.ops.aten.tanh_backward(grad_h + go_t, h_t, grad_input=ga_t)
             if t or ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
-                grad_h = grad_a[t] @ w_t
+                grad_h = ga_t @ w_t
         return grad_a, grad_h if ctx.needs_input_grad[1] else None, weight_grad(h0, outputs, grad_a)
 
 
 class LSTMSequence(torch.autograd.Function):
     """inputs (T, B, 4H) = x W_x + b (i, f, o, c parts), h0, c0 (B, H), w_h (H, 4H) -> outputs h (T, B, H)
-    and the last cell state c_T (B, H)."""
+    and the last cell state c_T (B, H). At these sizes a kernel launch costs more than its arithmetic, so
+    per-step views are made once for all steps (unbind, split), and the backward's factors that do not
+    depend on the incoming gradient (the activations' derivatives) are formed for all steps at once before
+    its loop: 8 kernels per step instead of 12."""
 
     @staticmethod
     def forward(ctx, inputs: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: torch.Tensor):
@@ -66,13 +70,17 @@ class LSTMSequence(torch.autograd.Function):
         g_all = inputs.new_empty(T, B, H)
         c_all = inputs.new_empty(T, B, H)
         tanh_c = inputs.new_empty(T, B, H)
+        gates = inputs.new_empty(B, G)  # one step's pre-activations, reused
+        gates_ifo, gates_g = gates[:, : 3 * H], gates[:, 3 * H :]
+        i_all, f_all, o_all = (part.unbind(0) for part in ifo_all.split(H, dim=2))
+        steps = zip(inputs.unbind(0), outputs.unbind(0), ifo_all.unbind(0), i_all, f_all, o_all, g_all.unbind(0), c_all.unbind(0), tanh_c.unbind(0))
         h, c = h0, c0
-        for t in range(T):
-            gates = torch.addmm(inputs[t], h, w_h)  # (B, 4H)
-            ifo = torch.sigmoid(gates[:, : 3 * H], out=ifo_all[t])
-            g = torch.tanh(gates[:, 3 * H :], out=g_all[t])
-            c = torch.addcmul(ifo[:, H : 2 * H] * c, ifo[:, :H], g, out=c_all[t])  # f c + i g
-            h = torch.mul(ifo[:, 2 * H :], torch.tanh(c, out=tanh_c[t]), out=outputs[t])  # o tanh(c)
+        for x_t, h_t, ifo_t, i, f, o, g_t, c_t, tc_t in steps:
+            torch.addmm(x_t, h, w_h, out=gates)  # (B, 4H)
+            torch.sigmoid(gates_ifo, out=ifo_t)
+            torch.tanh(gates_g, out=g_t)
+            c = torch.addcmul(f * c, i, g_t, out=c_t)  # f c + i g
+            h = torch.mul(o, torch.tanh(c, out=tc_t), out=h_t)  # o tanh(c)
         ctx.save_for_backward(h0, c0, w_h, outputs, ifo_all, g_all, c_all, tanh_c)
         return outputs, c_all[-1]
 
@@ -81,27 +89,34 @@ class LSTMSequence(torch.autograd.Function):
         refuse_second_derivative()
         h0, c0, w_h, outputs, ifo_all, g_all, c_all, tanh_c = ctx.saved_tensors
         T, B, H = outputs.shape
-        aten = torch.ops.aten
+        i_all, f_all, o_all = ifo_all.split(H, dim=2)
+        c_prev = torch.cat([c0[None], c_all[:-1]])  # (T, B, H)
+        dh_dc = o_all * (1 - tanh_c * tanh_c)  # dh/dc at fixed o, every step
+        dig = i_all * (1 - g_all * g_all)  # d(i g)/d(pre-activation of g)
+        dsig = ifo_all * (1 - ifo_all)  # sigmoid's derivative, (T, B, 3H)
         grad_a = outputs.new_empty(T, B, 4 * H)  # d loss / d (gate pre-activations), every step
         d_ifo = outputs.new_empty(B, 3 * H)
-        grad_h = torch.zeros_like(h0)
+        d_i, d_f, d_o = d_ifo.split(H, dim=1)
         grad_c = grad_c_last.clone() if grad_c_last is not None else torch.zeros_like(c0)
         w_t = w_h.T
-        for t in range(T - 1, -1, -1):
-            i, f, o = ifo_all[t, :, :H], ifo_all[t, :, H : 2 * H], ifo_all[t, :, 2 * H :]
-            c_prev = c_all[t - 1] if t else c0
-            dh = grad_h + grad_out[t]
-            torch.mul(dh, tanh_c[t], out=d_ifo[:, 2 * H :])  # d o
-            grad_c = grad_c + aten.tanh_backward(dh * o, tanh_c[t])  # through h = o tanh(c)
-            torch.mul(grad_c, g_all[t], out=d_ifo[:, :H])  # d i
-            torch.mul(grad_c, c_prev, out=d_ifo[:, H : 2 * H])  # d f
-            aten.sigmoid_backward(d_ifo, ifo_all[t], grad_input=grad_a[t, :, : 3 * H])
-            aten.tanh_backward(grad_c * i, g_all[t], grad_input=grad_a[t, :, 3 * H :])
+        grad_h = None
+        steps = zip(range(T - 1, -1, -1), *(reversed(seq.unbind(0)) for seq in (
+            f_all, c_prev, tanh_c, g_all, dh_dc, dig, dsig, grad_a[..., : 3 * H], grad_a[..., 3 * H :], grad_a)))
+        grad_outs = grad_out.unbind(0)
+        dh = grad_outs[-1]
+        for t, f, cp_t, tc_t, g_t, dhdc_t, dig_t, dsig_t, ga_ifo, ga_g, ga_t in steps:
+            torch.mul(dh, tc_t, out=d_o)  # d o
+            grad_c = torch.addcmul(grad_c, dh, dhdc_t)  # through h = o tanh(c)
+            torch.mul(grad_c, g_t, out=d_i)  # d i
+            torch.mul(grad_c, cp_t, out=d_f)  # d f
+            torch.mul(d_ifo, dsig_t, out=ga_ifo)
+            torch.mul(grad_c, dig_t, out=ga_g)
             grad_c = grad_c * f
-            if t or ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
-                grad_h = grad_a[t] @ w_t
-        return (grad_a, grad_h if ctx.needs_input_grad[1] else None, grad_c if ctx.needs_input_grad[2] else None,
-                weight_grad(h0, outputs, grad_a))
+            if t:  # the next step back's dh: its own output gradient plus the recurrence's
+                dh = torch.addmm(grad_outs[t - 1], ga_t, w_t)
+            elif ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
+                grad_h = ga_t @ w_t
+        return (grad_a, grad_h, grad_c if ctx.needs_input_grad[2] else None, weight_grad(h0, outputs, grad_a))
 
 
 class GRUSequence(torch.autograd.Function):
@@ -117,11 +132,15 @@ class GRUSequence(torch.autograd.Function):
         cand_all = inputs.new_empty(T, B, H)
         a_all = inputs.new_empty(T, B, 3 * H)  # h W_h + bias; its last H columns are what r multiplies
         h = h0
-        for t in range(T):  # every result lands in its buffer (out=): no copies
-            a = torch.addmm(bias, h, w_h, out=a_all[t])  # (B, 3H)
-            zr = torch.sigmoid(inputs[t, :, : 2 * H] + a[:, : 2 * H], out=zr_all[t])
-            cand = torch.tanh(torch.addcmul(inputs[t, :, 2 * H :], zr[:, H:], a[:, 2 * H :]), out=cand_all[t])
-            h = torch.lerp(cand, h, zr[:, :H], out=outputs[t])  # z h + (1 - z) cand
+        x_zr, x_h = inputs.split([2 * H, H], dim=2)
+        a_zr, a_h = a_all.split([2 * H, H], dim=2)
+        steps = zip(x_zr.unbind(0), x_h.unbind(0), a_all.unbind(0), a_zr.unbind(0), a_h.unbind(0), zr_all.unbind(0),
+                    zr_all[..., :H].unbind(0), zr_all[..., H:].unbind(0), cand_all.unbind(0), outputs.unbind(0))  # views made once
+        for xzr_t, xh_t, a_t, azr_t, ah_t, zr_t, z_t, r_t, cand_t, h_t in steps:  # every result lands in its buffer (out=): no copies
+            torch.addmm(bias, h, w_h, out=a_t)  # (B, 3H)
+            torch.sigmoid(xzr_t + azr_t, out=zr_t)
+            cand = torch.tanh(torch.addcmul(xh_t, r_t, ah_t), out=cand_t)
+            h = torch.lerp(cand, h, z_t, out=h_t)  # z h + (1 - z) cand
         ctx.save_for_backward(h0, w_h, outputs, zr_all, cand_all, a_all[..., 2 * H :])
         return outputs
 
@@ -136,18 +155,21 @@ class GRUSequence(torch.autograd.Function):
         w_t = w_h.T
         aten = torch.ops.aten  # tanh_backward(g, y) = g (1 - y^2), sigmoid_backward(g, y) = g y (1 - y): one kernel each
         d_zr = grad_out.new_empty(B, 2 * H)
-        for t in range(T - 1, -1, -1):
-            h_prev = outputs[t - 1] if t else h0
-            z, r = zr_all[t, :, :H], zr_all[t, :, H:]
-            dh = grad_h + grad_out[t]
-            d_cand = aten.tanh_backward(dh - dh * z, cand_all[t])  # (B, H), through tanh
-            grad_x_h[t] = d_cand
-            torch.mul(dh, h_prev - cand_all[t], out=d_zr[:, :H])
-            torch.mul(d_cand, hh_all[t], out=d_zr[:, H:])
-            grad_a[t, :, : 2 * H] = aten.sigmoid_backward(d_zr, zr_all[t])
-            torch.mul(d_cand, r, out=grad_a[t, :, 2 * H :])
+        d_z, d_r = d_zr.split(H, dim=1)
+        ga_zr, ga_h = grad_a.split([2 * H, H], dim=2)
+        h_prevs = (h0, *outputs.unbind(0)[:-1])
+        steps = zip(range(T - 1, -1, -1), *(reversed(seq) for seq in (
+            h_prevs, zr_all[..., :H].unbind(0), zr_all[..., H:].unbind(0), zr_all.unbind(0), grad_out.unbind(0), cand_all.unbind(0),
+            hh_all.unbind(0), grad_x_h.unbind(0), ga_zr.unbind(0), ga_h.unbind(0), grad_a.unbind(0))))  # views made once
+        for t, h_prev, z, r, zr_t, go_t, cand_t, hh_t, gxh_t, gazr_t, gah_t, ga_t in steps:
+            dh = grad_h + go_t
+            aten.tanh_backward(dh - dh * z, cand_t, grad_input=gxh_t)  # (B, H), through tanh: d cand
+            torch.mul(dh, h_prev - cand_t, out=d_z)
+            torch.mul(gxh_t, hh_t, out=d_r)
+            aten.sigmoid_backward(d_zr, zr_t, grad_input=gazr_t)
+            torch.mul(gxh_t, r, out=gah_t)
             if t or ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
-                grad_h = torch.addmm(dh * z, grad_a[t], w_t)
+                grad_h = torch.addmm(dh * z, ga_t, w_t)
         grad_inputs = torch.cat([grad_a[..., : 2 * H], grad_x_h], dim=-1)  # (T, B, 3H)
         grad_w = weight_grad(h0, outputs, grad_a)
         grad_bias = grad_a.sum((0, 1))

@@ -10,15 +10,18 @@ import torch
 
 from ..cells import check, create
 from ..names import DTYPES, lookup
+from ..timeshare import BUCKETS, time_shares
 from ..timing import interleaved_times, layer_flops, matmul_peak, sync
 from . import COMMON_COLUMNS
 
-WORKLOADS = ("cell", "lyrics_epoch")
+WORKLOADS = ("cell", "train_step", "lyrics_epoch")
 MODES = ("forward", "forward+backward")
 GRAPHED = "scratch-graph"  # the scratch cell's whole forward+backward captured once as a CUDA graph, then replayed
 
 COLUMNS = COMMON_COLUMNS | {
-    "workload": "cell: one recurrent layer on random data; lyrics_epoch: one training epoch of the book's model",
+    "workload": "cell: one recurrent layer on random data; train_step: one optimiser step as the trainer takes it (the adding task: "
+                "forward, loss, backward, clipping with its telemetry, the update and its norm); lyrics_epoch: one training epoch of the book's model",
+    "optimizer": "train_step: the optimiser", "lr": "train_step: its learning rate", "clip": "train_step: the clipping strategy",
     "impls": "the impls timed in the point, interleaved", "input_size": "input width I (empty: equal to hidden_size)",
     "mode": "forward, or forward+backward (the issue's 'pass')", "repeats": "timed runs per impl", "warmup": "untimed runs first",
     "ms_median": "median milliseconds per call (per epoch for lyrics_epoch)", "ms_iqr": "interquartile range of the timed runs (ms)",
@@ -30,6 +33,8 @@ COLUMNS = COMMON_COLUMNS | {
     "ratio_to_fused": "ms_median over the fused kernel's (cudnn) in the same point", "matmul_only_ms": "lyrics_epoch: the epoch's matmuls run alone",
     "epoch_over_matmuls": "lyrics_epoch: the epoch's time over its matmuls' time alone",
     "ratio_to_book": "lyrics_epoch: ms_median over the book's code's",
+    "time_shares": "whether each impl was also profiled (torch.profiler) for where its time goes",
+    **{f"share_{b.replace(' ', '_').replace('-', '_')}": f"share of the profiled wall time in {b} (gradlab.timeshare)" for b in BUCKETS},
 }
 
 
@@ -49,12 +54,24 @@ class Config:
     warmup: int = 3
     noise_retries: int = 2  # a point whose timings are noise is timed again, up to this many times
     seed: int = 0
+    time_shares: bool = False  # also profile each impl (gradlab.timeshare): where its time goes
+    optimizer: str = "rmsprop"  # train_step: the long-range studies' optimiser and clipping (Arjovsky et al. 2016)
+    lr: float = 1e-3
+    clip: str = "norm:1"
 
     def validate(self) -> None:
         lookup({w: w for w in WORKLOADS}, self.workload, "workload")
         lookup({m: m for m in MODES}, self.mode, "mode")
         lookup(DTYPES, self.dtype, "dtype")
-        if self.workload == "cell":
+        if self.workload == "train_step":
+            from ..training.clipping import parse_clip
+            from ..training.optimizers import make_optimizer
+
+            for impl in self.impls:
+                check(self.cell, impl)
+            make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], self.lr)
+            parse_clip(self.clip)
+        elif self.workload == "cell":
             for impl in self.impls:
                 if impl == GRAPHED:
                     if not str(self.device).startswith("cuda") or self.mode != "forward+backward":
@@ -101,14 +118,42 @@ def _layer_call(cfg: Config, impl: str, x: torch.Tensor):
     return graph.replay, cell
 
 
+def _train_step_call(cfg: Config, impl: str, batch):
+    """One optimiser step of a fresh model on the adding task, as training.loop.train takes it, and its cell."""
+    from ..tasks import build
+    from ..training.clipping import parse_clip
+    from ..training.loop import train_step
+    from ..training.model import build_model
+    from ..training.optimizers import make_optimizer
+
+    spec = build("adding", {}).spec
+    model = build_model(spec, cfg.cell, impl, cfg.hidden_size, seed=cfg.seed, dtype=batch.x.dtype, device=batch.x.device, init="uniform")
+    params = list(model.parameters())
+    opt, clipper = make_optimizer(cfg.optimizer, params, cfg.lr), parse_clip(cfg.clip)
+
+    def call() -> None:
+        train_step(model, spec, batch, None, opt, clipper, params, measure_update=True)
+
+    return call, model.cell
+
+
 def _cell_rows(cfg: Config) -> list[dict]:
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
-    I = cfg.input_size or cfg.hidden_size
     gen = torch.Generator().manual_seed(cfg.seed)
-    x = torch.randn(cfg.seq_len, cfg.batch_size, I, generator=gen, dtype=torch.float64).to(device, dtype)  # (T, B, I)
     calls, cells = {}, {}
-    for impl in cfg.impls:
-        calls[impl], cells[impl] = _layer_call(cfg, impl, x)
+    if cfg.workload == "train_step":  # the adding task's own inputs: (value, marker) pairs, I = 2
+        from ..tasks import build
+
+        batch = build("adding", {}).sample(gen, cfg.batch_size, cfg.seq_len, device)
+        batch.x, batch.y = batch.x.to(dtype), batch.y.to(dtype)
+        I = batch.x.shape[-1]
+        for impl in cfg.impls:
+            calls[impl], cells[impl] = _train_step_call(cfg, impl, batch)
+    else:
+        I = cfg.input_size or cfg.hidden_size
+        x = torch.randn(cfg.seq_len, cfg.batch_size, I, generator=gen, dtype=torch.float64).to(device, dtype)  # (T, B, I)
+        for impl in cfg.impls:
+            calls[impl], cells[impl] = _layer_call(cfg, impl, x)
     peak_mem = {}
     if device.type == "cuda":
         for impl, call in calls.items():
@@ -118,7 +163,7 @@ def _cell_rows(cfg: Config) -> list[dict]:
             peak_mem[impl] = torch.cuda.max_memory_allocated()
     times, attempts = timed_until_quiet(calls, device, cfg.repeats, cfg.warmup, cfg.noise_retries)
     peak = matmul_peak(device, dtype)
-    flops = layer_flops(cfg.cell, cfg.seq_len, cfg.batch_size, I, cfg.hidden_size, cfg.mode == "forward+backward")
+    flops = layer_flops(cfg.cell, cfg.seq_len, cfg.batch_size, I, cfg.hidden_size, cfg.mode == "forward+backward" or cfg.workload == "train_step")
     rows = []
     for impl, ts in times.items():
         q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0], ts[0], ts[0])
@@ -127,6 +172,10 @@ def _cell_rows(cfg: Config) -> list[dict]:
                      "noisy": relative > NOISY_SPREAD, "attempts": attempts, "tokens_per_s": cfg.seq_len * cfg.batch_size / seconds,
                      "flops": flops, "gflops": flops / seconds / 1e9, "peak_gflops": peak / 1e9, "peak_fraction": flops / seconds / peak,
                      "peak_mem_bytes": peak_mem.get(impl, float("nan")), "backend": cells[impl].last_backend + ("+graph" if impl == GRAPHED else "")})
+    if cfg.time_shares and device.type == "cpu":  # after the timings: the profiler's overhead never reaches them
+        for r in rows:
+            shares = time_shares(calls[r["impl"]], repeats=3, warmup=1)
+            r.update({f"share_{b.replace(' ', '_').replace('-', '_')}": shares[b] for b in BUCKETS})
     fused = next((r for r in rows if r["impl"] == "cudnn"), None)
     if fused is None or fused["noisy"]:  # a ratio to noise is no ratio
         return [r | {"ratio_to_fused": float("nan")} for r in rows]
@@ -184,7 +233,7 @@ def _epoch_rows(cfg: Config) -> list[dict]:
 
 def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:
     torch.manual_seed(cfg.seed)
-    return {"results": _cell_rows(cfg) if cfg.workload == "cell" else _epoch_rows(cfg)}
+    return {"results": _epoch_rows(cfg) if cfg.workload == "lyrics_epoch" else _cell_rows(cfg)}
 
 
 from ..derived.throughput import derive  # noqa: E402,F401  (tables made from the rows; outside the source digest)

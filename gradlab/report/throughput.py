@@ -16,7 +16,13 @@ SHAPE = ["seq_len", "batch_size", "hidden_size"]
 
 
 def _shape(df: pd.DataFrame) -> pd.Series:
-    return "T " + df["seq_len"].astype(str) + ", B " + df["batch_size"].astype(str) + ", H " + df["hidden_size"].astype(str)
+    """'T 100, B 50, H 128' (and ', I 2' where the input is narrower than H; ', train step' for that workload)."""
+    label = "T " + df["seq_len"].astype(str) + ", B " + df["batch_size"].astype(str) + ", H " + df["hidden_size"].astype(str)
+    if "input_size" in df:
+        label = label + df["input_size"].map(lambda v: f", I {int(v)}" if pd.notna(v) else "")
+    if "workload" in df:
+        label = label + df["workload"].map(lambda w: ", train step" if w == "train_step" else "")
+    return label
 
 
 def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: float | None = None, log: bool = False) -> plt.Figure:
@@ -105,7 +111,7 @@ def view(t: Tables, manifest: dict) -> Section:
     ratios = res[(res["impl"] != "cudnn") & res["ratio_to_fused"].notna()]
     if len(ratios):
         sec.key_points.append(_ratio_sentence(ratios))
-        wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")
+        wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")  # shape names the workload
         wide.columns = [f"{c} / fused" for c in wide.columns]
         wide = wide.reset_index().drop(columns=SHAPE)  # sorted by the numbers, shown as one label
         sec.summaries.append(("Time over the fused kernel's (1: as fast; below 1: faster)", wide))
@@ -123,6 +129,12 @@ def view(t: Tables, manifest: dict) -> Section:
     sec.figures.append(("peak", "Share of the matmul peak measured in the same point: the achieved matmul FLOP rate (the FLOP count "
                         "of timing.layer_flops) over an n x n matmul's.",
                         partial(bars_by_shape, res, "peak_fraction", "share of the matmul peak", figures.fixed_title("peak fraction", fixed))))
+    shares = [c for c in res if c.startswith("share_")]
+    if shares and res[shares].notna().any().any():
+        profiled = res[res[shares].notna().any(axis=1)]
+        sec.tables.append(("Where the time goes: shares of the profiled wall time (torch.profiler; 'Python and dispatch' is the "
+                           "wall time no kernel accounts for, the profiler's own overhead included)",
+                           profiled[["cell", "impl", "shape", *shares]].rename(columns=lambda c: c.removeprefix("share_").replace("_", " "))))
     sec.tables.append(("Every timing", res[[c for c in ["cell", "impl", "shape", "mode", "ms_median", "ms_iqr", "spread", "noisy", "attempts",
                                                         "tokens_per_s", "gflops", "peak_fraction", "peak_mem_bytes", "backend", "ratio_to_fused"] if c in res]]))
     return sec
