@@ -89,6 +89,24 @@ def test_scratch_layer_against_the_fused_kernel_at_the_lyrics_shape(benchmark, c
     gate(f"scratch_over_fused_{cell}", ratio)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_scratch_train_step_against_the_fused_kernel_at_the_adding_shape(benchmark, cell):
+    """One optimiser step as the trainer takes it (training.loop.train_step: RMSProp, norm clipping and its
+    telemetry, the update's norm) at the long-range studies' own shape (T 100, B 50, I 2, H 128), both impls
+    interleaved."""
+    from gradlab.measures.throughput import Config, _train_step_call, run
+    from gradlab.tasks import build
+
+    cfg = Config(workload="train_step", cell=cell, seq_len=100, batch_size=50, hidden_size=128, repeats=7, warmup=2)
+    rows = {r["impl"]: r for r in run(cfg)["results"]}
+    ratio = rows["scratch"]["ms_median"] / rows["cudnn"]["ms_median"]
+    benchmark.extra_info |= {"scratch_over_fused": ratio, "backend": rows["cudnn"]["backend"],
+                             **{f"{impl}_ms": r["ms_median"] for impl, r in rows.items()}}
+    call, _ = _train_step_call(cfg, "scratch", build("adding", {}).sample(torch.Generator().manual_seed(0), 50, 100))
+    benchmark.pedantic(call, rounds=5, iterations=1)
+    gate(f"train_step_over_fused_{cell}", ratio)
+
+
 def test_scratch_lyrics_epoch_beats_the_book_style(benchmark):
     """The book's settings on a text of the book's shape (no corpus needed)."""
     task = Lyrics.from_text(book_shaped_text())  # the book's vocabulary size and batches per epoch
