@@ -89,7 +89,10 @@ def view(t: Tables, manifest: dict) -> Section:
     settings = manifest.get("columns", [])
     sec = Section()
     epoch = (res["workload"] == "lyrics_epoch").all()
-    fixed = fixed_settings(res, settings, {"cell", "seq_len", "batch_size", "hidden_size", "impls", "point", "repeats", "warmup", "seed"})
+    untitled = {"cell", "seq_len", "batch_size", "hidden_size", "input_size", "impls", "point", "repeats", "warmup", "seed", "time_shares", "noise_retries"}
+    if "workload" in res and not (res["workload"] == "train_step").any():
+        untitled |= {"optimizer", "lr", "clip"}  # the train step's settings: nothing else reads them
+    fixed = fixed_settings(res, settings, untitled)
     if epoch:
         g = res[res["impl"] == "gradlab"]
         sec.key_points.append("The book's lyrics epoch (hidden 256, 35 steps, batch 32, vocabulary 1,027): "
