@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .probes import _batched_grad
+from .probes import _rms_norms, spectra_from_taps
 
 RECURRENT = (nn.RNN, nn.GRU, nn.LSTM)
 FLOW_PROBES = ("hidden", "input", "jacobian")
@@ -147,11 +147,6 @@ def _measured(modules: dict[str, nn.RNNBase], on_call: Callable[[str, list[Layer
             module.__dict__.pop("forward", None)
 
 
-def _rms(grad: torch.Tensor) -> float:
-    """RMS over the batch of the per-sequence L2 norm of one step's gradient (B, D)."""
-    return float(grad.double().pow(2).sum(-1).mean().sqrt())
-
-
 def _to_frame(rows: list[dict]):
     import pandas as pd
 
@@ -197,9 +192,10 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
         grads = torch.autograd.grad(loss, targets, allow_unused=True, retain_graph="jacobian" in probes)
         for (name, k, li, probe, wrt, t, T), tap, g in zip(where, targets, grads):
             g = torch.zeros_like(tap) if g is None else g  # no path from the loss: exactly 0
-            steps = [(t, g)] if t is not None else list(enumerate(g.unbind(0)))
-            for ts, gs in steps:
-                rows.append({"module": name, "layer": li, "call": k, "probe": probe, "wrt": wrt, "t": ts, "distance": T - 1 - ts, "grad_norm": _rms(gs)})
+            steps = [t] if t is not None else range(T)
+            norms = _rms_norms([g] if t is not None else list(g.unbind(0))).tolist()
+            rows += [{"module": name, "layer": li, "call": k, "probe": probe, "wrt": wrt, "t": ts, "distance": T - 1 - ts, "grad_norm": v}
+                     for ts, v in zip(steps, norms)]
     tables = {"results": _to_frame(rows)}
     if "jacobian" in probes:
         tables["spectrum"] = _to_frame([
@@ -214,25 +210,11 @@ def _spectrum_rows(layer: Layer, jacobian_batch: int) -> list[dict]:
     """Every singular value of d s_{T-1} / d s_t for the first `jacobian_batch` sequences of one layer.
     Inside a stack, a layer's state reaches its own last state only through its own recurrence, so the
     graph's Jacobian is the layer's own."""
-    final = layer.final
-    B, H = final[0].shape
-    n = min(jacobian_batch, B)
-    D = H * len(final)
-    basis = torch.zeros(D, B, D, dtype=final[0].dtype, device=final[0].device)  # (D, B, D): e_j for the first n sequences
-    basis[:, :n] = torch.eye(D, dtype=basis.dtype, device=basis.device)[:, None, :]
-    cotangents = [basis[..., k * H : (k + 1) * H] for k in range(len(final))]
     parts = list(layer.state_taps().values())
-    inputs = [taps[t] for t in range(len(parts[0])) for taps in parts]
-    grads = _batched_grad(final, inputs, cotangents)
     T = len(parts[0])
-    rows = []
-    for t in range(T):
-        blocks = [torch.zeros(D, B, H, dtype=basis.dtype, device=basis.device) if g is None else g
-                  for g in grads[t * len(parts) : (t + 1) * len(parts)]]
-        values = torch.linalg.svdvals(torch.cat(blocks, dim=-1)[:, :n].transpose(0, 1).double())  # (n, D)
-        for b, per_seq in enumerate(values.tolist()):
-            rows += [{"t": t, "distance": T - 1 - t, "sequence": b, "rank": r, "singular_value": v} for r, v in enumerate(per_seq)]
-    return rows
+    spectra = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(T)], jacobian_batch)  # (T, n, D)
+    return [{"t": t, "distance": T - 1 - t, "sequence": b, "rank": r, "singular_value": v}
+            for t, per_step in enumerate(spectra.tolist()) for b, per_seq in enumerate(per_step) for r, v in enumerate(per_seq)]
 
 
 class Recorder:
@@ -270,7 +252,7 @@ class Recorder:
     @staticmethod
     def _store(call: dict, where: tuple):
         def hook(grad: torch.Tensor) -> None:
-            call[where] = grad.detach().double().pow(2).sum(-1).mean().sqrt()
+            call[where] = _rms_norms([grad.detach()])[0]
         return hook
 
     def table(self):

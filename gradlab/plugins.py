@@ -21,9 +21,17 @@ class PluginError(ValueError):
     """An installed plugin that does not give gradlab what its entry point promises."""
 
 
+def builtin_names(kind: str) -> dict[str, str]:
+    """gradlab's own names of a kind (gradlab.names); studies' are their files, which known_studies weighs itself."""
+    from .names import MEASURES, TASKS
+
+    return {"tasks": TASKS, "measures": MEASURES}.get(kind, {})
+
+
 @functools.lru_cache(maxsize=None)
-def entry_points(kind: str, builtin: frozenset = frozenset()) -> dict[str, importlib.metadata.EntryPoint]:
+def entry_points(kind: str) -> dict[str, importlib.metadata.EntryPoint]:
     """The installed entry points of one kind by name; one that reuses a built-in name is ignored, with a warning."""
+    builtin = builtin_names(kind)
     found = {}
     for ep in importlib.metadata.entry_points(group=GROUPS[kind]):
         if ep.name in builtin:
@@ -33,31 +41,31 @@ def entry_points(kind: str, builtin: frozenset = frozenset()) -> dict[str, impor
     return found
 
 
-def described(kind: str, builtin: dict[str, str]) -> dict[str, str]:
+def described(kind: str) -> dict[str, str]:
     """The built-in names and descriptions, then every plugin's (named by its entry point and package)."""
-    eps = entry_points(kind, frozenset(builtin))
-    return builtin | {name: f"{ep.value} (plugin from {ep.dist.name if ep.dist else 'an installed package'})" for name, ep in eps.items()}
+    return builtin_names(kind) | {name: f"{ep.value} (plugin from {ep.dist.name if ep.dist else 'an installed package'})"
+                                  for name, ep in entry_points(kind).items()}
 
 
-def _load(kind: str, name: str, builtin: dict):
-    ep = entry_points(kind, frozenset(builtin))[name]
+def _load(kind: str, name: str):
+    ep = entry_points(kind)[name]
     try:
         return ep.load()
     except Exception as exc:  # a plugin's own import error, said with where it came from
         raise PluginError(f"{GROUPS[kind]} entry point {name!r} = {ep.value!r} failed to load: {type(exc).__name__}: {exc}") from exc
 
 
-def load_task(name: str, builtin: dict):
+def load_task(name: str):
     from .tasks.base import Task
 
-    cls = _load("tasks", name, builtin)
+    cls = _load("tasks", name)
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise PluginError(f"gradlab.tasks entry point {name!r} must name a subclass of gradlab.tasks.Task, got {cls!r}.")
     return cls
 
 
-def load_measure(name: str, builtin: dict) -> ModuleType:
-    module = _load("measures", name, builtin)
+def load_measure(name: str) -> ModuleType:
+    module = _load("measures", name)
     missing = [attr for attr in MEASURE_NEEDS if not hasattr(module, attr)]
     if missing:
         raise PluginError(f"gradlab.measures entry point {name!r} ({getattr(module, '__name__', module)}) lacks {', '.join(missing)}: "
@@ -75,12 +83,8 @@ def study_files() -> dict[str, tuple[Path, str]]:
 
 
 def _package_of(kind: str, name: str) -> str | None:
-    from .names import MEASURES, TASKS
-
-    builtin = TASKS if kind == "tasks" else MEASURES
-    if name in builtin:
-        return None
-    ep = entry_points(kind, frozenset(builtin)).get(name)
+    """The top-level package of a plugin's entry point; None for a built-in name or an unknown one."""
+    ep = entry_points(kind).get(name)
     return ep.value.split(":")[0].split(".")[0] if ep else None
 
 

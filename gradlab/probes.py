@@ -75,24 +75,31 @@ def jacobian_norms(cell: Cell, x: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian_spectra(cell: Cell, x: torch.Tensor) -> torch.Tensor:
-    """(T, B, D) every singular value of d s_{T-1} / d s_t per sequence, largest first (float64).
-
-    Row j of every Jacobian at once: backpropagate the basis vector e_j from s_{T-1} to all s_t.
-    """
+    """(T, B, D) every singular value of d s_{T-1} / d s_t per sequence, largest first (float64)."""
     states, taps = run_steps(cell, x)
-    final = state_parts(states[-1])
+    return spectra_from_taps(state_parts(states[-1]), taps)
+
+
+def spectra_from_taps(final: list[torch.Tensor], taps: list[list[torch.Tensor]], sequences: int | None = None) -> torch.Tensor:
+    """(T, n, D) every singular value of d s_{T-1} / d s_t, largest first (float64), for the first n = `sequences`
+    sequences (all when None), from the last state's parts (B, H) and each step's taps ([h] or [h, c]).
+
+    Row j of every Jacobian at once: backpropagate the basis vector e_j from s_{T-1} to all s_t (zero for the
+    sequences not asked for).
+    """
     B, H = final[0].shape
+    n = B if sequences is None else min(sequences, B)
     D = H * len(final)
-    eye = torch.eye(D, dtype=final[0].dtype, device=final[0].device)  # (D, D)
-    basis = eye[:, None, :].expand(D, B, D)  # (D, B, D): cotangent j is e_j for every sequence
+    basis = torch.zeros(D, B, D, dtype=final[0].dtype, device=final[0].device)  # (D, B, D): cotangent j is e_j
+    basis[:, :n] = torch.eye(D, dtype=basis.dtype, device=basis.device)[:, None, :]
     cotangents = [basis[..., k * H : (k + 1) * H] for k in range(len(final))]
     inputs = [e for tap in taps for e in tap]
     grads = _batched_grad(final, inputs, cotangents)
     grads = [torch.zeros((D, *t.shape), dtype=t.dtype, device=t.device) if g is None else g for t, g in zip(inputs, grads)]
     k = len(final)
-    return torch.stack([  # (T, B, D), one step at a time: no (T, B, D, D) copy
-        torch.linalg.svdvals(torch.cat(grads[t * k : (t + 1) * k], dim=-1).transpose(0, 1).double())
-        for t in range(len(states))
+    return torch.stack([  # (T, n, D), one step at a time: no (T, B, D, D) copy
+        torch.linalg.svdvals(torch.cat(grads[t * k : (t + 1) * k], dim=-1)[:, :n].transpose(0, 1).double())
+        for t in range(len(taps))
     ])
 
 

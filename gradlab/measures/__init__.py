@@ -34,7 +34,7 @@ COMMON_COLUMNS: dict[str, str] = {
 
 def known_measures() -> dict[str, str]:
     """Every measure's name and description: the built-in ones, then the installed plugins'."""
-    return plugins.described("measures", MEASURES)
+    return plugins.described("measures")
 
 
 def load(name: str) -> ModuleType:
@@ -42,4 +42,4 @@ def load(name: str) -> ModuleType:
     if name in MEASURES:
         return importlib.import_module(f"{__name__}.{name}")
     lookup(known_measures(), name, "measure")
-    return plugins.load_measure(name, MEASURES)
+    return plugins.load_measure(name)

@@ -118,15 +118,16 @@ def _layer_call(cfg: Config, impl: str, x: torch.Tensor):
     return graph.replay, cell
 
 
-def _train_step_call(cfg: Config, impl: str, batch):
-    """One optimiser step of a fresh model on the adding task, as training.loop.train takes it, and its cell."""
+def _train_step_call(cfg: Config, impl: str, batch, spec=None):
+    """One optimiser step of a fresh model on the adding task (spec: its Spec, built here when not given), as
+    training.loop.train takes it, and its cell."""
     from ..tasks import build
     from ..training.clipping import parse_clip
     from ..training.loop import train_step
     from ..training.model import build_model
     from ..training.optimizers import make_optimizer
 
-    spec = build("adding", {}).spec
+    spec = spec or build("adding", {}).spec
     model = build_model(spec, cfg.cell, impl, cfg.hidden_size, seed=cfg.seed, dtype=batch.x.dtype, device=batch.x.device, init="uniform")
     params = list(model.parameters())
     opt, clipper = make_optimizer(cfg.optimizer, params, cfg.lr), parse_clip(cfg.clip)
@@ -144,11 +145,12 @@ def _cell_rows(cfg: Config) -> list[dict]:
     if cfg.workload == "train_step":  # the adding task's own inputs: (value, marker) pairs, I = 2
         from ..tasks import build
 
-        batch = build("adding", {}).sample(gen, cfg.batch_size, cfg.seq_len, device)
+        task = build("adding", {})
+        batch = task.sample(gen, cfg.batch_size, cfg.seq_len, device)
         batch.x, batch.y = batch.x.to(dtype), batch.y.to(dtype)
         I = batch.x.shape[-1]
         for impl in cfg.impls:
-            calls[impl], cells[impl] = _train_step_call(cfg, impl, batch)
+            calls[impl], cells[impl] = _train_step_call(cfg, impl, batch, task.spec)
     else:
         I = cfg.input_size or cfg.hidden_size
         x = torch.randn(cfg.seq_len, cfg.batch_size, I, generator=gen, dtype=torch.float64).to(device, dtype)  # (T, B, I)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import textwrap
 
@@ -25,17 +26,13 @@ SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45))  # a
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
 
 
-_STYLED = []
-
-
 def subplots(*args, **kwargs):
     """plt.subplots in gradlab's style (set once, on first use)."""
-    if not _STYLED:
-        set_style()
-        _STYLED.append(True)
+    set_style()
     return plt.subplots(*args, **kwargs)
 
 
+@functools.cache  # once per process: the theme and the installed fonts do not change while it runs
 def set_style() -> None:
     """seaborn's theme at the page's sizes, with a CJK font after DejaVu Sans where one is installed (the lyrics
     are Chinese): matplotlib falls back glyph by glyph along the list."""

@@ -18,7 +18,7 @@ __all__ = ["Batch", "Spec", "SyntheticTask", "Task", "task_class", "build", "par
 
 def known_tasks() -> dict[str, str]:
     """Every task's name and description: the built-in ones, then the installed plugins'."""
-    return plugins.described("tasks", TASKS)
+    return plugins.described("tasks")
 
 
 def task_class(name: str) -> type[Task]:
@@ -26,7 +26,7 @@ def task_class(name: str) -> type[Task]:
     if name in TASKS:
         return importlib.import_module(f"{__name__}.{name}").TASK
     lookup(known_tasks(), name, "task")
-    return plugins.load_task(name, TASKS)
+    return plugins.load_task(name)
 
 
 def param_fields() -> dict[str, Any]:
