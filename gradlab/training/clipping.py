@@ -26,17 +26,15 @@ def global_norm(grads: list[torch.Tensor]) -> float:
     """The L2 norm of all gradients together: per-tensor norms, combined in float64."""
     if not grads:
         return 0.0
-    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads]).double()
+    norms = torch.stack(torch._foreach_norm(grads)).double()  # one fused call for all tensors, not one per tensor
     return float(torch.linalg.vector_norm(norms))
 
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """cos(a, b) of two gradients given tensor by tensor, every sum in float64 (norms summed in float32
     put the cosine of a rescaled float32 gradient 1e-5 above 1)."""
-    dot = norm_a = norm_b = 0.0
-    for x, y in zip(a, b):
-        x, y = x.double(), y.double()
-        dot, norm_a, norm_b = dot + float((x * y).sum()), norm_a + float((x * x).sum()), norm_b + float((y * y).sum())
+    x, y = (torch.cat([t.reshape(-1) for t in ts]).double() for ts in (a, b))  # (N,) each: three sums, one sync
+    dot, norm_a, norm_b = torch.stack([x @ y, x @ x, y @ y]).tolist()
     return dot / math.sqrt(norm_a * norm_b) if dot else 0.0
 
 
@@ -60,7 +58,7 @@ class Clipper:
 def apply_in_place(grads: list[torch.Tensor], before: float, theta: float, change, measure: bool = True) -> ClipResult:
     """Run `change` on every gradient in place and say what it did: the norm after, and the cosine with
     the unclipped gradient (measured on a copy, unless `measure` is off for timing)."""
-    unclipped = [g.clone() for g in grads] if measure else None
+    unclipped = torch._foreach_mul(grads, 1.0) if measure else None  # a copy in one fused call
     for g in grads:
         change(g)
     return ClipResult(before, global_norm(grads), True, theta, cosine(unclipped, grads) if measure else float("nan"))

@@ -83,10 +83,11 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
     finite = math.isfinite(loss_value) and math.isfinite(report.norm_before)
     update = float("nan")
     if finite:
-        before = [p.detach().clone() for p in params] if measure_update else None
+        weights = [p.detach() for p in params]
+        before = torch._foreach_mul(weights, 1.0) if measure_update else None  # a copy in one fused call
         opt.step()
         if before is not None:
-            update = global_norm([p.detach() - b for p, b in zip(params, before)])
+            update = global_norm(torch._foreach_sub(weights, before))
     return loss_value, report, state, finite, update
 
 
