@@ -63,7 +63,11 @@ def main() -> None:
     start = time.perf_counter()
     fwd_c = torch.compile(gates_forward, fullgraph=True, dynamic=False)
     bwd_c = torch.compile(gates_backward, fullgraph=True, dynamic=False)
-    compiled = loop(fwd_c, bwd_c, x, w, h0, c0, grad_out)
+    try:
+        compiled = loop(fwd_c, bwd_c, x, w, h0, c0, grad_out)
+    except Exception as err:  # no C++ compiler, or Inductor missing on this platform: nothing to compare
+        raise SystemExit(f"torch.compile could not build the gate math here ({type(err).__name__}: {err}); "
+                         "Inductor needs a C++ compiler (gcc) on CPU.") from None
     print(f"compile: {time.perf_counter() - start:.1f} s; compiled vs eager gate math, max |diff| of dW_h: "
           f"{(compiled - loop(gates_forward, gates_backward, x, w, h0, c0, grad_out)).abs().max():.2e}")
     xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
