@@ -4,7 +4,9 @@ recurrent weight's gradient is one matmul over all steps instead of one per step
 ScratchCell.step, checked against torch.nn and by gradcheck.
 A backward here is not itself differentiable: asked for a graph of the gradient (create_graph=True, the
 first half of any second derivative) it raises, where it would otherwise return a silently incomplete
-answer. For Hessians or gradient penalties, drive the cell step by step (ScratchCell.step)."""
+answer. For Hessians or gradient penalties, drive the cell step by step (ScratchCell.step).
+Every Function also takes an ensemble: a leading model dimension E after time, inputs (T, E, B, G), states
+(E, B, H) and weights (E, H, G), each step's matmuls one batched matmul over the models."""
 
 from __future__ import annotations
 
@@ -20,10 +22,17 @@ def refuse_second_derivative() -> None:
         )
 
 
+def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """bias + a @ b in one kernel: addmm for one model (B, H) @ (H, G), baddbmm for an ensemble (E, B, H) @ (E, H, G)."""
+    return torch.addmm(bias, a, b, out=out) if a.dim() == 2 else torch.baddbmm(bias, a, b, out=out)
+
+
 def weight_grad(h0: torch.Tensor, outputs: torch.Tensor, grad_a: torch.Tensor) -> torch.Tensor:
-    """sum_t h_{t-1}^T grad_a_t as one matmul over all steps: (H, T*B) @ (T*B, G)."""
+    """sum_t h_{t-1}^T grad_a_t as one matmul over all steps: (H, T*B) @ (T*B, G); per model for an ensemble."""
     H = h0.shape[-1]
-    h_prevs = torch.cat([h0[None], outputs[:-1]])  # (T, B, H)
+    h_prevs = torch.cat([h0[None], outputs[:-1]])  # (T, B, H) or (T, E, B, H)
+    if h0.dim() == 3:  # an ensemble: (E, H, T*B) @ (E, T*B, G)
+        return torch.einsum("tebh,tebg->ehg", h_prevs, grad_a)
     return h_prevs.reshape(-1, H).T @ grad_a.reshape(-1, grad_a.shape[-1])
 
 
@@ -35,7 +44,7 @@ class RNNSequence(torch.autograd.Function):
         outputs = torch.empty_like(inputs)
         h = h0
         for x_t, h_t in zip(inputs.unbind(0), outputs.unbind(0)):  # views made once, not per step
-            h = torch.tanh(torch.addmm(x_t, h, w_h, out=h_t), out=h_t)
+            h = torch.tanh(addmm(x_t, h, w_h, out=h_t), out=h_t)
         ctx.save_for_backward(h0, w_h, outputs)
         return outputs
 
@@ -45,7 +54,7 @@ class RNNSequence(torch.autograd.Function):
         h0, w_h, outputs = ctx.saved_tensors
         grad_a = torch.empty_like(outputs)  # d loss / d (pre-activation), every step
         grad_h = torch.zeros_like(h0)
-        w_t = w_h.T
+        w_t = w_h.mT
         T = outputs.shape[0]
         for t, go_t, h_t, ga_t in zip(range(T - 1, -1, -1), *(reversed(x.unbind(0)) for x in (grad_out, outputs, grad_a))):
             torch.ops.aten.tanh_backward(grad_h + go_t, h_t, grad_input=ga_t)
@@ -63,20 +72,20 @@ class LSTMSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inputs: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: torch.Tensor):
-        T, B, G = inputs.shape
+        lead, G = inputs.shape[:-1], inputs.shape[-1]  # (T, B) or (T, E, B)
         H = G // 4
-        outputs = inputs.new_empty(T, B, H)
-        ifo_all = inputs.new_empty(T, B, 3 * H)
-        g_all = inputs.new_empty(T, B, H)
-        c_all = inputs.new_empty(T, B, H)
-        tanh_c = inputs.new_empty(T, B, H)
-        gates = inputs.new_empty(B, G)  # one step's pre-activations, reused
-        gates_ifo, gates_g = gates[:, : 3 * H], gates[:, 3 * H :]
-        i_all, f_all, o_all = (part.unbind(0) for part in ifo_all.split(H, dim=2))
+        outputs = inputs.new_empty(*lead, H)
+        ifo_all = inputs.new_empty(*lead, 3 * H)
+        g_all = inputs.new_empty(*lead, H)
+        c_all = inputs.new_empty(*lead, H)
+        tanh_c = inputs.new_empty(*lead, H)
+        gates = inputs.new_empty(inputs.shape[1:])  # one step's pre-activations, reused
+        gates_ifo, gates_g = gates[..., : 3 * H], gates[..., 3 * H :]
+        i_all, f_all, o_all = (part.unbind(0) for part in ifo_all.split(H, dim=-1))
         steps = zip(inputs.unbind(0), outputs.unbind(0), ifo_all.unbind(0), i_all, f_all, o_all, g_all.unbind(0), c_all.unbind(0), tanh_c.unbind(0))
         h, c = h0, c0
         for x_t, h_t, ifo_t, i, f, o, g_t, c_t, tc_t in steps:
-            torch.addmm(x_t, h, w_h, out=gates)  # (B, 4H)
+            addmm(x_t, h, w_h, out=gates)  # (B, 4H)
             torch.sigmoid(gates_ifo, out=ifo_t)
             torch.tanh(gates_g, out=g_t)
             c = torch.addcmul(f * c, i, g_t, out=c_t)  # f c + i g
@@ -88,17 +97,17 @@ class LSTMSequence(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor, grad_c_last: torch.Tensor):
         refuse_second_derivative()
         h0, c0, w_h, outputs, ifo_all, g_all, c_all, tanh_c = ctx.saved_tensors
-        T, B, H = outputs.shape
-        i_all, f_all, o_all = ifo_all.split(H, dim=2)
+        T, H = outputs.shape[0], outputs.shape[-1]
+        i_all, f_all, o_all = ifo_all.split(H, dim=-1)
         c_prev = torch.cat([c0[None], c_all[:-1]])  # (T, B, H)
         dh_dc = o_all * (1 - tanh_c * tanh_c)  # dh/dc at fixed o, every step
         dig = i_all * (1 - g_all * g_all)  # d(i g)/d(pre-activation of g)
         dsig = ifo_all * (1 - ifo_all)  # sigmoid's derivative, (T, B, 3H)
-        grad_a = outputs.new_empty(T, B, 4 * H)  # d loss / d (gate pre-activations), every step
-        d_ifo = outputs.new_empty(B, 3 * H)
-        d_i, d_f, d_o = d_ifo.split(H, dim=1)
+        grad_a = outputs.new_empty(*outputs.shape[:-1], 4 * H)  # d loss / d (gate pre-activations), every step
+        d_ifo = outputs.new_empty(*outputs.shape[1:-1], 3 * H)
+        d_i, d_f, d_o = d_ifo.split(H, dim=-1)
         grad_c = grad_c_last.clone() if grad_c_last is not None else torch.zeros_like(c0)
-        w_t = w_h.T
+        w_t = w_h.mT
         grad_h = None
         steps = zip(range(T - 1, -1, -1), *(reversed(seq.unbind(0)) for seq in (
             f_all, c_prev, tanh_c, g_all, dh_dc, dig, dsig, grad_a[..., : 3 * H], grad_a[..., 3 * H :], grad_a)))
@@ -113,7 +122,7 @@ class LSTMSequence(torch.autograd.Function):
             torch.mul(grad_c, dig_t, out=ga_g)
             grad_c = grad_c * f
             if t:  # the next step back's dh: its own output gradient plus the recurrence's
-                dh = torch.addmm(grad_outs[t - 1], ga_t, w_t)
+                dh = addmm(grad_outs[t - 1], ga_t, w_t)
             elif ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
                 grad_h = ga_t @ w_t
         return (grad_a, grad_h, grad_c if ctx.needs_input_grad[2] else None, weight_grad(h0, outputs, grad_a))
@@ -125,19 +134,19 @@ class GRUSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inputs: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        T, B, G = inputs.shape
-        H = G // 3
-        outputs = inputs.new_empty(T, B, H)
-        zr_all = inputs.new_empty(T, B, 2 * H)
-        cand_all = inputs.new_empty(T, B, H)
-        a_all = inputs.new_empty(T, B, 3 * H)  # h W_h + bias; its last H columns are what r multiplies
+        lead, H = inputs.shape[:-1], inputs.shape[-1] // 3  # lead: (T, B) or (T, E, B)
+        outputs = inputs.new_empty(*lead, H)
+        zr_all = inputs.new_empty(*lead, 2 * H)
+        cand_all = inputs.new_empty(*lead, H)
+        a_all = inputs.new_empty(*lead, 3 * H)  # h W_h + bias; its last H columns are what r multiplies
         h = h0
-        x_zr, x_h = inputs.split([2 * H, H], dim=2)
-        a_zr, a_h = a_all.split([2 * H, H], dim=2)
+        row_bias = bias if bias.dim() == 1 else bias.unsqueeze(-2)  # an ensemble's (E, 3H) as (E, 1, 3H)
+        x_zr, x_h = inputs.split([2 * H, H], dim=-1)
+        a_zr, a_h = a_all.split([2 * H, H], dim=-1)
         steps = zip(x_zr.unbind(0), x_h.unbind(0), a_all.unbind(0), a_zr.unbind(0), a_h.unbind(0), zr_all.unbind(0),
                     zr_all[..., :H].unbind(0), zr_all[..., H:].unbind(0), cand_all.unbind(0), outputs.unbind(0))  # views made once
         for xzr_t, xh_t, a_t, azr_t, ah_t, zr_t, z_t, r_t, cand_t, h_t in steps:  # every result lands in its buffer (out=): no copies
-            torch.addmm(bias, h, w_h, out=a_t)  # (B, 3H)
+            addmm(row_bias, h, w_h, out=a_t)  # (B, 3H)
             torch.sigmoid(xzr_t + azr_t, out=zr_t)
             cand = torch.tanh(torch.addcmul(xh_t, r_t, ah_t), out=cand_t)
             h = torch.lerp(cand, h, z_t, out=h_t)  # z h + (1 - z) cand
@@ -148,15 +157,15 @@ class GRUSequence(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         refuse_second_derivative()
         h0, w_h, outputs, zr_all, cand_all, hh_all = ctx.saved_tensors
-        T, B, H = outputs.shape
-        grad_a = grad_out.new_empty(T, B, 3 * H)  # d loss / d (h_{t-1} W_h + bias), every step
-        grad_x_h = grad_out.new_empty(T, B, H)  # d loss / d x_h: the candidate's input part
+        T, H = outputs.shape[0], outputs.shape[-1]
+        grad_a = grad_out.new_empty(*outputs.shape[:-1], 3 * H)  # d loss / d (h_{t-1} W_h + bias), every step
+        grad_x_h = torch.empty_like(outputs)  # d loss / d x_h: the candidate's input part
         grad_h = torch.zeros_like(h0)
-        w_t = w_h.T
+        w_t = w_h.mT
         aten = torch.ops.aten  # tanh_backward(g, y) = g (1 - y^2), sigmoid_backward(g, y) = g y (1 - y): one kernel each
-        d_zr = grad_out.new_empty(B, 2 * H)
-        d_z, d_r = d_zr.split(H, dim=1)
-        ga_zr, ga_h = grad_a.split([2 * H, H], dim=2)
+        d_zr = grad_out.new_empty(*outputs.shape[1:-1], 2 * H)
+        d_z, d_r = d_zr.split(H, dim=-1)
+        ga_zr, ga_h = grad_a.split([2 * H, H], dim=-1)
         h_prevs = (h0, *outputs.unbind(0)[:-1])
         steps = zip(range(T - 1, -1, -1), *(reversed(seq) for seq in (
             h_prevs, zr_all[..., :H].unbind(0), zr_all[..., H:].unbind(0), zr_all.unbind(0), grad_out.unbind(0), cand_all.unbind(0),
@@ -169,8 +178,8 @@ class GRUSequence(torch.autograd.Function):
             aten.sigmoid_backward(d_zr, zr_t, grad_input=gazr_t)
             torch.mul(gxh_t, r, out=gah_t)
             if t or ctx.needs_input_grad[1]:  # the initial state's gradient only when it is asked for
-                grad_h = torch.addmm(dh * z, ga_t, w_t)
+                grad_h = addmm(dh * z, ga_t, w_t)
         grad_inputs = torch.cat([grad_a[..., : 2 * H], grad_x_h], dim=-1)  # (T, B, 3H)
         grad_w = weight_grad(h0, outputs, grad_a)
-        grad_bias = grad_a.sum((0, 1))
+        grad_bias = grad_a.sum((0, grad_a.dim() - 2))  # over time and batch: (3H,), or (E, 3H)
         return grad_inputs, grad_h if ctx.needs_input_grad[1] else None, grad_w, grad_bias

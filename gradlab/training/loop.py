@@ -79,6 +79,13 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     loss_value = loss.item()
+    report, finite, update = clip_and_step(loss_value, opt, clipper, params, measure_update)
+    return loss_value, report, state, finite, update
+
+
+def clip_and_step(loss_value: float, opt: torch.optim.Optimizer, clipper, params: list, measure_update: bool) -> tuple:
+    """After the backward: clip the gradients of `params`, and step unless the loss or the gradient is not
+    finite. Returns (ClipResult, finite, update norm or NaN)."""
     report = clipper([p.grad for p in params if p.grad is not None])
     finite = math.isfinite(loss_value) and math.isfinite(report.norm_before)
     update = float("nan")
@@ -88,104 +95,134 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
         opt.step()
         if before is not None:
             update = global_norm(torch._foreach_sub(weights, before))
-    return loss_value, report, state, finite, update
+    return report, finite, update
 
 
-def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) -> TrainResult:
-    """Train a fresh model on the task; a non-finite loss or gradient ends the run and is recorded, not raised."""
-    checked = cfg.validate()
-    task = task or checked
-    if hasattr(task, "ready"):  # checks that need the task's data (a prefix outside the vocabulary, ...)
-        task.ready(cfg.batch_size, cfg.seq_len)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)  # the training data's own stream
-    device = torch.device(cfg.device)
-    model = build_model(
-        task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
-        variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
-    )
-    params = list(model.parameters())
-    opt = make_optimizer(cfg.optimizer, params, cfg.lr)
-    clipper = parse_clip(cfg.clip)
-    per_epoch = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
-    baseline = task.baseline(cfg.seq_len)
-    held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
-    stream = task.stream(gen, cfg.batch_size, cfg.seq_len, device)
-    result = TrainResult(model=model)
-    probe_at = set(cfg.probe_steps)
-    if 0 in probe_at:
-        result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, 0))
-    window: list[dict] = []  # step rows since the last evaluation
-    diverged_step = solved_step = diverged_reason = stopped_step = None
-    best = {"val_loss": math.inf, "step": None, "params": None, "since": 0}  # the best held-out evaluation so far
-    recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
-    guess = task.guess_loss(cfg.seq_len)
-    state = None
-    bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl} T={cfg.seq_len}", unit="step", disable=not progress, leave=False)
-    for step in range(1, cfg.steps + 1):
-        batch = next(stream)
-        state = detach(state) if (batch.carry and state is not None) else None  # truncated BPTT between batches
-        start = time.perf_counter()
-        loss_value, report, state, finite, update = train_step(model, task.spec, batch, state, opt, clipper, params, measure_update=True)
-        sync(device)
+class Run:
+    """One training's model, optimiser, clipping, data stream and bookkeeping (telemetry, evaluations,
+    divergence, solving, early stop, the best model): what the solo loop and an ensemble both drive."""
+
+    def __init__(self, cfg: TrainConfig, task: Task | None = None, progress: bool = False):
+        checked = cfg.validate()
+        task = task or checked
+        if hasattr(task, "ready"):  # checks that need the task's data (a prefix outside the vocabulary, ...)
+            task.ready(cfg.batch_size, cfg.seq_len)
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.task = cfg, task
+        self.device = torch.device(cfg.device)
+        self.model = build_model(
+            task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=self.device,
+            variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
+        )
+        self.params = list(self.model.parameters())
+        self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr)
+        self.clipper = parse_clip(cfg.clip)
+        self.per_epoch = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
+        self.baseline = task.baseline(cfg.seq_len)
+        self.held_out = task.held_out(cfg.batch_size, cfg.seq_len, self.device)
+        self.stream = task.stream(torch.Generator().manual_seed(cfg.seed), cfg.batch_size, cfg.seq_len, self.device)  # the data's own stream
+        self.result = TrainResult(model=self.model)
+        self.probe_at = set(cfg.probe_steps)
+        if 0 in self.probe_at:
+            self.result.tables.setdefault("flow", []).extend(flow_rows(self.model, task, self.held_out, cfg.probe_size, 0))
+        self.window: list[dict] = []  # step rows since the last evaluation
+        self.diverged_step = self.solved_step = self.diverged_reason = self.stopped_step = None
+        self.best = {"val_loss": math.inf, "step": None, "params": None, "since": 0}  # the best held-out evaluation so far
+        self.recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
+        self.guess = task.guess_loss(cfg.seq_len)
+        self.state = None
+        self.step = 0
+        self.running = True
+        self.bar = tqdm(total=cfg.steps, desc=f"{cfg.task}/{cfg.cell}/{cfg.impl} T={cfg.seq_len}", unit="step", disable=not progress, leave=False)
+
+    def next_batch(self) -> Batch:
+        """The next batch of this run's own stream (and the state carried into it: truncated BPTT between batches)."""
+        batch = next(self.stream)
+        self.state = detach(self.state) if (batch.carry and self.state is not None) else None
+        return batch
+
+    def record(self, loss_value: float, report, finite: bool, update: float, seconds: float) -> bool:
+        """One optimiser step taken: its row, the divergence rule, probes, an evaluation when due. False once the run ends."""
+        cfg, task, model = self.cfg, self.task, self.model
+        self.step += 1
+        step = self.step
         row = {"step": step, "loss": loss_value, "grad_norm_pre": report.norm_before, "grad_norm_post": report.norm_after,
                "clipped": report.clipped, "clip_threshold": report.threshold, "clip_cosine": report.cosine, "update_norm": update,
-               "seconds": time.perf_counter() - start}
-        recent_losses.append(loss_value)
-        diverged_reason = "non-finite loss or gradient" if not finite else divergence(recent_losses, guess)
-        finite = finite and diverged_reason is None
-        if per_epoch:
-            row["epoch"] = (step - 1) // per_epoch + 1
-        result.steps.append(row)
-        window.append(row)
-        bar.update(1)
+               "seconds": seconds}
+        self.recent_losses.append(loss_value)
+        self.diverged_reason = "non-finite loss or gradient" if not finite else divergence(self.recent_losses, self.guess)
+        finite = finite and self.diverged_reason is None
+        if self.per_epoch:
+            row["epoch"] = (step - 1) // self.per_epoch + 1
+        self.result.steps.append(row)
+        self.window.append(row)
+        self.bar.update(1)
         if not finite:
-            diverged_step = step
-        elif step in probe_at:
-            result.tables.setdefault("flow", []).extend(flow_rows(model, task, held_out, cfg.probe_size, step))
+            self.diverged_step = step
+        elif step in self.probe_at:
+            self.result.tables.setdefault("flow", []).extend(flow_rows(model, task, self.held_out, cfg.probe_size, step))
         if finite and step % cfg.eval_every and step != cfg.steps:
-            continue
-        hist = _history_row(model, task, held_out, window, per_epoch, baseline, diverged=not finite)
-        if hist["val_loss"] < cfg.solve_fraction * baseline and solved_step is None:
-            solved_step = step
+            return True
+        hist = _history_row(model, task, self.held_out, self.window, self.per_epoch, self.baseline, diverged=not finite)
+        if hist["val_loss"] < cfg.solve_fraction * self.baseline and self.solved_step is None:
+            self.solved_step = step
+        best = self.best
         if hist["val_loss"] < best["val_loss"]:  # NaN (diverged) is never a best
             best |= {"val_loss": hist["val_loss"], "step": step, "since": 0,
                      "params": {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.keep_best else None}
         else:
             best["since"] += 1
-        result.history.append(hist)
+        self.result.history.append(hist)
         with evaluating(model):
             observed = task.observe(model, hist, cfg.seed)
         for name, rows in observed.items():
-            result.tables.setdefault(name, []).extend(rows)
-        bar.set_postfix(val_loss=f"{hist['val_loss']:.4g}")
-        window = []
+            self.result.tables.setdefault(name, []).extend(rows)
+        self.bar.set_postfix(val_loss=f"{hist['val_loss']:.4g}")
+        self.window = []
         if finite and cfg.patience and best["since"] >= cfg.patience:
-            stopped_step = step
-            break
-        if not finite or (solved_step is not None and cfg.stop_when_solved):
-            break
-    bar.close()
-    if cfg.keep_best and best["params"] is not None:
-        model.load_state_dict(best["params"])  # the selected model: what is tested and analysed
-    usable = diverged_step is None or (cfg.keep_best and best["params"] is not None)  # a diverged run keeps no model ... unless its best
-    tested = {}
-    test_set = task.test_set(cfg.batch_size, cfg.seq_len, device) if hasattr(task, "test_set") else None
-    if usable and test_set:
-        tested = {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
-    if usable and cfg.context_lengths:  # how far back the trained model looks
-        with evaluating(model):
-            for name, rows in context_tables(model, task, held_out, cfg).items():
-                result.tables.setdefault(name, []).extend(rows)
-    result.run = {
-        "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in params), "baseline": baseline,
-        "steps_done": len(result.steps), "steps_per_epoch": per_epoch, "diverged": diverged_step is not None,
-        "diverged_step": diverged_step, "diverged_reason": diverged_reason, "solved_step": solved_step,
-        "best_step": best["step"], "best_val_loss": best["val_loss"] if best["step"] is not None else math.nan,
-        "kept": "best" if cfg.keep_best and best["params"] is not None else "last", "stopped_early_step": stopped_step, **tested,
-        "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(),
-    }
-    return result
+            self.stopped_step = step
+            self.running = False
+        elif not finite or (self.solved_step is not None and cfg.stop_when_solved) or step == cfg.steps:
+            self.running = False
+        return self.running
+
+    def finish(self, **run_extras) -> TrainResult:
+        """Test, analyse and summarise the run once it has ended: the model kept, its test scores, the 'runs' row."""
+        cfg, task, model, best, result = self.cfg, self.task, self.model, self.best, self.result
+        self.bar.close()
+        if cfg.keep_best and best["params"] is not None:
+            model.load_state_dict(best["params"])  # the selected model: what is tested and analysed
+        usable = self.diverged_step is None or (cfg.keep_best and best["params"] is not None)  # a diverged run keeps no model ... unless its best
+        tested = {}
+        test_set = task.test_set(cfg.batch_size, cfg.seq_len, self.device) if hasattr(task, "test_set") else None
+        if usable and test_set:
+            tested = {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
+        if usable and cfg.context_lengths:  # how far back the trained model looks
+            with evaluating(model):
+                for name, rows in context_tables(model, task, self.held_out, cfg).items():
+                    result.tables.setdefault(name, []).extend(rows)
+        result.run = {
+            "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in self.params), "baseline": self.baseline,
+            "steps_done": len(result.steps), "steps_per_epoch": self.per_epoch, "diverged": self.diverged_step is not None,
+            "diverged_step": self.diverged_step, "diverged_reason": self.diverged_reason, "solved_step": self.solved_step,
+            "best_step": best["step"], "best_val_loss": best["val_loss"] if best["step"] is not None else math.nan,
+            "kept": "best" if cfg.keep_best and best["params"] is not None else "last", "stopped_early_step": self.stopped_step, **tested,
+            "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(), **run_extras,
+        }
+        return result
+
+
+def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) -> TrainResult:
+    """Train a fresh model on the task; a non-finite loss or gradient ends the run and is recorded, not raised."""
+    run = Run(cfg, task, progress)
+    while run.running:
+        batch = run.next_batch()
+        start = time.perf_counter()
+        loss_value, report, run.state, finite, update = train_step(run.model, run.task.spec, batch, run.state, run.opt, run.clipper,
+                                                                   run.params, measure_update=True)
+        sync(run.device)
+        run.record(loss_value, report, finite, update, time.perf_counter() - start)
+    return run.finish()
 
 
 def context_tables(model: SeqModel, task: Task, held_out: list, cfg: TrainConfig) -> dict[str, list[dict]]:

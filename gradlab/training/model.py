@@ -41,6 +41,8 @@ class SeqModel(nn.Module):
         self.b_q = nn.Parameter(b.to(ref))  # (O,)
 
     def forward(self, x: torch.Tensor, state: State = None, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        if x.is_floating_point() and x.dtype != self.W_hq.dtype:  # a task's float32 vectors into a float64 model
+            x = x.to(self.W_hq.dtype)
         out, state = self.cell(x, state)  # (T, B, H)
         if steps is not None:
             out = out[steps]  # (S, B, H): only the scored steps reach the output layer

@@ -1,0 +1,132 @@
+"""Many trainings of one shape as one batched pass. Each member is a whole training.loop.Run (its own data
+stream, optimiser state, clipping, divergence rule, evaluations and early stop); only the forward pass and
+the written-out BPTT are batched over a leading model dimension, and a member that has ended leaves the batch."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence
+from ..tasks.base import loss_of
+from ..timing import sync
+from .config import TrainConfig
+from .loop import Run, TrainResult, clip_and_step
+from .model import SeqModel
+
+SHAPE_FIELDS = ("task", "cell", "impl", "variant", "seq_len", "hidden_size", "batch_size", "optimizer", "dtype", "device")
+BATCHED_CELLS = ("rnn", "gru", "lstm")  # the cells with a written-out BPTT (cells/bptt.py)
+
+
+def solo_reason(cfg: TrainConfig) -> str | None:
+    """Why this training cannot join an ensemble (it then runs solo), or None when it can."""
+    if cfg.impl != "scratch":
+        return f"impl {cfg.impl!r}: only the scratch cells batch over models (a fused kernel takes one model)"
+    if cfg.cell not in BATCHED_CELLS:
+        return f"cell {cfg.cell!r} has no written-out BPTT to batch (ensembles take {', '.join(BATCHED_CELLS)})"
+    if cfg.cell == "gru" and cfg.variant == "reset_before":
+        return "the reset_before GRU runs step by step, with no written-out BPTT to batch"
+    if cfg.dropout:
+        return "dropout draws from the global random stream, which the members would share"
+    if getattr(cfg.make_task(), "sampling", None) == "consecutive":
+        return "consecutive text batches carry each model's state from batch to batch"
+    return None
+
+
+def shape_key(cfg: TrainConfig) -> tuple:
+    """What the members of one ensemble share: the model's and the batch's shape, the optimiser kind and the task."""
+    return tuple(getattr(cfg, f) for f in SHAPE_FIELDS) + tuple(sorted((k, repr(v)) for k, v in cfg.task_params().items()))
+
+
+def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors)  # (E, ...): autograd hands each member's slice of the gradient back to its own tensor
+
+
+def project(models: list[SeqModel], x: torch.Tensor) -> torch.Tensor:
+    """Every member's input projection x W_x + b in one batched matmul (a row lookup for token ids):
+    x (E, T, B, I) floats or (E, T, B) ids -> (T, E, B, G*H)."""
+    cells = [m.cell for m in models]
+    gates = cells[0].gates
+    w_x = stacked([torch.cat([getattr(c, f"W_x{g}") for g in gates], dim=1) for c in cells])  # (E, I, G*H)
+    b = stacked([torch.cat([getattr(c, f"b_{g}") for g in gates]) for c in cells])  # (E, G*H)
+    E, V = w_x.shape[:2]
+    if x.dtype == torch.long:  # each member's rows: offset its ids into the stacked table
+        unknown = x == V  # one past the vocabulary: the all-zero one-hot input, as ScratchCell.project
+        offsets = torch.arange(E, device=x.device).view(E, 1, 1) * V
+        rows = F.embedding(x.masked_fill(unknown, 0) + offsets, w_x.reshape(E * V, -1))  # (E, T, B, G*H)
+        if bool(unknown.any()):
+            rows = rows.masked_fill(unknown[..., None], 0)
+        return (rows + b[:, None, None, :]).transpose(0, 1)
+    T, B = x.shape[1:3]
+    flat = torch.baddbmm(b[:, None, :], x.to(w_x.dtype).reshape(E, T * B, V), w_x)  # a task's float32 vectors, a float64 model  # (E, T*B, G*H)
+    return flat.view(E, T, B, -1).transpose(0, 1)
+
+
+def ensemble_outputs(models: list[SeqModel], x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The members' outputs at the scored steps: x (E, T, B, ...) -> (E, S, B, O), every matmul batched over E."""
+    cells = [m.cell for m in models]
+    kind, H, B = cells[0].cell, cells[0].hidden_size, x.shape[2]
+    inputs = project(models, x)  # (T, E, B, G*H)
+    weights = [stacked(list(parts)) for parts in zip(*(c.recurrent() for c in cells))]  # (E, H, G*H), and the GRU's (E, 3H)
+    h0 = inputs.new_zeros(len(models), B, H)  # (E, B, H): every run starts from a zero state
+    if kind == "lstm":
+        out, _ = LSTMSequence.apply(inputs, h0, torch.zeros_like(h0), *weights)
+    else:
+        out = (GRUSequence if kind == "gru" else RNNSequence).apply(inputs, h0, *weights)  # (T, E, B, H)
+    if mask is not None:
+        out = out[mask]  # (S, E, B, H): only the scored steps reach the output layers
+    S = out.shape[0]
+    w_q = stacked([m.W_hq for m in models])  # (E, H, O)
+    b_q = stacked([m.b_q for m in models])  # (E, O)
+    logits = torch.baddbmm(b_q[:, None, :], out.transpose(0, 1).reshape(len(models), S * B, H), w_q)  # (E, S*B, O)
+    return logits.view(len(models), S, B, -1)
+
+
+def check_members(cfgs: list[TrainConfig]) -> None:
+    """One ensemble, or a ValueError that names the setting that parts its members."""
+    for cfg in cfgs:
+        reason = solo_reason(cfg)
+        if reason:
+            raise ValueError(f"this training cannot join an ensemble: {reason}; run it solo (training.train).")
+    first = shape_key(cfgs[0])
+    for cfg in cfgs[1:]:
+        key = shape_key(cfg)
+        if key != first:
+            differ = [f for f, a, b in zip(SHAPE_FIELDS, first, key) if a != b] or ["a task parameter"]
+            raise ValueError(f"an ensemble's members share {', '.join(SHAPE_FIELDS)} and the task's parameters; "
+                             f"these differ in {', '.join(differ)}.")
+
+
+def train_ensemble(cfgs: list[TrainConfig], progress: bool = False) -> list[TrainResult]:
+    """Train every config as a member of one ensemble; results in the configs' order, each what its solo
+    run (training.train) gives, to float tolerance. A member that diverges, solves or stops leaves the batch."""
+    check_members(cfgs)
+    runs = [Run(cfg) for cfg in cfgs]
+    spec = runs[0].task.spec
+    bar = tqdm(total=sum(cfg.steps for cfg in cfgs), desc=f"ensemble of {len(cfgs)}: {cfgs[0].task}/{cfgs[0].cell} T={cfgs[0].seq_len}",
+               unit="model-step", disable=not progress, leave=False)
+    active = list(runs)
+    while active:
+        batches = [run.next_batch() for run in active]  # each member's own stream: the batches its solo run draws
+        mask = batches[0].mask
+        if any(b.mask is not mask and not torch.equal(b.mask, mask) for b in batches[1:]):
+            raise ValueError("the members' batches score different steps: an ensemble needs one mask per step for all")
+        start = time.perf_counter()
+        logits = ensemble_outputs([run.model for run in active], torch.stack([b.x for b in batches]), mask)  # (E, S, B, O)
+        losses = torch.stack([loss_of(spec, logits[e], b.targets()) for e, b in enumerate(batches)])  # (E,)
+        for run in active:
+            run.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # each member's parameters get its own loss's gradient: the members share no weight
+        values = losses.tolist()
+        stepped = [clip_and_step(v, run.opt, run.clipper, run.params, measure_update=True) for v, run in zip(values, active)]
+        sync(active[0].device)
+        seconds = (time.perf_counter() - start) / len(active)  # each member's share of the batched step
+        for run, value, (report, finite, update) in zip(active, values, stepped):
+            run.record(value, report, finite, update, seconds)
+        bar.update(len(active))
+        active = [run for run in active if run.running]
+    bar.close()
+    return [run.finish(ensemble_size=len(cfgs)) for run in runs]
