@@ -50,7 +50,7 @@ def build_tables(out: Path, keys: list[str], axes: list[str], module) -> tuple[d
         made_by = meta.get("env", {}).get("code", {})
         points.append({"key": key, "status": meta["status"], "seconds": meta["seconds"], **coords,
                        "computed_by": {k: made_by.get(k) for k in ("source", "torch", "commit", "dirty", "host")}
-                       | {"worker": meta.get("env", {}).get("worker")}})
+                       | {"worker": meta.get("env", {}).get("worker")}, **({"ensemble": meta["env"]["ensemble"]} if "ensemble" in meta.get("env", {}) else {})})
         if meta["status"] != "ok":
             failed.append({"key": key, **coords, "error": meta["error"]})
             continue

@@ -73,20 +73,27 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default=None, help="Where points run (default: inline, or processes with --workers > 1).")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Run the points on this Dask scheduler (tcp://host:8786); needs gradlab[dask].")
 @click.option("--dry-run", is_flag=True, help="Say which points would be computed and how many are cached; compute nothing.")
+@click.option("--ensemble", default="auto", show_default=True, metavar="auto|off|N",
+              help="Train points of one shape together as one batched ensemble, at most N at a time (auto: 8 on CPU, 64 on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only (an older page and figures are removed: they would describe another state).")
 @click.option("--reference", is_flag=True, help="Allow writing over a committed reference run in reports/ (scripts/reference_runs.sh).")
 @_friendly
 def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
         executor: str | None = None, scheduler: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False,
-        reference: bool = False) -> None:
+        reference: bool = False, ensemble: str = "auto") -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
     interrupted (every finished point is saved: rerun the same command to resume)."""
     from .report import draw
+    from .grouping import parse_mode
     from .runner import ExecutorLost, StudyInterrupted, plan, point_states, run_study
 
+    try:
+        mode = parse_mode(ensemble)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ensemble") from None
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
         _echo_dry_run(planned, out, profile, point_states(planned, out))
@@ -96,7 +103,7 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         summary = run_study(
             study, profile, list(overrides), out, workers=workers, executor=executor, progress=not quiet,
             argv=["gradlab", *sys.argv[1:]], render=None if no_report else draw, echo=click.echo, planned=planned, scheduler=scheduler,
-            reference=reference,
+            reference=reference, ensemble=mode,
         )
     except StudyInterrupted as exc:
         click.echo(str(exc), err=True)

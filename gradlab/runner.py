@@ -27,6 +27,7 @@ from .cells import check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
 from .folder import FolderLock, recover
+from .grouping import Mode, groups, parse_mode, summary as ensemble_summary
 from .ladder import RUN, SKIP, decide, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 from .study import Dropped, Resolved, Study, StudyError, expand, load_study, resolve
@@ -95,6 +96,35 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None, p
     except Exception as exc:  # a failing point is a result: record it, go on with the study
         error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=-3))
         return PointOutcome(key, config, None, error, time.perf_counter() - start, env)
+
+
+def execute_group(measure_name: str, configs: list[dict], threads: int | None = None, progress: bool = False,
+                  solo_because: str | None = None) -> list[PointOutcome]:
+    """Run points as one ensemble (or one point solo, saying why): an outcome per point, failures returned, never raised."""
+    import torch
+
+    if len(configs) == 1:
+        outcome = execute_point(measure_name, configs[0], threads, progress)
+        outcome.env["ensemble"] = {"size": 1, "solo": solo_because}
+        return [outcome]
+    if threads:
+        torch.set_num_threads(threads)
+    module = measures.load(measure_name)
+    cfgs = [module.Config(**c) for c in configs]
+    keys = [point_key(measure_name, c) for c in configs]
+    start = time.perf_counter()
+    env = {"code": code_identity(), "torch_threads": torch.get_num_threads(), "pid": os.getpid(), "worker": worker_address()}
+    group = {"size": len(configs), "group": keys[0], "members": keys}  # named by its first point's key
+    try:
+        tables = module.run_ensemble(cfgs, progress=progress)
+        seconds = time.perf_counter() - start
+        return [PointOutcome(k, c, t, None, seconds, env | {"ensemble": group | {"index": i}})
+                for i, (k, c, t) in enumerate(zip(keys, configs, tables))]
+    except Exception as exc:  # a failing ensemble fails each of its points: recorded, and rerun whole next time
+        error = f"{type(exc).__name__} (in an ensemble of {len(configs)}): {exc}\n" + "".join(traceback.format_exc(limit=-3))
+        seconds = time.perf_counter() - start
+        return [PointOutcome(k, c, None, error, seconds, env | {"ensemble": group | {"index": i}})
+                for i, (k, c) in enumerate(zip(keys, configs))]
 
 
 @dataclass
@@ -285,9 +315,12 @@ def run_study(
     planned: Plan | None = None,
     scheduler: str | None = None,
     reference: bool = False,
+    ensemble: str | int | Mode | None = None,
 ) -> RunSummary:
     """Run every point not already finished in `out`, then write the tables, manifest and report.
-    `echo` hears what the run is about to do (profile, points, exclusions, a reused folder)."""
+    `echo` hears what the run is about to do (profile, points, exclusions, a reused folder). `ensemble`:
+    auto (default), off or N, how training points are grouped into batched ensembles (gradlab.grouping)."""
+    mode = ensemble if isinstance(ensemble, Mode) else parse_mode(ensemble)
     p = planned or plan(study_ref, profile, list(overrides), device)
     argv = argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]  # the program's name, not its path
     out = Path(out) if out is not None else default_out(p)
@@ -296,10 +329,10 @@ def run_study(
         note = recover(out)
         if note and echo:
             echo(f"  note: {note}")
-        return _run_locked(p, profile, overrides, out, workers, executor, progress, argv, render, echo, scheduler)
+        return _run_locked(p, profile, overrides, out, workers, executor, progress, argv, render, echo, scheduler, mode)
 
 
-def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progress, argv, render, echo, scheduler) -> RunSummary:
+def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progress, argv, render, echo, scheduler, mode: Mode) -> RunSummary:
     resolved, points, module, keys, study = p.resolved, p.points, p.module, p.keys, p.study
     code = code_identity()
     store = PointStore(out, code)
@@ -323,6 +356,9 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         replaced = previous_run(out, p)
         if replaced:
             echo(f"  note: {replaced}")
+        said = ensemble_summary([pt for pt, st in zip(points, states) if st != "done"], module, mode) if todo else None
+        if said:
+            echo(f"  {said}")
     started = datetime.now(timezone.utc).isoformat()
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
     executor_name = (executor or default_executor(workers, scheduler)) if own_executor else type(executor).__name__
@@ -331,7 +367,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         "profile": resolved.profile, "argv": argv, "overrides": list(overrides),
         "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
         "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),
-        "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started,
+        "seeds": resolved.values.get("seed", []), "workers": workers, "executor": executor_name, "started": started, "ensemble": str(mode),
         "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "points_corrupt": corrupt, "code": code,
     }
     record = plan_record(p, argv, code, base)
@@ -347,7 +383,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
-    in_flight: dict[cf.Future, tuple[str, dict]] = {}
+    in_flight: dict[cf.Future, list[tuple[str, dict]]] = {}  # a group of points (one, or an ensemble) per future
     cluster_workers = None
 
     def save(outcome: PointOutcome) -> None:
@@ -360,7 +396,8 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
     def save_finished() -> None:  # the points that finished while the run was being stopped
         for future in in_flight:
             if future.done() and not future.cancelled() and future.exception() is None:
-                save(future.result())
+                for outcome in future.result():
+                    save(outcome)
 
     ladder, coords = resolved.ladder, p.coords
     success: dict[int, bool] = {}  # point index -> succeeded, for the ladder (points saved before, and this run's)
@@ -382,38 +419,43 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
             bar.update(len(skips))
             bar.set_postfix(skipped=skipped_now, **({"failed": failed_now} if failed_now else {}))
         pending = [i for i in pending if verdicts[i][0] != SKIP]
-        busy = {index_of[k] for k, _ in in_flight.values()}
+        busy = {index_of[k] for group in in_flight.values() for k, _ in group}
         return [todo_of[i] for i in pending if verdicts[i][0] == RUN and i not in busy]
 
     todo_of = {index_of[k]: (k, c) for k, c in todo}
     interrupted = False
     try:
         while True:
-            for item in next_items()[: in_flight_max - len(in_flight)]:
+            ready = next_items()
+            grouped = groups(ready, [points[index_of[k]] for k, _ in ready], module, mode, workers) if ready else []
+            for group, solo_because in grouped[: in_flight_max - len(in_flight)]:
                 # a bar inside a point too, where the point runs in this process (worker processes stay quiet)
-                in_flight[executor.submit(execute_point, study.measure, item[1], threads, progress and in_flight_max == 1)] = item
+                future = executor.submit(execute_group, study.measure, [c for _, c in group], threads, progress and in_flight_max == 1, solo_because)
+                in_flight[future] = group
             if not in_flight:
                 if pending:  # points that wait on nothing that runs: a defect of the ladder, never a silent stop
                     raise RuntimeError(f"{len(pending)} points wait on the ladder with nothing running")
                 break
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                key, config = in_flight.pop(future)
+                group = in_flight.pop(future)
                 try:
-                    outcome: PointOutcome = future.result()
-                except Exception as exc:  # the worker itself died (out of memory, a crash): a failed point
+                    outcomes: list[PointOutcome] = future.result()
+                except Exception as exc:  # the worker itself died (out of memory, a crash): failed points
                     if getattr(executor, "lost", lambda: False)():  # ... unless the whole executor is gone
                         raise ExecutorLost(out, sum(store.state(k) == "done" for k in keys), len(keys), exc) from exc
-                    outcome = PointOutcome(key, config, None, f"{type(exc).__name__}: {exc} (the process running this point died)", 0.0)
+                    outcomes = [PointOutcome(key, config, None, f"{type(exc).__name__}: {exc} (the process running this point died)", 0.0)
+                                for key, config in group]
                     if isinstance(exc, cf.BrokenExecutor) and own_executor:  # a broken pool takes no more work
                         executor.shutdown(wait=False, cancel_futures=True)
                         executor = make_executor(executor_name, workers)
-                save(outcome)
-                pending.remove(index_of[key])
-                if ladder is not None:
-                    success[index_of[key]] = bool(succeeded_in(store, key, module))  # as saved: the same test assemble applies
-                failed_now += outcome.error is not None
-                bar.update(1)
+                for outcome in outcomes:
+                    save(outcome)
+                    pending.remove(index_of[outcome.key])
+                    if ladder is not None:
+                        success[index_of[outcome.key]] = bool(succeeded_in(store, outcome.key, module))  # as saved: the same test assemble applies
+                    failed_now += outcome.error is not None
+                    bar.update(1)
                 if failed_now or skipped_now:
                     bar.set_postfix(**({"skipped": skipped_now} if skipped_now else {}), **({"failed": failed_now} if failed_now else {}))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every point that did finish, write the tables of those, stop

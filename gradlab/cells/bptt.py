@@ -31,9 +31,14 @@ def weight_grad(h0: torch.Tensor, outputs: torch.Tensor, grad_a: torch.Tensor) -
     """sum_t h_{t-1}^T grad_a_t as one matmul over all steps: (H, T*B) @ (T*B, G); per model for an ensemble."""
     H = h0.shape[-1]
     h_prevs = torch.cat([h0[None], outputs[:-1]])  # (T, B, H) or (T, E, B, H)
-    if h0.dim() == 3:  # an ensemble: (E, H, T*B) @ (E, T*B, G)
-        return torch.einsum("tebh,tebg->ehg", h_prevs, grad_a)
+    if h0.dim() == 3:  # an ensemble: each model's sum laid out as its solo run lays it out, so the same sums, bitwise
+        return torch.bmm(per_model(h_prevs).mT, per_model(grad_a))  # (E, H, T*B) @ (E, T*B, G)
     return h_prevs.reshape(-1, H).T @ grad_a.reshape(-1, grad_a.shape[-1])
+
+
+def per_model(steps: torch.Tensor) -> torch.Tensor:
+    """An ensemble's (T, E, B, X) as (E, T*B, X): each model's rows contiguous, in its solo run's order (a copy)."""
+    return steps.transpose(0, 1).reshape(steps.shape[1], -1, steps.shape[-1])
 
 
 class RNNSequence(torch.autograd.Function):
@@ -181,5 +186,5 @@ class GRUSequence(torch.autograd.Function):
                 grad_h = addmm(dh * z, ga_t, w_t)
         grad_inputs = torch.cat([grad_a[..., : 2 * H], grad_x_h], dim=-1)  # (T, B, 3H)
         grad_w = weight_grad(h0, outputs, grad_a)
-        grad_bias = grad_a.sum((0, grad_a.dim() - 2))  # over time and batch: (3H,), or (E, 3H)
+        grad_bias = grad_a.sum((0, 1)) if grad_a.dim() == 3 else per_model(grad_a).sum(1)  # over time and batch: (3H,), or (E, 3H)
         return grad_inputs, grad_h if ctx.needs_input_grad[1] else None, grad_w, grad_bias

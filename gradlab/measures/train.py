@@ -32,7 +32,8 @@ COLUMNS = COMMON_COLUMNS | {
     "grad_norm": "median global gradient L2 norm before clipping, over the steps since the last evaluation",
     "grad_norm_pre": "global gradient L2 norm before clipping", "grad_norm_post": "after clipping (median, in results)",
     "clipped": "whether clipping changed the gradient", "clip_rate": "share of steps clipped since the last evaluation",
-    "seconds": "training seconds (a step, or the steps since the last evaluation)",
+    "seconds": "training seconds (a step, or the steps since the last evaluation); in an ensemble, the member's share of each batched step",
+    "ensemble_size": "models trained together in the batched pass that ran this one (1: solo)",
     "diverged": "a non-finite loss or gradient ended the run", "train_ppl": "lyrics: exp(train_loss)",
     "val_ppl": "lyrics: held-out perplexity over in-vocabulary targets",
     # per run (runs, final)
@@ -118,9 +119,35 @@ def preflight(configs: list) -> None:
         seen.add(key)
 
 
+def tables_of(result) -> dict[str, list[dict]]:
+    return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
+
+
 def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
     result = train(cfg, progress=progress)
-    return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
+    result.run["ensemble_size"] = 1
+    return tables_of(result)
+
+
+def ensemble_reason(cfg) -> str | None:
+    """Why this point cannot train in an ensemble (it runs solo), or None."""
+    from ..training.ensemble import solo_reason
+
+    return solo_reason(cfg)
+
+
+def ensemble_key(cfg) -> tuple:
+    """Points with equal keys can train as one ensemble."""
+    from ..training.ensemble import shape_key
+
+    return shape_key(cfg)
+
+
+def run_ensemble(cfgs: list, progress: bool = False) -> list[dict[str, list[dict]]]:
+    """Every config trained as a member of one batched ensemble: each point's tables, as its solo run's."""
+    from ..training.ensemble import train_ensemble
+
+    return [tables_of(result) for result in train_ensemble(cfgs, progress)]
 
 
 def succeeded(tables: dict) -> bool:

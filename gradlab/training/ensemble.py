@@ -10,12 +10,12 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence
+from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence, per_model
 from ..tasks.base import loss_of
 from ..timing import sync
 from .config import TrainConfig
 from .loop import Run, TrainResult, clip_and_step
-from .model import SeqModel
+from .model import SeqModel, readout
 
 SHAPE_FIELDS = ("task", "cell", "impl", "variant", "seq_len", "hidden_size", "batch_size", "optimizer", "dtype", "device")
 BATCHED_CELLS = ("rnn", "gru", "lstm")  # the cells with a written-out BPTT (cells/bptt.py)
@@ -45,6 +45,19 @@ def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors)  # (E, ...): autograd hands each member's slice of the gradient back to its own tensor
 
 
+class AddBias(torch.autograd.Function):
+    """rows (T, E, B, G) + each model's bias (E, G), whose gradient sums each model's rows in its solo run's
+    order (bptt.per_model): a broadcast add's backward would sum them in another, off by a rounding."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return rows + bias[:, None, :]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, per_model(grad).sum(1)
+
+
 def project(models: list[SeqModel], x: torch.Tensor) -> torch.Tensor:
     """Every member's input projection x W_x + b in one batched matmul (a row lookup for token ids):
     x (E, T, B, I) floats or (E, T, B) ids -> (T, E, B, G*H)."""
@@ -59,7 +72,7 @@ def project(models: list[SeqModel], x: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(x.masked_fill(unknown, 0) + offsets, w_x.reshape(E * V, -1))  # (E, T, B, G*H)
         if bool(unknown.any()):
             rows = rows.masked_fill(unknown[..., None], 0)
-        return (rows + b[:, None, None, :]).transpose(0, 1)
+        return AddBias.apply(rows.transpose(0, 1), b)
     T, B = x.shape[1:3]
     flat = torch.baddbmm(b[:, None, :], x.to(w_x.dtype).reshape(E, T * B, V), w_x)  # a task's float32 vectors, a float64 model  # (E, T*B, G*H)
     return flat.view(E, T, B, -1).transpose(0, 1)
@@ -81,7 +94,7 @@ def ensemble_outputs(models: list[SeqModel], x: torch.Tensor, mask: torch.Tensor
     S = out.shape[0]
     w_q = stacked([m.W_hq for m in models])  # (E, H, O)
     b_q = stacked([m.b_q for m in models])  # (E, O)
-    logits = torch.baddbmm(b_q[:, None, :], out.transpose(0, 1).reshape(len(models), S * B, H), w_q)  # (E, S*B, O)
+    logits = readout(b_q, out.transpose(0, 1).reshape(len(models), S * B, H), w_q)  # (E, S*B, O)
     return logits.view(len(models), S, B, -1)
 
 

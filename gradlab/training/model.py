@@ -52,8 +52,19 @@ class SeqModel(nn.Module):
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output layer: (S, B, H) -> (S, B, O)."""
-        logits = torch.addmm(self.b_q, hidden.reshape(-1, hidden.shape[-1]), self.W_hq)  # (S*B, O), bias fused
+        logits = readout(self.b_q[None], hidden.reshape(1, -1, hidden.shape[-1]), self.W_hq[None])  # (1, S*B, O)
         return logits.view(*hidden.shape[:-1], -1)
+
+
+def readout(b_q: torch.Tensor, hidden: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """Output layers of E models in one batched matmul: b_q (E, O), hidden (E, N, H), w_q (E, H, O) -> (E, N, O).
+    A solo model is E = 1, so that solo and ensemble runs sum alike, bitwise on CPU. A one-column layer (the
+    adding task's) is padded to two: bmm of one model takes one column as a matrix-vector product, which
+    sums in another order than bmm of many."""
+    if w_q.shape[-1] == 1:
+        w_q, b_q = F.pad(w_q, (0, 1)), F.pad(b_q, (0, 1))
+        return torch.baddbmm(b_q[:, None, :], hidden, w_q)[..., :1]
+    return torch.baddbmm(b_q[:, None, :], hidden, w_q)
 
 
 def build_model(spec: Spec, cell: str, impl: str, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
