@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence, per_model
+from ..memory import keep_freed_memory
 from ..tasks.base import loss_of
 from ..timing import sync
 from .config import TrainConfig
@@ -113,10 +114,27 @@ def check_members(cfgs: list[TrainConfig]) -> None:
                              f"these differ in {', '.join(differ)}.")
 
 
+def ensemble_step(active: list[Run], spec, batches: list) -> tuple[list[float], list[tuple]]:
+    """One optimiser step of every run in `active` on its own batch, as one batched forward and backward:
+    (each run's loss, each run's (ClipResult, finite, update norm))."""
+    mask = batches[0].mask
+    if any(b.mask is not mask and not torch.equal(b.mask, mask) for b in batches[1:]):
+        raise ValueError("the members' batches score different steps: an ensemble needs one mask per step for all")
+    logits = ensemble_outputs([run.model for run in active], torch.stack([b.x for b in batches]), mask)  # (E, S, B, O)
+    losses = torch.stack([loss_of(spec, logits[e], b.targets()) for e, b in enumerate(batches)])  # (E,)
+    for run in active:
+        run.opt.zero_grad(set_to_none=True)
+    losses.sum().backward()  # each member's parameters get its own loss's gradient: the members share no weight
+    values = losses.tolist()
+    return values, [clip_and_step(v, run.opt, run.clipper, run.params, measure_update=True) for v, run in zip(values, active)]
+
+
 def train_ensemble(cfgs: list[TrainConfig], progress: bool = False) -> list[TrainResult]:
     """Train every config as a member of one ensemble; results in the configs' order, each what its solo
     run (training.train) gives, to float tolerance. A member that diverges, solves or stops leaves the batch."""
     check_members(cfgs)
+    if cfgs[0].device == "cpu":
+        keep_freed_memory()  # its big per-step tensors reused, not faulted in anew at every step
     runs = [Run(cfg) for cfg in cfgs]
     spec = runs[0].task.spec
     bar = tqdm(total=sum(cfg.steps for cfg in cfgs), desc=f"ensemble of {len(cfgs)}: {cfgs[0].task}/{cfgs[0].cell} T={cfgs[0].seq_len}",
@@ -124,17 +142,8 @@ def train_ensemble(cfgs: list[TrainConfig], progress: bool = False) -> list[Trai
     active = list(runs)
     while active:
         batches = [run.next_batch() for run in active]  # each member's own stream: the batches its solo run draws
-        mask = batches[0].mask
-        if any(b.mask is not mask and not torch.equal(b.mask, mask) for b in batches[1:]):
-            raise ValueError("the members' batches score different steps: an ensemble needs one mask per step for all")
         start = time.perf_counter()
-        logits = ensemble_outputs([run.model for run in active], torch.stack([b.x for b in batches]), mask)  # (E, S, B, O)
-        losses = torch.stack([loss_of(spec, logits[e], b.targets()) for e, b in enumerate(batches)])  # (E,)
-        for run in active:
-            run.opt.zero_grad(set_to_none=True)
-        losses.sum().backward()  # each member's parameters get its own loss's gradient: the members share no weight
-        values = losses.tolist()
-        stepped = [clip_and_step(v, run.opt, run.clipper, run.params, measure_update=True) for v, run in zip(values, active)]
+        values, stepped = ensemble_step(active, spec, batches)
         sync(active[0].device)
         seconds = (time.perf_counter() - start) / len(active)  # each member's share of the batched step
         for run, value, (report, finite, update) in zip(active, values, stepped):

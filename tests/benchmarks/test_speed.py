@@ -114,3 +114,14 @@ def test_scratch_lyrics_epoch_beats_the_book_style(benchmark):
     result = benchmark.pedantic(compare_epoch_speed, args=(book_config(), task, 2), rounds=1, iterations=1)
     benchmark.extra_info |= {k: v for k, v in result.items() if isinstance(v, (int, float))}
     gate("book_epoch_over_gradlab_epoch", result["speedup"])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_an_ensemble_of_8_outruns_8_solo_runs_at_the_adding_shape(benchmark, cell):
+    """Model-steps per second of 8 runs as one batched ensemble over the same 8 runs stepped one at a time
+    (T 100, B 50, H 128; RMSProp, norm clipping and its telemetry), interleaved in one process."""
+    from gradlab.training.ensemble_speed import ensemble_speed
+
+    row = benchmark.pedantic(ensemble_speed, args=(cell, 8), kwargs={"rounds": 3}, rounds=1, iterations=1)
+    benchmark.extra_info |= {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    gate(f"ensemble_of_8_speedup_{cell}", row["speedup"])
