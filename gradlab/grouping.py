@@ -11,7 +11,7 @@ AUTO_LARGEST = {"cpu": 8, "cuda": 64}  # CPU: 8 models already make each matmul 
 
 @dataclass(frozen=True)
 class Mode:
-    """off, or ensembles of at most `largest` points (auto: sized by device, and split to keep every worker busy)."""
+    """off, or ensembles of at most `largest` points (auto: at most 8 on CPU, 64 on a GPU, each shape split over the workers)."""
 
     largest: int
     auto: bool = False
@@ -68,7 +68,7 @@ def groups(items: list, configs: list, module, mode: Mode, workers: int = 1) -> 
         largest = mode.largest
         if mode.auto:
             device = str(getattr(configs[first[key]], "device", "cpu")).split(":")[0]
-            spread = math.ceil(len(members) / workers) if len(buckets) < workers else len(members)  # every worker a share
+            spread = math.ceil(len(members) / workers)  # each shape shared out over the workers: no one ensemble the critical path
             largest = max(1, min(AUTO_LARGEST.get(device, AUTO_LARGEST["cpu"]), spread))
         for start in range(0, len(members), largest):
             chunk = members[start : start + largest]

@@ -73,6 +73,17 @@ MUTATIONS = [
      "                pass", "tests/test_figures.py -k diverged_at_step_3"),
     ("temporal order windows by floor", "gradlab/tasks/temporal_order.py", "return -(-k * length // 10)", "return k * length // 10",
      "tests/test_tasks.py::test_temporal_order_positions_and_classes"),
+    ("an ensemble keeps members that ended", "gradlab/training/ensemble.py", "active = [run for run in active if run.running]",
+     "active = [run for run in active if run.step < run.cfg.steps]", "tests/test_ensemble.py -k diverges"),
+    ("an ensemble's members share one data stream", "gradlab/training/ensemble.py", "batches = [run.next_batch() for run in active]  #",
+     "batches = [active[0].next_batch()] * len(active)  #", "tests/test_ensemble.py -k float64"),
+    ("the batched weight gradient of the first model for all", "gradlab/cells/bptt.py",
+     "return torch.bmm(per_model(h_prevs).mT, per_model(grad_a))", "return torch.bmm(per_model(h_prevs).mT, per_model(grad_a))[:1].expand(h0.shape[0], -1, -1)",
+     "tests/test_ensemble.py -k gradcheck"),
+    ("an ensemble's bias gradient summed over the models too", "gradlab/training/ensemble.py", "return grad, per_model(grad).sum(1)",
+     "return grad, per_model(grad).sum(1).sum(0, keepdim=True).expand(grad.shape[1], -1)", "tests/test_ensemble.py -k token"),
+    ("ensembles off when asked for auto", "gradlab/grouping.py", "return not self.auto and self.largest <= 1", "return self.largest <= 1",
+     "tests/test_ensemble.py -k runner"),
 ]
 
 
