@@ -96,7 +96,7 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         raise click.BadParameter(str(exc), param_hint="--ensemble") from None
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
-        _echo_dry_run(planned, out, profile, point_states(planned, out))
+        _echo_dry_run(planned, out, profile, point_states(planned, out), mode)
         return
     previous = signal.signal(signal.SIGTERM, _terminate)  # a kill ends like Ctrl-C: what finished is saved and shown
     try:
@@ -130,9 +130,10 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[str]) -> None:
+def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[str], mode=None) -> None:
     import pandas as pd
 
+    from .grouping import summary
     from .runner import default_out
 
     out = out or default_out(planned)
@@ -144,6 +145,9 @@ def _echo_dry_run(planned, out: Path | None, profile: str | None, states: list[s
         click.echo(f"  excluded: {line}")
     if planned.resolved.ladder is not None:
         click.echo(f"  ladder: {planned.resolved.ladder}; of the points to compute, those it leaves out are known only as the shorter ones finish")
+    said = summary(todo, planned.module, mode) if todo and mode is not None else None
+    if said:
+        click.echo(f"  {said}")
     if todo:
         axes = planned.resolved.axes or ["seed"]
         table = pd.DataFrame([{a: getattr(pt, a) for a in axes} for pt in todo])

@@ -48,9 +48,20 @@ def joins(module, config) -> tuple[object, str | None]:
     return (None, reason) if reason else (module.ensemble_key(config), None)
 
 
-def groups(items: list, configs: list, module, mode: Mode, workers: int = 1) -> list[tuple[list, str | None]]:
+def shape_counts(configs: list, module) -> dict:
+    """How many of these points share each ensemble shape: what auto shares out over the workers."""
+    counts: dict = {}
+    for cfg in configs:
+        key, why = joins(module, cfg)
+        if not why:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def groups(items: list, configs: list, module, mode: Mode, workers: int = 1, counts: dict | None = None) -> list[tuple[list, str | None]]:
     """items (in grid order) and their measure configs -> [(items of one group, why solo or None)], in the
-    order of each group's first item. A group of one that could have joined says so ('no other point ...')."""
+    order of each group's first item. Auto sizes a shape's groups by `counts` (shape_counts of the whole run,
+    so that groups keep their size as points finish; default: these items)."""
     if mode.off:
         return [([item], "--ensemble off") for item in items]
     buckets: dict[object, list] = {}
@@ -66,13 +77,17 @@ def groups(items: list, configs: list, module, mode: Mode, workers: int = 1) -> 
     out: list[tuple[int, list, str | None]] = list(solo)
     for key, members in buckets.items():
         largest = mode.largest
+        alone = "no other runnable point of its shape"
         if mode.auto:
             device = str(getattr(configs[first[key]], "device", "cpu")).split(":")[0]
-            spread = math.ceil(len(members) / workers)  # each shape shared out over the workers: no one ensemble the critical path
+            total = (counts or {}).get(key, len(members))
+            spread = math.ceil(total / workers)  # each shape shared out over the workers: no one ensemble the critical path
             largest = max(1, min(AUTO_LARGEST.get(device, AUTO_LARGEST["cpu"]), spread))
+            if spread < total:
+                alone = f"its shape's {total} points shared out over {workers} workers"
         for start in range(0, len(members), largest):
             chunk = members[start : start + largest]
-            out.append((chunk[0][0], [item for _, item in chunk], None if len(chunk) > 1 else "no other runnable point of its shape"))
+            out.append((chunk[0][0], [item for _, item in chunk], None if len(chunk) > 1 else alone))
     return [(chunk, why) for _, chunk, why in sorted(out, key=lambda o: o[0])]
 
 

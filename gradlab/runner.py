@@ -27,7 +27,7 @@ from .cells import check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
 from .folder import FolderLock, recover
-from .grouping import Mode, groups, parse_mode, summary as ensemble_summary
+from .grouping import Mode, groups, parse_mode, shape_counts, summary as ensemble_summary
 from .ladder import RUN, SKIP, decide, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
 from .study import Dropped, Resolved, Study, StudyError, expand, load_study, resolve
@@ -423,11 +423,12 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         return [todo_of[i] for i in pending if verdicts[i][0] == RUN and i not in busy]
 
     todo_of = {index_of[k]: (k, c) for k, c in todo}
+    counts = shape_counts([points[i] for i in todo_of], module) if mode.auto and hasattr(module, "run_ensemble") else None
     interrupted = False
     try:
         while True:
             ready = next_items()
-            grouped = groups(ready, [points[index_of[k]] for k, _ in ready], module, mode, workers) if ready else []
+            grouped = groups(ready, [points[index_of[k]] for k, _ in ready], module, mode, workers, counts) if ready else []
             for group, solo_because in grouped[: in_flight_max - len(in_flight)]:
                 # a bar inside a point too, where the point runs in this process (worker processes stay quiet)
                 future = executor.submit(execute_group, study.measure, [c for _, c in group], threads, progress and in_flight_max == 1, solo_because)

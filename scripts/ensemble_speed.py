@@ -1,6 +1,6 @@
 """Model-steps per second of ensembles of E = 1, 4, 8, 16, 32 against E solo runs at the adding shape
 (T 100, B 50, H 128), per cell, interleaved in one process; with where the ensemble step's time goes.
-Usage: python scripts/ensemble_speed.py [--cells lstm,gru] [--sizes 1,4,8,16,32] [--threads 2] [--device cpu]"""
+Usage: python scripts/ensemble_speed.py [--cells lstm,gru] [--sizes 1,4,8,16,32] [--threads 2] [--device cpu] [--fused]"""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fused", action="store_true", help="also time one torch.nn run (cuDNN on a GPU) stepped alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| cell | E | ensemble model-steps/s | solo model-steps/s | speedup | matmul | element-wise | Python and dispatch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| cell | E | ensemble model-steps/s | solo model-steps/s | speedup | fused solo model-steps/s | matmul | element-wise | Python and dispatch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells.split(","):
         for size in map(int, args.sizes.split(",")):
-            r = ensemble_speed(cell, size, rounds=args.rounds, shares=args.device == "cpu", device=args.device)
+            r = ensemble_speed(cell, size, rounds=args.rounds, shares=args.device == "cpu", device=args.device, fused=args.fused)
             shares = [f"{r[k]:.0%}" if k in r else "" for k in ("share_matmul", "share_element_wise", "share_Python_and_dispatch")]
             print(f"| {cell} | {size} | {r['ensemble_model_steps_per_s']:.1f} | {r['solo_model_steps_per_s']:.1f} | "
-                  f"{r['speedup']:.2f}x | {' | '.join(shares)} |", flush=True)
+                  f"{r['speedup']:.2f}x | {r.get('fused_model_steps_per_s', float('nan')):.1f} | {' | '.join(shares)} |", flush=True)
 
 
 if __name__ == "__main__":

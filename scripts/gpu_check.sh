@@ -25,6 +25,8 @@ echo "== other studies on cuda, small"; for args in "lyrics --profile quick --se
   timeout 25 $g run $args --device cuda --out runs/smoke --quiet --no-report > runs/smoke.txt 2>&1 \
     && echo "ok: $args" || { echo "FAILED: $args"; tail -5 runs/smoke.txt; }
 done
+echo "== ensembles: E models as one batched step against E solo scratch runs and one cuDNN run"
+timeout 120 python3 scripts/ensemble_speed.py --device cuda --sizes 1,8,64 --rounds 3 --fused 2>&1 | tee "$out/ensemble_speed.md"
 echo "== determinism"; timeout 45 python3 scripts/gpu_determinism.py "$out/determinism.txt" cuda
 python3 - "$out" <<'PY'
 import sys, pandas as pd

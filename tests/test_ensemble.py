@@ -111,6 +111,8 @@ def test_what_cannot_join_an_ensemble_says_why():
     assert "reset_before" in solo_reason(Config(cell="gru", variant="reset_before", **SMALL))
     assert "dropout" in solo_reason(Config(dropout=0.1, **SMALL))
     assert solo_reason(Config(**SMALL)) is None
+    assert "consecutive text batches" in solo_reason(Config(**(SMALL | {"task": "lyrics"})))  # the book's sampling, by default
+    assert solo_reason(Config(**(SMALL | {"task": "lyrics", "sampling": "random"}))) is None
     with pytest.raises(ValueError, match="differ in hidden_size"):
         check_members([Config(**SMALL), Config(**(SMALL | {"hidden_size": 16}))])
     with pytest.raises(ValueError, match="differ in a task parameter"):
@@ -133,6 +135,10 @@ def test_groups_split_by_shape_and_size_and_keep_grid_order():
                                        solo_reason(cfgs[-1])]
     auto = groups(items, cfgs, train_measure, parse_mode("auto"), workers=2)  # each shape shared out over the two workers
     assert [len(g) for g, _ in auto] == [3, 2, 3, 2, 1]
+    three = groups(items[:3], cfgs[:3], train_measure, parse_mode("auto"), workers=2)
+    assert [(len(g), why) for g, why in three] == [(2, None), (1, "its shape's 3 points shared out over 2 workers")]
+    rest = groups(items[3:5], cfgs[3:5], train_measure, parse_mode("auto"), workers=2, counts={train_measure.ensemble_key(cfgs[0]): 5})
+    assert [len(g) for g, _ in rest] == [2]  # the last two of five, as the run began: sized by the whole shape, not re-split
     assert [len(g) for g, _ in groups(items, cfgs, train_measure, parse_mode("auto"))] == [5, 5, 1]
     assert all(len(g) == 1 for g, _ in groups(items, cfgs, train_measure, parse_mode("off")))
 
@@ -175,3 +181,25 @@ def test_the_runner_groups_points_records_the_groups_and_gives_the_solo_numbers(
         assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-5)
     runs = pd.read_parquet(tmp_path / "on" / "runs.parquet")
     assert set(runs["ensemble_size"]) == {3} and not any(math.isnan(s) for s in runs["train_seconds"])
+
+
+def test_the_cli_refuses_a_bad_ensemble_and_a_dry_run_says_how_points_group(tmp_path):
+    from click.testing import CliRunner
+
+    from gradlab.cli import main
+
+    study = tmp_path / "tiny-train.toml"
+    study.write_text(STUDY)
+    bad = CliRunner().invoke(main, ["run", str(study), "--ensemble", "many", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--ensemble takes auto, off or a whole number N >= 1" in bad.output
+    dry = CliRunner().invoke(main, ["run", str(study), "--set", "impl=scratch,cudnn", "--dry-run", "--device", "cpu", "--out", str(tmp_path / "y")])
+    assert dry.exit_code == 0, dry.output
+    assert "ensembles auto: 6 of 12 points can train batched, in 2 shapes; solo: 6 because impl 'cudnn'" in dry.output
+
+
+def test_the_page_says_how_the_points_trained():
+    from gradlab.report import ensemble_note
+
+    points = [{"ensemble": {"size": 3, "group": "a", "index": i}} for i in range(3)] + [{"ensemble": {"size": 1, "solo": "impl 'cudnn': ..."}}]
+    assert ensemble_note({"points": points}) == "3 points trained in 1 ensemble (models per batched step: 3); solo: 1 (impl 'cudnn': ...)."
+    assert ensemble_note({"points": [{"ensemble": {"size": 1, "solo": "--ensemble off"}}]}) is None

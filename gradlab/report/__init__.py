@@ -47,6 +47,25 @@ def check_finished(out: Path) -> dict:
     raise FileNotFoundError(f"{out} holds no manifest.json: not a gradlab run folder (make one with `gradlab run`).")
 
 
+def ensemble_note(manifest: dict) -> str | None:
+    """How the points trained: in how many ensembles of which sizes, and how many solo and why (None: no ensembles)."""
+    points = [p for p in manifest.get("points", []) if p.get("ensemble")]
+    groups = {p["ensemble"]["group"]: p["ensemble"]["size"] for p in points if p["ensemble"].get("size", 1) > 1}
+    if not groups:
+        return None
+    solo: dict[str, int] = {}
+    for p in points:
+        if p["ensemble"].get("size", 1) == 1:
+            why = p["ensemble"].get("solo") or "alone"
+            solo[why] = solo.get(why, 0) + 1
+    sizes = sorted(groups.values(), reverse=True)
+    line = (f"{sum(sizes)} points trained in {len(sizes)} ensemble{'s' * (len(sizes) != 1)} "
+            f"(models per batched step: {', '.join(map(str, sizes))})")
+    if solo:
+        line += "; solo: " + "; ".join(f"{n} ({why})" for why, n in solo.items())
+    return line + "."
+
+
 def unfinished_note(manifest: dict) -> str | None:
     """A sentence for a folder whose run did not finish (None: it did)."""
     if manifest.get("complete", True):
@@ -112,6 +131,9 @@ def draw(out: Path, into: Path) -> Path:
     note = unfinished_note(manifest)
     if note:
         body.append(f"<p class='failed'>{html.escape(note)}</p>")
+    grouped = ensemble_note(manifest)
+    if grouped:
+        body.append(f"<p class='run'>{html.escape(grouped)}</p>")
     if section.key_points or section.summaries:
         body.append("<h2>Summary</h2><div class='key'>" + "".join(f"<p>{html.escape(k)}</p>" for k in section.key_points) + "</div>")
         if section.notes:

@@ -4,6 +4,7 @@ the written-out BPTT are batched over a leading model dimension, and a member th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence, per_model
 from ..memory import keep_freed_memory
+from ..tasks import task_class
 from ..tasks.base import loss_of
 from ..timing import sync
 from .config import TrainConfig
@@ -32,9 +34,19 @@ def solo_reason(cfg: TrainConfig) -> str | None:
         return "the reset_before GRU runs step by step, with no written-out BPTT to batch"
     if cfg.dropout:
         return "dropout draws from the global random stream, which the members would share"
-    if getattr(cfg.make_task(), "sampling", None) == "consecutive":
+    if carries_state(cfg):
         return "consecutive text batches carry each model's state from batch to batch"
     return None
+
+
+def carries_state(cfg: TrainConfig) -> bool:
+    """Whether the task's batches carry the state from one to the next (lyrics' consecutive sampling), read from
+    the config and the task's defaults without building the task (which would load a corpus)."""
+    fields = {f.name: f for f in dataclasses.fields(task_class(cfg.task))}
+    if "sampling" not in fields:
+        return False
+    sampling = cfg.task_params().get("sampling")
+    return (fields["sampling"].default if sampling is None else sampling) == "consecutive"
 
 
 def shape_key(cfg: TrainConfig) -> tuple:
@@ -75,7 +87,7 @@ def project(models: list[SeqModel], x: torch.Tensor) -> torch.Tensor:
             rows = rows.masked_fill(unknown[..., None], 0)
         return AddBias.apply(rows.transpose(0, 1), b)
     T, B = x.shape[1:3]
-    flat = torch.baddbmm(b[:, None, :], x.to(w_x.dtype).reshape(E, T * B, V), w_x)  # a task's float32 vectors, a float64 model  # (E, T*B, G*H)
+    flat = torch.baddbmm(b[:, None, :], x.to(w_x.dtype).reshape(E, T * B, V), w_x)  # (E, T*B, G*H); a float64 model takes float32 vectors
     return flat.view(E, T, B, -1).transpose(0, 1)
 
 
@@ -117,6 +129,8 @@ def check_members(cfgs: list[TrainConfig]) -> None:
 def ensemble_step(active: list[Run], spec, batches: list) -> tuple[list[float], list[tuple]]:
     """One optimiser step of every run in `active` on its own batch, as one batched forward and backward:
     (each run's loss, each run's (ClipResult, finite, update norm))."""
+    if any(b.carry for b in batches):
+        raise ValueError("a batch carries its model's state from the last one: such a task trains solo, not in an ensemble")
     mask = batches[0].mask
     if any(b.mask is not mask and not torch.equal(b.mask, mask) for b in batches[1:]):
         raise ValueError("the members' batches score different steps: an ensemble needs one mask per step for all")

@@ -16,9 +16,11 @@ from .loop import Run, train_step
 ADDING_SHAPE = {"task": "adding", "seq_len": 100, "batch_size": 50, "hidden_size": 128}  # the long-range studies' own
 
 
-def ensemble_speed(cell: str, size: int, rounds: int = 3, shares: bool = False, device: str = "cpu", **settings) -> dict:
+def ensemble_speed(cell: str, size: int, rounds: int = 3, shares: bool = False, device: str = "cpu", fused: bool = False,
+                   **settings) -> dict:
     """One row: an ensemble of `size` runs (seeds 0 .. size-1, the long-range studies' optimiser and clipping)
-    against the same `size` runs stepped one after another; medians over `rounds` interleaved rounds after one warm-up."""
+    against the same `size` runs stepped one after another (and, with `fused`, one torch.nn run, cuDNN on a
+    GPU); medians over `rounds` interleaved rounds after one warm-up."""
     if device == "cpu":
         keep_freed_memory()  # as train_ensemble does (and the solo steps gain from it alike)
     Config = with_task_params(TrainConfig)
@@ -33,9 +35,18 @@ def ensemble_speed(cell: str, size: int, rounds: int = 3, shares: bool = False, 
         for run in solo_runs:
             train_step(run.model, spec, run.next_batch(), None, run.opt, run.clipper, run.params, measure_update=True)
 
-    times: dict[str, list[float]] = {"ensemble": [], "solo": []}
+    calls = {"ensemble": ensemble, "solo": solo}
+    if fused:
+        fused_run = Run(Config(seed=0, **(base | {"impl": "cudnn"})))
+
+        def fused_step() -> None:
+            train_step(fused_run.model, spec, fused_run.next_batch(), None, fused_run.opt, fused_run.clipper, fused_run.params,
+                       measure_update=True)
+
+        calls["fused"] = fused_step
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for k in range(rounds + 1):
-        for name, call in (("ensemble", ensemble), ("solo", solo)):
+        for name, call in calls.items():
             sync(ens_runs[0].device)
             start = time.perf_counter()
             call()
@@ -45,6 +56,8 @@ def ensemble_speed(cell: str, size: int, rounds: int = 3, shares: bool = False, 
     ens, one = statistics.median(times["ensemble"]), statistics.median(times["solo"])
     row = {"cell": cell, "ensemble_size": size, **{k: base[k] for k in ADDING_SHAPE}, "device": device, "rounds": rounds,
            "ensemble_model_steps_per_s": size / ens, "solo_model_steps_per_s": size / one, "speedup": one / ens}
+    if fused:
+        row["fused_model_steps_per_s"] = 1 / statistics.median(times["fused"])  # one torch.nn run stepped alone
     if shares:
         row |= {f"share_{k.replace(' ', '_').replace('-', '_')}": v for k, v in time_shares(ensemble, repeats=1, warmup=0).items()}
     return row
