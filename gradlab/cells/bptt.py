@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .families import family
+
 
 def refuse_second_derivative() -> None:
     if torch.is_grad_enabled():  # the engine enables grad mode in a backward only under create_graph=True
@@ -188,3 +190,19 @@ class GRUSequence(torch.autograd.Function):
         grad_w = weight_grad(h0, outputs, grad_a)
         grad_bias = grad_a.sum((0, 1)) if grad_a.dim() == 3 else per_model(grad_a).sum(1)  # over time and batch: (3H,), or (E, 3H)
         return grad_inputs, grad_h if ctx.needs_input_grad[1] else None, grad_w, grad_bias
+
+
+def sequence_function(cell: str, variant: str | None = None) -> type[torch.autograd.Function] | None:
+    """The cell's written-out BPTT, or None where it runs step by step (the linear cell, the reset_before GRU)."""
+    if variant == "reset_before":
+        return None
+    return {"rnn": RNNSequence, "gru": GRUSequence, "lstm": LSTMSequence}.get(cell)
+
+
+def sequence_outputs(cell: str, inputs: torch.Tensor, h0: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """h at every step (T, ..., H) through the cell's written-out BPTT from h0 (and a zero cell state where the
+    cell has one); weights as ScratchCell.recurrent gives them, stacked for an ensemble."""
+    fn = sequence_function(cell)
+    if len(family(cell).state) > 1:  # (h, c)
+        return fn.apply(inputs, h0, torch.zeros_like(h0), *weights)[0]
+    return fn.apply(inputs, h0, *weights)

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..cells.bptt import GRUSequence, LSTMSequence, RNNSequence, per_model
+from ..cells.bptt import per_model, sequence_function, sequence_outputs
 from ..memory import keep_freed_memory
 from ..tasks import task_class
 from ..tasks.base import loss_of
@@ -21,17 +21,15 @@ from .loop import Run, TrainResult, clip_and_step
 from .model import SeqModel, readout
 
 SHAPE_FIELDS = ("task", "cell", "impl", "variant", "seq_len", "hidden_size", "batch_size", "optimizer", "dtype", "device")
-BATCHED_CELLS = ("rnn", "gru", "lstm")  # the cells with a written-out BPTT (cells/bptt.py)
 
 
 def solo_reason(cfg: TrainConfig) -> str | None:
     """Why this training cannot join an ensemble (it then runs solo), or None when it can."""
     if cfg.impl != "scratch":
         return f"impl {cfg.impl!r}: only the scratch cells batch over models (a fused kernel takes one model)"
-    if cfg.cell not in BATCHED_CELLS:
-        return f"cell {cfg.cell!r} has no written-out BPTT to batch (ensembles take {', '.join(BATCHED_CELLS)})"
-    if cfg.cell == "gru" and cfg.variant == "reset_before":
-        return "the reset_before GRU runs step by step, with no written-out BPTT to batch"
+    if sequence_function(cfg.cell, cfg.variant) is None:
+        named = f"{cfg.cell!r}" + (f" ({cfg.variant})" if cfg.variant else "")
+        return f"cell {named} runs step by step, with no written-out BPTT to batch"
     if cfg.dropout:
         return "dropout draws from the global random stream, which the members would share"
     if carries_state(cfg):
@@ -94,14 +92,11 @@ def project(models: list[SeqModel], x: torch.Tensor) -> torch.Tensor:
 def ensemble_outputs(models: list[SeqModel], x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The members' outputs at the scored steps: x (E, T, B, ...) -> (E, S, B, O), every matmul batched over E."""
     cells = [m.cell for m in models]
-    kind, H, B = cells[0].cell, cells[0].hidden_size, x.shape[2]
+    H, B = cells[0].hidden_size, x.shape[2]
     inputs = project(models, x)  # (T, E, B, G*H)
     weights = [stacked(list(parts)) for parts in zip(*(c.recurrent() for c in cells))]  # (E, H, G*H), and the GRU's (E, 3H)
     h0 = inputs.new_zeros(len(models), B, H)  # (E, B, H): every run starts from a zero state
-    if kind == "lstm":
-        out, _ = LSTMSequence.apply(inputs, h0, torch.zeros_like(h0), *weights)
-    else:
-        out = (GRUSequence if kind == "gru" else RNNSequence).apply(inputs, h0, *weights)  # (T, E, B, H)
+    out = sequence_outputs(cells[0].cell, inputs, h0, weights)  # (T, E, B, H)
     if mask is not None:
         out = out[mask]  # (S, E, B, H): only the scored steps reach the output layers
     S = out.shape[0]
