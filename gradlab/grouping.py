@@ -97,14 +97,12 @@ def summary(configs: list, module, mode: Mode) -> str | None:
         return None
     if mode.off:
         return f"ensembles off: {len(configs)} points train one at a time"
+    decided = [joins(module, cfg) for cfg in configs]  # (key, why) each, once
+    shapes = {key for key, why in decided if not why}
     reasons: dict[str, int] = {}
-    shapes = set()
-    for cfg in configs:
-        key, why = joins(module, cfg)
+    for _, why in decided:
         if why:
             reasons[why] = reasons.get(why, 0) + 1
-        else:
-            shapes.add(key)
     joined = len(configs) - sum(reasons.values())
     line = f"ensembles {mode}: {joined} of {len(configs)} points can train batched, in {len(shapes)} shape{'s' * (len(shapes) != 1)}"
     if reasons:

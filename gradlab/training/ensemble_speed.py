@@ -3,12 +3,9 @@ step), timed interleaved in one process at one shape; where the ensemble step's 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from ..memory import keep_freed_memory
 from ..timeshare import time_shares
-from ..timing import sync
+from ..timing import interleaved_medians
 from .config import with_task_params, TrainConfig
 from .ensemble import ensemble_step
 from .loop import Run, train_step
@@ -44,20 +41,12 @@ def ensemble_speed(cell: str, size: int, rounds: int = 3, shares: bool = False, 
                        measure_update=True)
 
         calls["fused"] = fused_step
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for k in range(rounds + 1):
-        for name, call in calls.items():
-            sync(ens_runs[0].device)
-            start = time.perf_counter()
-            call()
-            sync(ens_runs[0].device)
-            if k:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
-    ens, one = statistics.median(times["ensemble"]), statistics.median(times["solo"])
+    medians = interleaved_medians(calls, ens_runs[0].device, repeats=rounds, warmup=1)
+    ens, one = medians["ensemble"], medians["solo"]
     row = {"cell": cell, "ensemble_size": size, **{k: base[k] for k in ADDING_SHAPE}, "device": device, "rounds": rounds,
            "ensemble_model_steps_per_s": size / ens, "solo_model_steps_per_s": size / one, "speedup": one / ens}
     if fused:
-        row["fused_model_steps_per_s"] = 1 / statistics.median(times["fused"])  # one torch.nn run stepped alone
+        row["fused_model_steps_per_s"] = 1 / medians["fused"]  # one torch.nn run stepped alone
     if shares:
         row |= {f"share_{k.replace(' ', '_').replace('-', '_')}": v for k, v in time_shares(ensemble, repeats=1, warmup=0).items()}
     return row
