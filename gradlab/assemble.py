@@ -69,7 +69,7 @@ def build_tables(out: Path, keys: list[str], axes: list[str], module) -> tuple[d
 def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path, Path], Path] | None = None) -> dict:
     """Stage the folder's next state from the plan's saved points (all of them, or those an interrupted run
     finished: the manifest says which), render the page into it if asked, and commit it whole; a table,
-    figure or page of the state before that this one lacks is removed with the same commit.
+    figure or page the state before wrote that this one lacks is removed with the same commit (folder.commit).
     Returns the manifest."""
     from .env import environment
 
@@ -101,8 +101,7 @@ def assemble(out: Path, plan: dict, module, extra: dict, render: Callable[[Path,
     write_json_atomic(manifest, stage / folder.MANIFEST)
     if render is not None:
         render(stage, stage)
-    staged = {p.name for p in stage.iterdir()}
-    folder.commit(out, remove=[n for n in folder.state_files(out) if n not in staged])
+    folder.commit(out)
     return manifest | {"failed_points": failed}
 
 

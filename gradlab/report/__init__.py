@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..folder import check_tables
+from ..folder import check_tables, tables_of
 from ..store import read_json, write_text_atomic
 from . import cliff, figures, gradient_decay, page, throughput, train
 
@@ -29,8 +29,9 @@ class UnfinishedRun(FileNotFoundError):
     """A folder a run started in but did not finish: the message says how far it got and how to resume."""
 
 
-def load_tables(out: Path) -> dict[str, pd.DataFrame]:
-    return {p.stem: pd.read_parquet(p) for p in sorted(Path(out).glob("*.parquet"))}
+def load_tables(out: Path, manifest: dict) -> dict[str, pd.DataFrame]:
+    """The tables the run wrote (another parquet file beside them is not the run's, and is not read)."""
+    return {name: pd.read_parquet(Path(out) / f"{name}.parquet") for name in tables_of(out, manifest)}
 
 
 def check_finished(out: Path) -> dict:
@@ -77,7 +78,7 @@ def unfinished_note(manifest: dict) -> str | None:
 def summary_of(out: Path) -> page.Section:
     """A finished run's key points and summary table (nothing drawn): what `gradlab run` prints at the end."""
     manifest = check_finished(out)
-    tables = load_tables(out)
+    tables = load_tables(out, manifest)
     view = view_of(manifest.get("measure", ""))
     return view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
 
@@ -90,7 +91,7 @@ def render(out: Path) -> Path:
     out = Path(out)
     check_finished(out)
     draw(out, staging(out))
-    commit(out)
+    commit(out, redrawn=True)
     return out / "report.html"
 
 
@@ -99,7 +100,7 @@ def draw(out: Path, into: Path) -> Path:
     manifest; returns the page. Swapping them in is the caller's (folder.commit)."""
     out, into = Path(out), Path(into)
     manifest = check_finished(out)
-    tables = load_tables(out)
+    tables = load_tables(out, manifest)
     fig_dir = into / "figures"
     fig_dir.mkdir(exist_ok=True)
     measure = manifest.get("measure", "")
