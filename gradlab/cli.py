@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import textwrap
@@ -16,16 +17,17 @@ from .names import EXECUTORS, TABLES
 
 def _friendly(fn):
     """Library ValueErrors (bad names, bad combinations) become usage errors, not tracebacks; a folder that
-    cannot be used is an error of its own (the message, no usage banner)."""
+    cannot be used, or an executor that cannot be reached, is an error of its own (the message, no usage banner)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .executors import ExecutorError
         from .store import FolderError
         from .tasks.corpus import CorpusError
 
         try:
             return fn(*args, **kwargs)
-        except FolderError as exc:
+        except (FolderError, ExecutorError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except (ValueError, CorpusError) as exc:
@@ -48,11 +50,22 @@ def resolve_device(device: str) -> str:
 @click.version_option(package_name="gradlab")
 def main() -> None:
     """gradlab: how gradients flow through recurrent networks, and how fast those networks run."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """gradlab's own warnings (a broken plugin) as one line on stderr; any other as Python shows it."""
+    from .plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Change a setting of the book's run (cell=lstm, steps=..., corpus=PATH, ...); repeatable.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/lyrics-book).")
+@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None, help="The run's folder (default runs/lyrics-book).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -67,7 +80,8 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.argument("study")
 @click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...); default: the study's own.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="The run's folder (default reports/STUDY-PROFILE); rerunning resumes.")
+@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None,
+              help="The run's folder (default runs/STUDY-PROFILE); rerunning resumes. A new or empty folder, or one a gradlab run made.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel.")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default=None, help="Where points run (default: inline, or processes with --workers > 1).")
@@ -78,14 +92,16 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Write the tables and manifest only (an older page and figures are removed: they would describe another state).")
 @click.option("--reference", is_flag=True, help="Allow writing over a committed reference run in reports/ (scripts/reference_runs.sh).")
+@click.option("--share-folder", is_flag=True, help="--out may hold files that are not gradlab's: the run goes beside them and never changes them.")
 @_friendly
 def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path | None, device: str | None, workers: int = 1,
         executor: str | None = None, scheduler: str | None = None, dry_run: bool = False, quiet: bool = False, no_report: bool = False,
-        reference: bool = False, ensemble: str = "auto") -> None:
+        reference: bool = False, ensemble: str = "auto", share_folder: bool = False) -> None:
     """Run STUDY (a name from `gradlab list`, or a path to a TOML file): tables, figures, report.
 
     Exits 1 when some points failed (each is recorded with its error; the rest of the study ran), 130 when
     interrupted (every finished point is saved: rerun the same command to resume)."""
+    from .executors import check_choice
     from .report import draw
     from .grouping import parse_mode
     from .runner import ExecutorLost, StudyInterrupted, plan, point_states, run_study
@@ -94,6 +110,7 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         mode = parse_mode(ensemble)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ensemble") from None
+    check_choice(executor, scheduler)
     planned = plan(study, profile, list(overrides), None if device is None else resolve_device(device))
     if dry_run:
         _echo_dry_run(planned, out, profile, point_states(planned, out), mode)
@@ -103,7 +120,7 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         summary = run_study(
             study, profile, list(overrides), out, workers=workers, executor=executor, progress=not quiet,
             argv=["gradlab", *sys.argv[1:]], render=None if no_report else draw, echo=click.echo, planned=planned, scheduler=scheduler,
-            reference=reference, ensemble=mode,
+            reference=reference, ensemble=mode, share=share_folder,
         )
     except StudyInterrupted as exc:
         click.echo(str(exc), err=True)
@@ -124,6 +141,15 @@ def run(study: str, profile: str | None, overrides: tuple[str, ...], out: Path |
         click.echo(f"failed {fail['key']}: {fail['error'].splitlines()[0]}", err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def _out_folder(value: str | None) -> Path | None:
+    """--out as a folder; an empty value is an error (Path('') would be the current directory)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("an empty folder name; name the run's folder (e.g. runs/mine).", param_hint="--out")
+    return Path(value)
 
 
 def _terminate(signum, frame) -> None:
@@ -204,10 +230,16 @@ def list_things() -> None:
     from .study import known_studies, load_study
     from .tasks import known_tasks
 
+    from .study import StudyError
+
     click.echo("studies:")
     for name, (_, source) in known_studies().items():
-        study = load_study(name)
         plugin = "" if source.startswith("studies/") else f" (plugin: {source})"
+        try:
+            study = load_study(name)
+        except StudyError as exc:  # a plugin's broken study file: said on its line, the others listed
+            click.echo(f"  {name:16} cannot be read: {exc}{plugin}")
+            continue
         click.echo(f"  {name:16} measure {study.measure}; profiles: {', '.join(study.profiles) or '-'}{plugin}")
     for title, table in (TABLES | {"tasks": known_tasks(), "measures": known_measures()}).items():
         click.echo(f"{title}:")
@@ -260,13 +292,17 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     matched on the settings that vary, each value as A, B and B - A."""
     from .folder import locked_by_other
     from .report import check_finished, unfinished_note
+    from .store import FolderError
     from .report.compare import compare as compare_runs
 
     for run_dir in (run_a, run_b):
         holder = locked_by_other(run_dir)
         if holder:
             raise click.ClickException(f"{run_dir} is being written (pid {holder.get('pid')}: {holder.get('command')}); compare it when that ends.")
-        note = unfinished_note(check_finished(run_dir))
+        try:
+            note = unfinished_note(check_finished(run_dir))
+        except FileNotFoundError as exc:  # no run there (or one that never wrote its tables): said, not a traceback
+            raise FolderError(str(exc)) from None
         if note:
             click.echo(f"{run_dir}: {note}", err=True)
     table, differing = compare_runs(run_a, run_b)

@@ -20,14 +20,34 @@ class InlineExecutor(cf.Executor):
         return future
 
 
+class ExecutorError(ValueError):
+    """Points cannot run where they were asked to (an executor that does not fit the options, a scheduler
+    that cannot be reached): said in one line, before anything in the run folder changes."""
+
+    exit_code = 2
+
+
 def default_executor(workers: int, scheduler: str | None = None) -> str:
     if scheduler:
         return "dask"
     return "inline" if workers <= 1 else "processes"
 
 
+def check_choice(name: str | None, scheduler: str | None) -> None:
+    """--executor and --scheduler agree (a scheduler is Dask's), and the scheduler's address is well formed."""
+    if name is not None:
+        lookup(EXECUTORS, name, "executor")
+    if scheduler is not None:
+        if name not in (None, "dask"):
+            raise ExecutorError(f"--scheduler {scheduler} is a Dask scheduler's address, but --executor {name} runs the points on this "
+                                "machine: drop --executor (or say --executor dask) to use the scheduler, or drop --scheduler.")
+        from .dask_executor import check_address
+
+        check_address(scheduler)
+
+
 def make_executor(name: str, workers: int, scheduler: str | None = None) -> cf.Executor:
-    lookup(EXECUTORS, name, "executor")
+    check_choice(name, scheduler)
     if name == "inline":
         return InlineExecutor()
     if name == "dask":

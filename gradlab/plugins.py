@@ -21,6 +21,21 @@ class PluginError(ValueError):
     """An installed plugin that does not give gradlab what its entry point promises."""
 
 
+class PluginWarning(UserWarning):
+    """A broken plugin, said once: everything that does not need it goes on working."""
+
+
+broken: dict[tuple[str, str], str] = {}  # (kind, name) -> why that plugin is left out
+
+
+def warn_broken(kind: str, name: str, why: str) -> None:
+    """Say once per process that a plugin cannot be used, and why (using it by name is an error of its own)."""
+    if (kind, name) not in broken:
+        broken[(kind, name)] = why
+        warnings.warn(f"the {GROUPS[kind]} plugin {name!r} is left out: {why}. Everything else works; using {name!r} "
+                      "by name is an error until its package is mended or uninstalled.", PluginWarning, stacklevel=3)
+
+
 def builtin_names(kind: str) -> dict[str, str]:
     """gradlab's own names of a kind (gradlab.names); studies' are their files, which known_studies weighs itself."""
     from .names import MEASURES, TASKS
@@ -33,7 +48,12 @@ def entry_points(kind: str) -> dict[str, importlib.metadata.EntryPoint]:
     """The installed entry points of one kind by name; one that reuses a built-in name is ignored, with a warning."""
     builtin = builtin_names(kind)
     found = {}
-    for ep in importlib.metadata.entry_points(group=GROUPS[kind]):
+    try:
+        eps = importlib.metadata.entry_points(group=GROUPS[kind])
+    except Exception as exc:  # noqa: BLE001 - a damaged installed package's metadata: no plugins of this kind, gradlab itself works
+        warn_broken(kind, "*", f"the installed packages' entry points could not be read ({type(exc).__name__}: {exc})")
+        return {}
+    for ep in eps:
         if ep.name in builtin:
             warnings.warn(f"{GROUPS[kind]} entry point {ep.name!r} ({ep.value}) is ignored: gradlab has a built-in {kind[:-1]} of that name.", stacklevel=2)
         else:
@@ -77,7 +97,11 @@ def study_files() -> dict[str, tuple[Path, str]]:
     """Installed plugin studies: name -> (the file, how messages name it: 'PACKAGE/NAME.toml')."""
     out = {}
     for name, ep in entry_points("studies").items():
-        path = Path(str(importlib.resources.files(ep.value) / f"{name}.toml"))
+        try:  # finding the file imports the plugin's package, which may fail: that plugin is left out, said once
+            path = Path(str(importlib.resources.files(ep.value) / f"{name}.toml"))
+        except Exception as exc:  # noqa: BLE001 - a plugin's own failure, whatever it is
+            warn_broken("studies", name, f"its package {ep.value!r} failed to import ({type(exc).__name__}: {exc})")
+            continue
         out[name] = (path, f"{ep.value}/{name}.toml")
     return out
 

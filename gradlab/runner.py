@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from . import measures
 from .dask_executor import worker_address
-from .executors import InlineExecutor, default_executor, make_executor
-from .cells import check_seed
+from .executors import InlineExecutor, check_choice, default_executor, make_executor
+from .cells import check_device, check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
-from .folder import FolderLock, recover
+from .folder import FolderLock, check_links, foreign, holds_run, recover
 from .grouping import Mode, groups, parse_mode, shape_counts, summary as ensemble_summary
 from .ladder import RUN, SKIP, decide, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
@@ -195,8 +195,10 @@ def plan(study_ref: str | Path, profile: str | None, overrides: list[str], devic
     problems: dict[str, list] = {}  # message -> the points it concerns
     for cfg in points:
         try:
-            if hasattr(cfg, "seed"):  # every measure's seed, checked here once
+            if hasattr(cfg, "seed"):  # every measure's seed and device, checked here once
                 check_seed(cfg.seed)
+            if hasattr(cfg, "device"):
+                check_device(cfg.device)
             cfg.validate()
         except ValueError as exc:
             problems.setdefault(str(exc), []).append({a: getattr(cfg, a) for a in resolved.axes})
@@ -269,10 +271,15 @@ def _tracked_by_git(path: Path) -> bool:
     return done.returncode == 0
 
 
-def check_out(out: Path, reference: bool = False) -> None:
-    """`out` can hold a run: a folder (or none yet) that is writable, not below a file, and not a committed
-    reference run unless `reference` (scripts/reference_runs.sh remakes those). A FolderError says why not."""
+def check_out(out: Path, reference: bool = False, share: bool = False) -> bool:
+    """`out` can hold a run: a folder (or none yet) that is writable, not below a file, not a committed reference
+    run unless `reference` (scripts/reference_runs.sh remakes those), without links among gradlab's own names
+    (never followed), and, unless `share`, holding nothing but a gradlab run (a folder of someone else's files is
+    refused: gradlab writes beside them only when asked, and never touches them). A FolderError says why not.
+    Returns whether the folder was made here (a run that then fails to start removes it again)."""
     out = Path(out)
+    if str(out).strip() in ("", "."):  # the current directory is nobody's run folder (Path('') is '.')
+        raise FolderError("--out must name a folder for the run (e.g. runs/mine); the current directory is not one.")
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise FolderError(f"--out {out}: {parent} is a file, not a folder. Name a folder (it is made if missing).")
@@ -282,6 +289,19 @@ def check_out(out: Path, reference: bool = False) -> None:
         raise FolderError(f"--out {out} holds a committed reference run (git tracks its manifest.json), and a plain run never "
                           f"writes over one. Use another --out (runs land in {RUNS_DIR}/ by default), or pass --reference "
                           "to remake it as scripts/reference_runs.sh does.")
+    existed = out.exists()
+    if existed:
+        check_links(out)
+        others = [] if holds_run(out) else foreign(out)
+        if others and not share:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise FolderError(f"--out {out} is not empty and holds no gradlab run ({shown}): gradlab writes a run into a new or empty "
+                              "folder, or one a gradlab run made. Use another --out, or pass --share-folder to put the run beside "
+                              "these files (gradlab never changes or removes them).")
+        clash = [n for n in others if n in ("manifest.json", "report.html", "plan.json")]
+        if clash:
+            raise FolderError(f"--out {out} holds {', '.join(clash)} of its own, which a run would write over: gradlab replaces only "
+                              f"what a gradlab run wrote. Move {'it' if len(clash) == 1 else 'them'} away, or use another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -289,6 +309,7 @@ def check_out(out: Path, reference: bool = False) -> None:
         probe.unlink()
     except OSError as exc:
         raise FolderError(f"--out {out} cannot be written: {exc.strerror or exc}. Choose a folder you can write to.") from None
+    return not existed
 
 
 def plan_record(p: Plan, argv: list[str], code: dict, base: dict) -> dict:
@@ -316,20 +337,29 @@ def run_study(
     scheduler: str | None = None,
     reference: bool = False,
     ensemble: str | int | Mode | None = None,
+    share: bool = False,
 ) -> RunSummary:
     """Run every point not already finished in `out`, then write the tables, manifest and report.
     `echo` hears what the run is about to do (profile, points, exclusions, a reused folder). `ensemble`:
-    auto (default), off or N, how training points are grouped into batched ensembles (gradlab.grouping)."""
+    auto (default), off or N, how training points are grouped into batched ensembles (gradlab.grouping).
+    `share`: `out` may hold files of someone else's (gradlab writes beside them, never over them). Nothing in
+    `out` changes until the run has started (the executor made, every worker checked)."""
     mode = ensemble if isinstance(ensemble, Mode) else parse_mode(ensemble)
     p = planned or plan(study_ref, profile, list(overrides), device)
     argv = argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]  # the program's name, not its path
     out = Path(out) if out is not None else default_out(p)
-    check_out(out, reference)
-    with FolderLock(out, " ".join(argv), echo):
-        note = recover(out)
-        if note and echo:
-            echo(f"  note: {note}")
-        return _run_locked(p, profile, overrides, out, workers, executor, progress, argv, render, echo, scheduler, mode)
+    if not isinstance(executor, cf.Executor):
+        check_choice(executor, scheduler)
+    made = check_out(out, reference, share)
+    try:
+        with FolderLock(out, " ".join(argv), echo):
+            note = recover(out)
+            if note and echo:
+                echo(f"  note: {note}")
+            return _run_locked(p, profile, overrides, out, workers, executor, progress, argv, render, echo, scheduler, mode)
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):  # a folder made for a run that did not start
+            out.rmdir()
 
 
 def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progress, argv, render, echo, scheduler, mode: Mode) -> RunSummary:
@@ -371,15 +401,20 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         "points_cached": cached, "points_computed": len(todo), "points_stale": stale, "points_corrupt": corrupt, "code": code,
     }
     record = plan_record(p, argv, code, base)
-    write_json_atomic(record, Path(out) / PLAN_FILE)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    executor = make_executor(executor_name, workers, scheduler) if own_executor else executor
+    executor = make_executor(executor_name, workers, scheduler) if own_executor else executor  # before the folder changes at all
     if hasattr(executor, "check_everywhere") and hasattr(module, "preflight"):  # inputs the points need, on every worker
         missing = executor.check_everywhere(_preflight, study.measure, [c for _, c in todo])
         if missing:
             if own_executor:
                 executor.shutdown()
             raise StudyError("some workers lack what the points need:\n" + "\n".join(f"  {w}: {e}" for w, e in sorted(missing.items())))
+    try:  # the run has started: from here the folder is this run's (a failed start above left it as it was)
+        write_json_atomic(record, Path(out) / PLAN_FILE)
+    except BaseException:
+        if own_executor:
+            executor.shutdown()
+        raise
     in_flight_max = 1 if isinstance(executor, InlineExecutor) else max(2, 2 * workers)
     bar = tqdm(total=len(points), initial=cached, desc=study.name, unit="point", disable=not progress)
     failed_now = 0
@@ -496,17 +531,28 @@ def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple
     from .report import draw, render, unfinished_note
 
     out = Path(out)
-    with FolderLock(out, f"gradlab report {out}", echo):
-        note = recover(out)
-        if note and echo:
-            echo(f"note: {note}")
-        behind = lags_behind(out)
-        if behind is not None:
-            if echo:
-                echo(f"note: {out}'s last run ({' '.join(behind.get('argv') or [])}) stopped before writing its tables: "
-                     "writing them from its saved points")
-            manifest = collect(out, draw)
-        else:
-            render(out)
-            manifest = read_json(out / "manifest.json")
+    check_links(out)
+    if not holds_run(out):
+        raise FolderError(f"{out} holds no gradlab run (no manifest.json or plan.json a gradlab run wrote): there is nothing to "
+                          "report, and gradlab changes nothing in it. Make a run with `gradlab run STUDY --out FOLDER`.")
+    try:
+        with FolderLock(out, f"gradlab report {out}", echo):
+            note = recover(out)
+            if note and echo:
+                echo(f"note: {note}")
+            behind = lags_behind(out)
+            if behind is not None:
+                if echo:
+                    echo(f"note: {out}'s last run ({' '.join(behind.get('argv') or [])}) stopped before writing its tables: "
+                         "writing them from its saved points")
+                manifest = collect(out, draw)
+            else:
+                render(out)
+                manifest = read_json(out / "manifest.json")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a read-only folder, a full disk: the journal keeps the folder whole
+        raise FolderError(f"could not write the page of {out}: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "") + ". The folder keeps its previous state; free space "
+                          "(or make the folder writable) and run `gradlab report` again.", exit_code=1) from None
     return out / "report.html", unfinished_note(manifest)

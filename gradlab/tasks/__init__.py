@@ -30,10 +30,15 @@ def task_class(name: str) -> type[Task]:
 
 
 def param_fields() -> dict[str, Any]:
-    """Every task parameter's type by name, over all tasks (a name two tasks share means the same thing)."""
+    """Every task parameter's type by name, over all tasks (a name two tasks share means the same thing); a
+    plugin task that fails to load is left out, with a warning."""
     fields: dict[str, Any] = {}
     for name in known_tasks():
-        cls = task_class(name)
+        try:
+            cls = task_class(name)
+        except plugins.PluginError as exc:  # a plugin task that cannot load takes no part: every other task works
+            plugins.warn_broken("tasks", name, str(exc))
+            continue
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
