@@ -6,6 +6,7 @@ import dataclasses
 import importlib.resources
 import itertools
 import math
+import re
 import sys
 import types
 import typing
@@ -116,12 +117,16 @@ def load_study(ref: str | Path) -> Study:
     if not (path.suffix == ".toml" or path.is_file()):  # a folder named like a study is not a study file
         known = known_studies()
         if str(ref) not in known:
+            from .plugins import broken
+
+            if ("studies", str(ref)) in broken:
+                raise StudyError(f"study {str(ref)!r} is an installed plugin's, which cannot be used: {broken[('studies', str(ref))]}.")
             raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")
         path, source = known[str(ref)]
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist.")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (some editors on Windows write one) is not TOML
     except UnicodeDecodeError as exc:
         raise StudyError(f"study file {source} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
@@ -148,19 +153,35 @@ def _check_grid(grid: dict, where: str) -> dict[str, list]:
     return grid
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # a study's or profile's name: it names the run's folder, runs/NAME-PROFILE
+
+
+def check_name(name: str, what: str) -> None:
+    if not NAME.fullmatch(name):
+        raise StudyError(f"{what} {name!r} is not a name: letters, digits, '-', '_' and '.', starting with a letter or digit, "
+                         "at most 80 characters (it names the run's folder, runs/STUDY-PROFILE).")
+
+
+def _check_rules(rules: Any, where: str) -> list:
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise StudyError(f"{where} must be a list of tables like {{cell = 'linear', impl = 'cudnn', because = '...'}}, got {rules!r}.")
+    return rules
+
+
 def parse_study(data: dict, source: str) -> Study:
     _check_keys(data, TOP_KEYS, f"study file {source}")
     for key in ("name", "measure"):
         if not isinstance(data.get(key), str):
             raise StudyError(f"study file {source}: '{key}' (a string) is required.")
+    check_name(data["name"], f"study file {source}: name")
     profiles = _expect_table(data.get("profiles", {}), f"{source}: profiles")
     for pname, prof in profiles.items():
+        check_name(pname, f"study file {source}: profile")
+        _check_rules(_expect_table(prof, f"{source}: profiles.{pname}").get("exclude", []), f"{source}: profiles.{pname}.exclude")
         _check_keys(_expect_table(prof, f"{source}: profiles.{pname}"), PROFILE_KEYS, f"{source}: profiles.{pname}")
         _check_grid(_expect_table(prof.get("grid", {}), f"{source}: profiles.{pname}.grid"), f"profiles.{pname}.grid")
         _expect_table(prof.get("settings", {}), f"{source}: profiles.{pname}.settings")
-    exclude = data.get("exclude", [])
-    if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
-        raise StudyError(f"{source}: exclude must be a list of tables like {{cell = 'linear', impl = 'cudnn'}}.")
+    exclude = _check_rules(data.get("exclude", []), f"{source}: exclude")
     for where, table in [("", data), *((f"profiles.{n}.", prof) for n, prof in profiles.items())]:
         when = table.get("when", [])
         if not isinstance(when, list) or not all(isinstance(w, dict) for w in when):
@@ -229,6 +250,7 @@ def _item(key: str, value: Any, item: type, where: str) -> Any:
     elif isinstance(value, bool):
         pass
     elif item is int and isinstance(value, int):
+        _fits_a_table(key, value, where)
         return value
     elif item is float and isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
@@ -248,13 +270,25 @@ def coerce(key: str, value: Any, allowed: tuple[type, ...], where: str, item: ty
     finite; a tuple's items are of type `item`), or an error."""
     if tuple in allowed and item is not None:
         if isinstance(value, (list, tuple)):
-            return tuple(_item(key, v, item, where) for v in value)
+            items = tuple(_item(key, v, item, where) for v in value)
+            twice = sorted({repr(v) for v in items if items.count(v) > 1})
+            if twice:
+                raise StudyError(f"{where}: {key} lists {', '.join(twice)} more than once; give each value once.")
+            return items
         if isinstance(value, str) and str not in allowed and value.strip().lower() not in ("none", "null"):
             return (_item(key, value, item, where),)  # one item of a tuple setting, e.g. prefixes=分开
     value = _coerce(key, value, allowed, where)
     if isinstance(value, float) and not math.isfinite(value):
         raise StudyError(f"{where}: {key}={value!r} is not a finite number; give a finite one.")
+    _fits_a_table(key, value, where)
     return value
+
+
+def _fits_a_table(key: str, value: Any, where: str) -> None:
+    """Every setting is a column of the run's tables: a whole number must fit in 64 bits."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise StudyError(f"{where}: {key}={value} is too large a number (a setting is stored in the run's tables as a 64-bit integer: "
+                         "at most 2**63 - 1 in size).")
 
 
 def _coerce(key: str, value: Any, allowed: tuple[type, ...], where: str) -> Any:
@@ -376,6 +410,10 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         for key in (ladder["axis"], ladder.get("over", "seed")):
             if key not in types_of:
                 raise StudyError(f"{study.source}: ladder names unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
+        if ladder["axis"] not in axes:
+            raise StudyError(f"{study.source}: the ladder walks {ladder['axis']!r}, which is not an axis of the grid"
+                             f"{f' (profile {profile!r})' if profile else ''}: it is fixed at {values.get(ladder['axis'], ['its default'])[0]!r}. "
+                             f"Give {ladder['axis']} several values in the grid (or with --set), or remove the [ladder] table.")
         ladder = Ladder(ladder["axis"], ladder["stop_after"], ladder.get("over", "seed"))
     return Resolved(study, profile or "default", values, axes, rules, overridden, conditional, ladder)
 
@@ -394,12 +432,10 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
     dropped: dict[int, Dropped] = {}
     for combo in itertools.product(*(resolved.values[k] for k in keys)):
         point = dict(zip(keys, combo))
+        point |= _when_settings(resolved, defaults | point)  # before the exclusions: a rule sees the point as it would run
         full = defaults | point  # a rule may name a setting left at its default
         rule_index = next((i for i, rule in enumerate(resolved.exclude) if rule.matches(full)), None)
         if rule_index is None:
-            for match, settings in resolved.when:  # settings for the points a [[when]] selects (varied axes untouched)
-                if match.matches(full):
-                    point |= {k: v for k, v in settings.items() if len(resolved.values.get(k, ())) < 2}
             points.append(config_cls(**point))
             continue
         rule = resolved.exclude[rule_index]
@@ -409,3 +445,22 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
         if combo not in d.combos:
             d.combos.append(combo)
     return points, [dropped[i] for i in sorted(dropped)]
+
+
+def _when_settings(resolved: Resolved, full: dict) -> dict:
+    """The settings the [[when]] tables that match a point give it (an axis the grid varies is left as it is);
+    two that match and set one key to different values are an error naming both."""
+    chosen: dict[str, tuple[Rule, Any]] = {}
+    for match, settings in resolved.when:
+        if not match.matches(full):
+            continue
+        for key, value in settings.items():
+            if len(resolved.values.get(key, ())) >= 2:
+                continue
+            if key in chosen and chosen[key][1] != value:
+                first, set_first = chosen[key]
+                raise StudyError(f"{resolved.study.source}: two [[when]] tables set {key} differently for the same points: when {first} "
+                                 f"sets {key} = {set_first!r}, when {match} sets {key} = {value!r} (e.g. the point "
+                                 f"{ {a: full.get(a) for a in resolved.axes} }). Make their matches exclusive, or set {key} in one of them.")
+            chosen[key] = (match, value)
+    return {k: v for k, (_, v) in chosen.items()}
