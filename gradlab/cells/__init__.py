@@ -27,6 +27,43 @@ def check_init_scale(init_scale: float | None) -> None:
 MAX_SEED = 2**32 - 1  # numpy's and every generator's range here; torch's is wider, numpy's is the bound
 
 
+def check_device(device: str) -> None:
+    """device: cpu, cuda or cuda:N (what gradlab's cells and timings know how to run and synchronise)."""
+    text = str(device)
+    if not (text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise ValueError(f"device must be cpu, cuda or cuda:N (a GPU's index), got {text!r}.")
+
+
+def device_memory(device: str) -> int | None:
+    """The memory a device has in all, in bytes (None: unknown): physical memory for cpu, the GPU's own for cuda."""
+    import os
+
+    if str(device).startswith("cuda"):
+        if not torch.cuda.is_available():
+            return None
+        index = int(str(device)[5:]) if ":" in str(device) else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(cell: str, hidden_size: int, input_size: int, seq_len: int, batch_size: int, dtype: str, device: str, models: int = 1) -> None:
+    """A ValueError when even a lower bound on what one run of the cell holds at once (its weight matrices and
+    their gradients, and the gate values of every step that the backward pass keeps) exceeds the device's
+    whole memory: such a run could only die (the kernel's out-of-memory killer takes the process, and the
+    run folder with it), so it is refused before any work."""
+    gates = len(family(cell).gates)
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    need = size * models * (2 * gates * hidden_size * (hidden_size + input_size) + seq_len * batch_size * gates * hidden_size)
+    have = device_memory(device)
+    if have is not None and need > have:
+        raise ValueError(f"hidden_size {hidden_size}, seq_len {seq_len}, batch_size {batch_size} ({cell}, {dtype}) need at least "
+                         f"{need / 2**30:,.1f} GiB (weights, their gradients and the stored gates of every step), more than the "
+                         f"{have / 2**30:,.1f} GiB that {device} has in all: choose smaller sizes.")
+
+
 def check_seed(seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0 .. 2**32 - 1, got {seed}.")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..cells import check, check_init_scale, create, family
+from ..cells import check, check_device, check_fits, check_init_scale, create, family
 from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
 from . import COMMON_COLUMNS
@@ -75,6 +76,12 @@ class Config:
         for name in ("seq_len", "hidden_size", "input_size", "batch_size", "jacobian_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        check_device(self.device)
+        limit = math.sqrt(torch.finfo(getattr(torch, self.dtype)).max / self.input_size)
+        if self.input_std > limit:
+            raise ValueError(f"input_std {self.input_std:g} makes inputs whose summed variance is no {self.dtype} number: at most {limit:.3g} "
+                             f"at input_size {self.input_size} (any std past about 10 saturates a tanh cell already).")
+        check_fits(self.cell, self.hidden_size, self.input_size, self.seq_len, self.batch_size, self.dtype, self.device)
         if self.probe == "jacobian" and self.jacobian_batch > self.batch_size:
             raise ValueError(f"jacobian_batch ({self.jacobian_batch}) must be at most batch_size ({self.batch_size}): it takes that many of the batch's sequences.")
 

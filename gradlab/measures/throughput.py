@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cells import check, create
+from ..cells import check, check_device, check_fits, create
 from ..names import DTYPES, lookup
 from ..timeshare import BUCKETS, time_shares
 from ..timing import interleaved_times, layer_flops, matmul_peak, sync
@@ -61,6 +61,8 @@ class Config:
 
     def validate(self) -> None:
         lookup({w: w for w in WORKLOADS}, self.workload, "workload")
+        if not self.impls:
+            raise ValueError("impls is empty: name the impls to time, e.g. impls=[\"scratch\", \"cudnn\"] (gradlab list: impls).")
         lookup({m: m for m in MODES}, self.mode, "mode")
         lookup(DTYPES, self.dtype, "dtype")
         if self.workload == "train_step":
@@ -83,6 +85,8 @@ class Config:
         for name in ("seq_len", "batch_size", "hidden_size", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        check_device(self.device)
+        check_fits(self.cell, self.hidden_size, self.input_size or self.hidden_size, self.seq_len, self.batch_size, self.dtype, self.device)
         if self.noise_retries < 0:
             raise ValueError(f"noise_retries must be >= 0, got {self.noise_retries}.")
         if self.warmup < 0 or (self.input_size is not None and self.input_size < 1):

@@ -148,6 +148,8 @@ class SyntheticTask(Task):
         super().check(length)
         if self.eval_size < 1:
             raise ValueError(f"eval_size must be >= 1, got {self.eval_size}.")
+        if not 0 <= self.eval_seed <= 2**32 - 1:
+            raise ValueError(f"eval_seed must be in 0 .. 2**32 - 1 (as every seed), got {self.eval_seed}.")
 
     def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
         while True:

@@ -82,6 +82,9 @@ class Lyrics(Task):
             raise ValueError(f"block_lines must be >= 1, got {self.block_lines}.")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        empty = [i for i, prefix in enumerate(self.prefixes) if not prefix]
+        if empty:
+            raise ValueError(f"prefixes holds an empty prefix (item {empty[0]}): text is generated from at least one character, e.g. prefixes=[\"分开\"].")
         if self.pred_len < 0:
             raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
         if not self.sample_temperature > 0:

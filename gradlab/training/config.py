@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cells import check, check_init_scale
+from ..cells import check, check_device, check_fits, check_init_scale
 from ..names import DTYPES, INITS, OPTIMIZERS, lookup
 from ..tasks import Task, build, param_fields
 from .clipping import parse_clip
@@ -67,6 +67,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         check_init_scale(self.init_scale)
+        check_device(self.device)
+        check_fits(self.cell, self.hidden_size, 0, self.seq_len, self.batch_size, self.dtype, self.device)
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
