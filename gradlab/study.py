@@ -412,7 +412,8 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
                 raise StudyError(f"{study.source}: ladder names unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
         if ladder["axis"] not in axes:
             raise StudyError(f"{study.source}: the ladder walks {ladder['axis']!r}, which is not an axis of the grid"
-                             f"{f' (profile {profile!r})' if profile else ''}: it is fixed at {values.get(ladder['axis'], ['its default'])[0]!r}. "
+                             f"{f' (profile {profile!r})' if profile else ''}: it is fixed at "
+                             f"{repr(values[ladder['axis']][0]) if ladder['axis'] in values else 'its default'}. "
                              f"Give {ladder['axis']} several values in the grid (or with --set), or remove the [ladder] table.")
         ladder = Ladder(ladder["axis"], ladder["stop_after"], ladder.get("over", "seed"))
     return Resolved(study, profile or "default", values, axes, rules, overridden, conditional, ladder)

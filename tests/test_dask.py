@@ -161,3 +161,43 @@ def test_points_that_ask_for_cuda_go_to_gpu_workers():
         assert executor._gpu._kwargs == {"resources": {"GPU": 1}}  # only workers started with --resources GPU=1 take them
     finally:
         executor.shutdown()
+
+
+def _where(measure, configs, *rest):
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_an_ensembles_cuda_configs_reach_a_gpu_worker_on_a_real_cluster():
+    """The runner hands a group's configs as a list: any that asks for cuda sends the group to a worker that
+    declares a GPU (here a fake resource on a local cluster), others to any worker."""
+    from distributed import Scheduler, SpecCluster, Worker
+
+    cluster = SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                          workers={"cpu": {"cls": Worker, "options": {"nthreads": 1}},
+                                   "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}})
+    executor = DaskExecutor(scheduler=cluster.scheduler_address)
+    try:
+        gpu, cpu = cluster.workers["gpu"].address, cluster.workers["cpu"].address
+        busy = executor._gpu.submit(time.sleep, 2)  # the GPU worker busy, the other idle: only a restriction keeps work off it
+        cuda = [executor.submit(_where, "train", [{"device": "cpu"}, {"device": "cuda"}], None, False) for _ in range(3)]
+        one = executor.submit(_where, "train", {"device": "cuda:0"}, None, False)  # one config, as a dict
+        plain = executor.submit(_where, "train", [{"device": "cpu"}] * 2, None, False)
+        assert plain.result(timeout=30) == cpu  # unrestricted: the idle worker takes it at once
+        assert {f.result(timeout=30) for f in cuda} == {gpu} and one.result(timeout=30) == gpu
+        busy.result(timeout=30)
+    finally:
+        executor.shutdown()
+        cluster.close()
+
+
+def test_a_worker_that_dies_during_the_pre_run_check_does_not_abort_the_run(slow, tmp_path):
+    executor = DaskExecutor(workers=2)
+    try:
+        assert executor.check_everywhere(os._exit, 1) == {}  # every worker died while checking: no answer, not a failure
+        summary = run_study(slow, out=tmp_path / "run", device="cpu", progress=False, executor=executor)  # their nannies start others
+        assert summary.computed == 6 and summary.failed == []
+        assert executor.check_everywhere(int, "not a number") and all("ValueError" in e for e in executor.check_everywhere(int, "x").values())
+    finally:
+        executor.shutdown()

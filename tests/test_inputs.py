@@ -26,10 +26,22 @@ def invoke(*args: str):
     ("gradient-decay", "jacobian_batch=99", "jacobian_batch (99) must be at most batch_size"),
     ("gradient-decay", "seq_len=20,20", "seq_len lists 20 more than once"),
     ("gradient-decay", "init_scale=1.0,1.0", "init_scale lists 1.0 more than once"),
-    ("gradient-decay", f"seed={2**70}", "seed must be in 0 .. 2**32 - 1"),
+    ("gradient-decay", f"seed={2**70}", f"seed={2**70} is too large a number (a setting is stored in the run's tables as a 64-bit integer"),
+    ("gradient-decay", f"seed={2**40}", "seed must be in 0 .. 2**32 - 1"),
     ("gradient-decay", "seed=-1", "seed must be in 0 .. 2**32 - 1"),
     ("long-range", "probe_steps=x", "probe_steps takes a list of int values; 'x' is not one"),
     ("gradient-decay", "seq_len=" + ",".join(map(str, range(1, 3001))), "more than 20,000: give fewer values"),
+    ("long-range", f"eval_seed={2**70}", f"eval_seed={2**70} is too large a number"),  # every rerun and report failed in pyarrow
+    ("long-range", "eval_seed=-1", "eval_seed must be in 0 .. 2**32 - 1"),
+    ("gradient-decay", "input_std=1e308", "input_std 1e+308 makes inputs whose summed variance is no float64 number"),
+    ("gradient-decay", "device=foo", "device must be cpu, cuda or cuda:N (a GPU's index), got 'foo'"),
+    ("throughput", "impls=[]", "impls is empty: name the impls to time"),
+    ("throughput", 'impls=["scratch", "scratch"]', "impls lists 'scratch' more than once"),
+    ("lyrics", 'prefixes=[""]', "prefixes holds an empty prefix (item 0)"),
+    ("lyrics", 'prefixes=["分开", "分开"]', "prefixes lists '分开' more than once"),
+    ("long-range", "probe_steps=[0, 250, 250]", "probe_steps lists 250 more than once"),
+    ("long-range", "hidden_size=1000000000", "GiB (weights, their gradients and the stored gates of every step), more than the"),
+    ("throughput", "batch_size=100000000", "GiB (weights, their gradients and the stored gates of every step), more than the"),
 ])
 def test_a_value_that_cannot_mean_anything_is_refused_before_any_work(tmp_path, study, setting, said):
     extra = ["--set", "probe=jacobian"] if setting.startswith("jacobian") else []

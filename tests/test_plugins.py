@@ -113,3 +113,47 @@ def test_a_plugins_code_is_in_its_points_keys_and_nowhere_else(beside):
         assert edited[0] != with_plugin and edited[3] != delay_key and edited[2] == adding_key  # its points recomputed, no other
     finally:
         task.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory) -> dict:
+    """Installed plugins that are broken three ways: a studies package that raises at import, a study file
+    that is not TOML, and a task whose module fails to import."""
+    site = tmp_path_factory.mktemp("broken") / "site"
+    for package, init in (("bad_pkg", "raise RuntimeError('boom at import')\n"), ("ugly_pkg", ""),
+                          ("badtask_pkg", "import a_module_that_is_not_there\n")):
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(init)
+    (site / "ugly_pkg" / "ugly.toml").write_text("this is [ not toml\n")
+    info = site / "broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[gradlab.studies]\nbadstudy = bad_pkg\nugly = ugly_pkg\n\n[gradlab.tasks]\nbadtask = badtask_pkg:Task\n")
+    return {"env": dict(os.environ, PYTHONPATH=str(site)), "tmp": site.parent}
+
+
+def test_a_broken_plugin_is_one_warning_and_everything_else_works(broken_site):
+    done = _gradlab(broken_site, "list")
+    assert done.returncode == 0, done.stderr
+    assert "gradient-decay" in done.stdout and "long-range" in done.stdout  # the built-in studies, listed
+    assert "ugly             cannot be read: study file ugly_pkg/ugly.toml is not valid TOML" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "the gradlab.studies plugin 'badstudy' is left out: its package 'bad_pkg' failed to import " \
+        "(RuntimeError: boom at import)" in warnings[0], done.stderr
+    assert "Traceback" not in done.stderr
+    # a training study on a built-in task: the broken task plugin is said once, and the run plans
+    done = _gradlab(broken_site, "run", "long-range", "--set", "task=adding", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "plugin 'badtask'" in line]
+    assert len(said) == 1 and "No module named 'a_module_that_is_not_there'" in said[0] and "Traceback" not in done.stderr
+    assert _gradlab(broken_site, "run", "gradient-decay", "--dry-run").returncode == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (("run", "badstudy"), "study 'badstudy' is an installed plugin's, which cannot be used: its package 'bad_pkg' failed to import"),
+    (("run", "ugly"), "study file ugly_pkg/ugly.toml is not valid TOML"),
+    (("run", "long-range", "--set", "task=badtask", "--dry-run"), "gradlab.tasks entry point 'badtask' = 'badtask_pkg:Task' failed to load"),
+])
+def test_using_a_broken_plugin_by_name_is_a_clear_error(broken_site, args, said):
+    done = _gradlab(broken_site, *args)
+    assert done.returncode == 2 and said in " ".join(done.stderr.split()) and "Traceback" not in done.stderr, done.stderr

@@ -79,6 +79,12 @@ def test_bad_overrides(tmp_path, override, message):
         ("name = 'x'\nmeasure = 'gradient_decay'\n[grid\n", "is not valid TOML"),
         ("name = 'x'\nmeasure = 'gradient_decay'\n[profiles.q]\ngrd = {}", "profiles.q: unknown key 'grd'"),
         ("name = 'x'\nmeasure = 'gradient_decay'\nexclude = [{ cel = 'rnn' }]", "exclude names unknown key 'cel'"),
+        ("name = 'x'\nmeasure = 'gradient_decay'\n[profiles.q]\nexclude = 'rnn'", "profiles.q.exclude must be a list of tables"),
+        ("name = 'x'\nmeasure = 'gradient_decay'\n[profiles.q]\nexclude = [1]", "profiles.q.exclude must be a list of tables"),
+        ("name = 'x'\nmeasure = 'gradient_decay'\n[grid]\ncell=['rnn']\n[ladder]\naxis = 'seq_len'\nstop_after = 1",
+         "the ladder walks 'seq_len', which is not an axis of the grid: it is fixed at its default"),
+        ("name = 'x'\nmeasure = 'gradient_decay'\n[settings]\nseq_len = 5\n[ladder]\naxis = 'seq_len'\nstop_after = 1",
+         "not an axis of the grid: it is fixed at 5"),
     ],
 )
 def test_malformed_study_files(tmp_path, text, message):
@@ -143,3 +149,49 @@ settings = { seq_len = 9, init_scale = 2.0 }
     points, _ = expand(resolve(study, gradient_decay.Config), gradient_decay.Config)
     assert {(p.cell, p.seq_len, p.init_scale) for p in points} == {
         ("linear", 5, 1.0), ("linear", 6, 1.0), ("rnn", 5, 2.0), ("rnn", 6, 2.0)}
+
+
+def test_a_study_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff".encode() + GOOD.encode())
+    assert load_study(path).name == "tiny"
+
+
+def test_when_settings_apply_before_the_exclusion_rules(tmp_path):
+    """A [[when]] that sends rnn points to cudnn meets the rule excluding rnn on cudnn: the point is dropped and said so."""
+    text = GOOD.replace('exclude = [{ cell = "linear", impl = "cudnn" }]', 'exclude = [{ cell = "rnn", impl = "cudnn", because = "not here" }]')
+    text = text.replace('impl = ["scratch", "cudnn"]', 'impl = ["scratch"]') + """
+[[when]]
+match = { cell = "rnn" }
+settings = { impl = "cudnn" }
+"""
+    study = load_study(write(tmp_path, text))
+    points, dropped = expand(resolve(study, gradient_decay.Config), gradient_decay.Config)
+    assert {p.cell for p in points} == {"linear"} and [d.count for d in dropped] == [1] and dropped[0].combos == [{"cell": "rnn", "impl": "cudnn"}]
+
+
+def test_two_when_tables_that_set_a_key_differently_are_an_error_naming_both(tmp_path):
+    text = WHEN + """
+[[when]]
+match = { seq_len = 5 }
+settings = { hidden_size = 8 }
+"""
+    study = load_study(write(tmp_path, text))
+    with pytest.raises(StudyError, match=r"two \[\[when\]\] tables set hidden_size differently .*when \{cell='rnn'\} \(rnn points are different\) sets hidden_size = 7, "
+                                         r"when \{seq_len=5\} sets hidden_size = 8"):
+        expand(resolve(study, gradient_decay.Config), gradient_decay.Config)
+    agree = load_study(write(tmp_path, text.replace("hidden_size = 8", "hidden_size = 7"), "agree.toml"))  # the same value: fine
+    points, _ = expand(resolve(agree, gradient_decay.Config), gradient_decay.Config)
+    assert {(p.cell, p.hidden_size) for p in points} == {("linear", 7), ("rnn", 7)}
+
+
+def test_a_float_list_setting_refuses_nan_and_duplicates():
+    from gradlab.study import coerce
+
+    assert coerce("xs", [1, 2.5], (tuple,), "--set", float) == (1.0, 2.5)
+    with pytest.raises(StudyError, match="xs takes a list of float values; nan is not one"):
+        coerce("xs", [1.0, float("nan")], (tuple,), "--set", float)
+    with pytest.raises(StudyError, match="xs takes a list of float values; 'inf' is not one"):
+        coerce("xs", ["1", "inf"], (tuple,), "--set", float)
+    with pytest.raises(StudyError, match="xs lists 1.0 more than once"):
+        coerce("xs", [1, 1.0], (tuple,), "--set", float)
