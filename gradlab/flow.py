@@ -27,13 +27,19 @@ FLOW_PROBES = ("hidden", "input", "jacobian")
 class Layer:
     """One layer's taps from one measured call: per step h (and c), the layer's whole input, its last state."""
 
-    h: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H)
-    c: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H), LSTM only
+    h: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H) on the h_t handed on
+    c: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H), LSTM only: on c_t before h_t is formed from it (total dL/dc_t)
+    c_handed: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H), LSTM only: on the c_t handed on (the state Jacobian's)
     x: torch.Tensor | None = None  # tap on the layer's input (T, B, I)
     final: list[torch.Tensor] = field(default_factory=list)  # [h_{T-1}] or [h_{T-1}, c_{T-1}] (B, H)
 
     def state_taps(self) -> dict[str, list[torch.Tensor]]:
+        """The taps whose gradients are the total dL/dh_t and dL/dc_t."""
         return {"h": self.h, "c": self.c} if self.c else {"h": self.h}
+
+    def handed_taps(self) -> list[list[torch.Tensor]]:
+        """The taps on the state handed from step t to t+1 ((h_t, c_t) independent), for ds_{T-1}/ds_t."""
+        return [self.h, self.c_handed] if self.c else [self.h]
 
 
 def recurrent_modules(model: nn.Module) -> dict[str, nn.RNNBase]:
@@ -54,14 +60,16 @@ def recurrent_modules(model: nn.Module) -> dict[str, nn.RNNBase]:
     return found
 
 
-def _step(module: nn.RNNBase, layer: int, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
-    """One step of layer `layer` from its projected input xw = x W_ih^T + b_ih (B, G*H), torch.nn's equations."""
+def _step(module: nn.RNNBase, layer: int, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, tap_c: torch.Tensor | None = None):
+    """One step of layer `layer` from its projected input xw = x W_ih^T + b_ih (B, G*H), torch.nn's equations;
+    tap_c (LSTM) is added to c_t before h_t is formed from it."""
     w_hh = getattr(module, f"weight_hh_l{layer}")
     b_hh = getattr(module, f"bias_hh_l{layer}") if module.bias else None
     hw = nn.functional.linear(h, w_hh, b_hh)  # (B, G*H)
     if isinstance(module, nn.LSTM):
         i, f, g, o = (xw + hw).chunk(4, dim=1)  # torch.nn's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c = c if tap_c is None else c + tap_c
         return torch.sigmoid(o) * torch.tanh(c), c
     if isinstance(module, nn.GRU):
         x_r, x_z, x_n = xw.chunk(3, dim=1)
@@ -98,14 +106,16 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
         h, c = h0[layer], (c0[layer] if lstm else None)
         outputs = []
         for xw in projected.unbind(0):
-            h, c = _step(module, layer, xw, h, c)
+            tap_total = torch.zeros_like(c, requires_grad=True) if lstm else None
+            h, c = _step(module, layer, xw, h, c, tap_total)
             tap_h = torch.zeros_like(h, requires_grad=True)
             h = h + tap_h
             taps.h.append(tap_h)
             if lstm:
                 tap_c = torch.zeros_like(c, requires_grad=True)
                 c = c + tap_c
-                taps.c.append(tap_c)
+                taps.c.append(tap_total)
+                taps.c_handed.append(tap_c)
             outputs.append(h)
         taps.final = [h, c] if lstm else [h]
         record.append(taps)
@@ -155,8 +165,9 @@ def _to_frame(rows: list[dict]):
 
 def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes: tuple[str, ...] = ("hidden", "input"),
                   jacobian_batch: int = 2) -> dict:
-    """||dL/dh_t|| (and ||dL/dc_t||), ||dL/dx_t|| and the spectra of ds_{T-1}/ds_t for every torch.nn
-    RNN/GRU/LSTM inside `model`, per layer, for the loss `loss_fn()` returns (it calls the model).
+    """||dL/dh_t|| (and the total ||dL/dc_t||: every path from c_t, the one through h_t included), ||dL/dx_t||
+    and the spectra of ds_{T-1}/ds_t for every torch.nn RNN/GRU/LSTM inside `model`, per layer, for the loss
+    `loss_fn()` returns (it calls the model).
 
     probes: any of "hidden", "input", "jacobian" (every singular value of each layer's own state Jacobian
     ds_{T-1}/ds_t, s = h or (h, c), for the first `jacobian_batch` sequences: D backward passes).
@@ -210,7 +221,7 @@ def _spectrum_rows(layer: Layer, jacobian_batch: int) -> list[dict]:
     """Every singular value of d s_{T-1} / d s_t for the first `jacobian_batch` sequences of one layer.
     Inside a stack, a layer's state reaches its own last state only through its own recurrence, so the
     graph's Jacobian is the layer's own."""
-    parts = list(layer.state_taps().values())
+    parts = layer.handed_taps()
     T = len(parts[0])
     spectra = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(T)], jacobian_batch)  # (T, n, D)
     return [{"t": t, "distance": T - 1 - t, "sequence": b, "rank": r, "singular_value": v}
@@ -218,7 +229,7 @@ def _spectrum_rows(layer: Layer, jacobian_batch: int) -> list[dict]:
 
 
 class Recorder:
-    """Records ||dL/dh_t|| (and ||dL/dc_t||) per layer from your own training loop's backward, every
+    """Records ||dL/dh_t|| (and the total ||dL/dc_t||) per layer from your own training loop's backward, every
     `every`-th training call of each watched layer; see `watch`."""
 
     def __init__(self, model: nn.Module, every: int = 100):
@@ -257,8 +268,8 @@ class Recorder:
 
     def table(self):
         """The records so far: module, step (the layer's training call, from 0), layer, probe, wrt, t, distance,
-        grad_norm. A call that has been through a backward gives every state: one the loss has no path from
-        (the last step's c) reads 0; a call not yet through one is left out."""
+        grad_norm (dL/dh_t and the total dL/dc_t). A call that has been through a backward gives every state: one
+        the loss has no path from reads 0; a call not yet through one is left out."""
         rows = [{"module": m, "step": s, "layer": li, "probe": "hidden", "wrt": wrt, "t": t, "distance": T - 1 - t,
                  "grad_norm": 0.0 if v is None else float(v)}
                 for call in self.records if any(v is not None for v in call.values())

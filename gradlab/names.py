@@ -72,9 +72,9 @@ DTYPES: dict[str, str] = {
     "float64": "double precision: exact comparisons, and norms far below float32's 1e-38",
 }
 PROBES: dict[str, str] = {
-    "hidden": "||dL/dh_t|| (and ||dL/dc_t||) for every t from one backward pass",
+    "hidden": "||dL/dh_t|| (and the LSTM's total ||dL/dc_t||) for every t from one backward pass",
     "input": "||dL/dx_t|| for every t from one call of the cell",
-    "jacobian": "spectral norm of ds_{T-1}/ds_t, s the full state",
+    "jacobian": "every singular value of ds_{T-1}/ds_t, s the full state handed from step to step (h, or h and c)",
     "independent": "E ||g J_t||^2 / E ||g||^2 per step for a fresh random g: mean-field theory's quantity, cumulated",
 }
 EXECUTORS: dict[str, str] = {

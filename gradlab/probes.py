@@ -1,8 +1,11 @@
-"""Gradient-flow instruments: ||dL/dh_t|| (and dL/dc_t), ||dL/dx_t||, and the spectral norm of ds_T/ds_t.
+"""Gradient-flow instruments: ||dL/dh_t|| and the LSTM's total ||dL/dc_t||, ||dL/dx_t||, and every singular
+value of the state Jacobian ds_T/ds_t.
 
 The loss sits on the last step only, L = sum_b <g_b, h_{T-1,b}>, so every gradient at step t is the
-long-range part. State gradients are taken at the interface between steps: w.r.t. the state handed
-to step t+1, its parts (h_t, c_t) independent. Norms are RMS over the batch of per-sequence norms.
+long-range part. dL/dh_t and dL/dc_t are total derivatives (BPTT's delta_h_t, delta_c_t): every path from
+h_t, or c_t, to the loss, the one through h_t = o_t tanh(c_t) included. The Jacobians are those of the
+state handed from step t to step t+1, its parts (h_t, c_t) independent. Norms are RMS over the batch of
+per-sequence norms.
 """
 
 from __future__ import annotations
@@ -12,22 +15,55 @@ import torch
 from .cells import Cell, hidden_of, state_parts
 
 
-def run_steps(cell: Cell, x: torch.Tensor) -> tuple[list, list[list[torch.Tensor]]]:
+def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list, list[list[torch.Tensor]]]:
     """Drive the cell one step at a time (the fused kernel with T=1 for cudnn), adding a zero "tap"
     to each state tensor after each step. The gradient w.r.t. a tap is the gradient w.r.t. the state
     handed on: the same quantity in both impls, whatever each computes inside a step.
+
+    total_c (LSTM): the c tap enters before h_t = o_t * tanh(c_t) is formed from c_t (as if added to c_t inside
+    the step), so its gradient is the total derivative dL/dc_t, BPTT's delta_c_t: the path through h_t and
+    the path through c_{t+1}. Without it, the c tap after the step sees only the part carried on through
+    c_{t+1} (0 at the last step under a loss that reads h), which the state Jacobians ds_{T-1}/ds_t want.
+    Either way the forward values are the cell's own, bit for bit.
     Returns the states and the taps, T lists of ([h] or [h, c]) tensors (B, H)."""
     inputs, ctx = cell.prepare(x)
     state = cell.init_state(x.shape[1])
+    output_gate = _output_gate(cell, x) if total_c and cell.family.state == ("h", "c") else None
     states, taps = [], []
-    for inp in inputs:
+    for t, inp in enumerate(inputs):
+        h_before = hidden_of(state)
         parts = state_parts(cell.step(inp, state, ctx))
         tap = [torch.zeros_like(p, requires_grad=True) for p in parts]
-        parts = [p + e for p, e in zip(parts, tap)]
+        if output_gate is not None:  # c_t + e reaches h_t through o_t * tanh(.): h_t + o_t (tanh(c_t + e) - tanh(c_t)) is h_t at e = 0
+            h, c = parts
+            o = output_gate(t, h_before)  # does not depend on c_t, so it may stand as a constant
+            c_total = c + tap[1]
+            parts = [h + o * (torch.tanh(c_total) - torch.tanh(c)) + tap[0], c_total]
+        else:
+            parts = [p + e for p, e in zip(parts, tap)]
         state = tuple(parts) if len(parts) > 1 else parts[0]
         states.append(state)
         taps.append(tap)
     return states, taps
+
+
+def _output_gate(cell: Cell, x: torch.Tensor):
+    """The LSTM's output gate o_t = sigmoid(x_t W_xo + b_o + h_{t-1} W_ho) as a function (t, h_{t-1}) -> (B, H),
+    without gradient, from the scratch twin of either impl (the same function)."""
+    from .cells import convert
+
+    scratch = cell if cell.impl == "scratch" else convert(cell, "scratch")
+    H = scratch.hidden_size
+    k = scratch.gates.index("o")
+    with torch.no_grad():
+        projected = scratch.project(x)[..., k * H : (k + 1) * H]  # (T, B, H): x_t W_xo + b_o
+        w_ho = scratch.W_ho.detach()
+
+    def gate(t: int, h_before: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(projected[t] + h_before.detach() @ w_ho)
+
+    return gate
 
 
 def _rms_norms(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -41,8 +77,8 @@ def last_step_loss(state, direction: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> dict[str, torch.Tensor]:
-    """||dL/dh_t|| for every t (and ||dL/dc_t|| for the LSTM) from ONE backward pass."""
-    states, taps = run_steps(cell, x)
+    """||dL/dh_t|| for every t (and the total ||dL/dc_t|| for the LSTM) from ONE backward pass."""
+    states, taps = run_steps(cell, x, total_c=True)
     names = cell.family.state
     targets = [tap[k] for k in range(len(names)) for tap in taps]  # all h taps, then all c taps
     grads = torch.autograd.grad(last_step_loss(states[-1], direction), targets, allow_unused=True)
@@ -112,7 +148,7 @@ def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
     from .tasks.base import loss_of
 
     cell = model.cell
-    states, taps = run_steps(cell, batch.x)
+    states, taps = run_steps(cell, batch.x, total_c=True)
     hidden = torch.stack([hidden_of(s) for s in states])  # (T, B, H)
     if batch.mask is not None:
         hidden = hidden[batch.mask]  # (S, B, H)

@@ -39,3 +39,33 @@ def run_seed(cell: str, variant: str | None, params: dict, x: torch.Tensor) -> t
         else:
             h = seed_step(cell, variant, params, x[t], h)
     return h
+
+
+def seed_unroll(cell: str, variant: str | None, params: dict, x: torch.Tensor, c_shift: dict | None = None):
+    """Every step's h_t and (LSTM) c_t from a zero state by the seed's equations, each kept for its gradient
+    (retain_grad): c_t is the very tensor h_t = o_t tanh(c_t) is formed from, so its gradient is the total
+    derivative dL/dc_t. c_shift {t: (B, H)} adds to c_t before h_t is formed (finite differences)."""
+    sig, tanh = torch.sigmoid, torch.tanh
+    p = params
+    H = p[f"W_h{'c' if cell == 'lstm' else 'h'}"].shape[0]
+    h = torch.zeros(x.shape[1], H, dtype=p[f"W_h{'c' if cell == 'lstm' else 'h'}"].dtype)
+    c = torch.zeros_like(h)
+    hs, cs = [], []
+    for t in range(x.shape[0]):
+        if cell == "lstm":  # written out here, not through seed_step: c_t is shifted between its two uses' source and h_t
+            i = sig(x[t] @ p["W_xi"] + h @ p["W_hi"] + p["b_i"])
+            f = sig(x[t] @ p["W_xf"] + h @ p["W_hf"] + p["b_f"])
+            o = sig(x[t] @ p["W_xo"] + h @ p["W_ho"] + p["b_o"])
+            c = f * c + i * tanh(x[t] @ p["W_xc"] + h @ p["W_hc"] + p["b_c"])
+            if c_shift and t in c_shift:
+                c = c + c_shift[t]
+            if c.requires_grad:
+                c.retain_grad()
+            h = o * tanh(c)
+            cs.append(c)
+        else:
+            h = seed_step(cell, variant, p, x[t], h)
+        if h.requires_grad:
+            h.retain_grad()
+        hs.append(h)
+    return hs, cs

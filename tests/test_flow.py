@@ -1,5 +1,6 @@
 """gradlab.flow on a user's own model: equal to gradlab's probes on converted weights, per-layer flow of a
-stacked torch.nn.LSTM equal to autograd through torch.nn's own kernel, and a recorder that leaves training alone."""
+stacked torch.nn.LSTM (total dL/dc_t) equal to autograd through torch.nn's equations written out, and a recorder
+that leaves training alone."""
 
 from __future__ import annotations
 
@@ -53,30 +54,29 @@ def test_on_converted_weights_it_equals_gradlabs_own_probes(cell):
 
 
 def _independent_layer_grads(lstm: nn.LSTM, x: torch.Tensor, loss_of_output):
-    """dL/dh_t and dL/dc_t per layer through torch.nn's own kernel: each layer a one-layer nn.LSTM holding its
-    weights, called one step at a time, every state kept with retain_grad."""
+    """dL/dh_t and the total dL/dc_t per layer, each layer's step written out from torch.nn's documented
+    equations (gate order i, f, g, o) on its own weights, h_t formed from the very c_t kept with retain_grad."""
     per_layer, inp = [], x  # x (B, T, I), batch_first
     for layer in range(lstm.num_layers):
-        one = nn.LSTM(inp.shape[-1], lstm.hidden_size, batch_first=True).double()
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(one, f"{name}_l0").copy_(getattr(lstm, f"{name}_l{layer}"))
-        state, hs, cs = None, [], []
+        w_ih, w_hh, b_ih, b_hh = (getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        h = c = inp.new_zeros(inp.shape[0], lstm.hidden_size)
+        hs, cs = [], []
         for t in range(inp.shape[1]):
-            out, state = one(inp[:, t : t + 1], state)
-            for s in state:
+            i, f, g, o = (inp[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            for s in (h, c):
                 s.retain_grad()
-            hs.append(state[0])
-            cs.append(state[1])
+            hs.append(h)
+            cs.append(c)
         per_layer.append((hs, cs))
-        inp = torch.cat([h.transpose(0, 1) for h in hs], dim=1)  # (B, T, H)
+        inp = torch.stack(hs, dim=1)  # (B, T, H)
     loss_of_output(inp).backward()
-    # (1, B, H) -> RMS of per-sequence norms; no grad: nothing after the state reads it (the last c), exactly 0
-    rms = lambda g: 0.0 if g is None else float(g[0].pow(2).sum(-1).mean().sqrt())  # noqa: E731
+    rms = lambda g: 0.0 if g is None else float(g.pow(2).sum(-1).mean().sqrt())  # noqa: E731
     return {(layer, wrt): [rms(s.grad) for s in states] for layer, (hs, cs) in enumerate(per_layer) for wrt, states in (("h", hs), ("c", cs))}
 
 
-def test_a_stacked_batch_first_lstm_per_layer_flow_equals_autograd_through_torch_nns_kernel():
+def test_a_stacked_batch_first_lstm_per_layer_flow_equals_autograd_through_torch_nns_equations_written_out():
     torch.manual_seed(0)
     model = Tagger("LSTM", layers=3, batch_first=True).double()
     x = torch.randn(4, 9, 3, dtype=torch.float64)  # (B, T, I)
@@ -151,9 +151,9 @@ def test_the_recorders_figure_draws_one_line_per_recorded_step(tmp_path):
         model(x).sum().backward()
     fig = recorder.figure()
     table = recorder.table()
-    assert len(table) == 3 * 2 * 5  # steps x (h, c) x T: the last c, which the loss has no path from, reads 0
-    assert table.query("wrt == 'c' and distance == 0")["grad_norm"].eq(0).all()
-    lines = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) >= 4]  # dL/dc at distance 0 is 0: off the log axis
+    assert len(table) == 3 * 2 * 5  # steps x (h, c) x T
+    assert table.query("wrt == 'c' and distance == 0")["grad_norm"].gt(0).all()  # the total dL/dc_t: through h_t, at the last step too
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) >= 4]
     assert len(lines) == 3 * 2  # 3 steps x (h, c) panels
     recorder.figure(tmp_path / "flow.svg")
     assert (tmp_path / "flow.svg").read_text().lstrip().startswith("<?xml")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradlab.cells import create, parameters_in_scratch_layout
-from oracles import run_seed
+from oracles import run_seed, seed_unroll
 from gradlab.derived.gradient_decay import decay_rates
 from gradlab.measures.gradient_decay import Config, run
 from gradlab.probes import hidden_grad_norms, input_grad_norms, jacobian_norms
@@ -76,22 +76,52 @@ def test_jacobian_probe_matches_autograd_functional_jacobian(cell_name, impl, va
     torch.testing.assert_close(jacobian_norms(cell, x), torch.stack(expected), rtol=1e-10, atol=1e-14)
 
 
+def _seed_grads(cell, x, loss_of_hs):
+    """Per step, dL/dh_t and (LSTM) the total dL/dc_t by autograd through the seed's equations written out
+    (tests/oracles.py: no code shared with the cells), from the cell's parameters in the scratch layout."""
+    params = {k: v.detach().requires_grad_() for k, v in parameters_in_scratch_layout(cell).items()}
+    hs, cs = seed_unroll(cell.cell, cell.variant, params, x)
+    loss_of_hs(hs).backward()
+    zero = lambda v: torch.zeros_like(v) if v.grad is None else v.grad  # noqa: E731
+    return {"h": [zero(h) for h in hs], **({"c": [zero(c) for c in cs]} if cs else {})}
+
+
+def _rms(grad):
+    return grad.pow(2).sum(-1).mean().sqrt()
+
+
 @pytest.mark.parametrize("cell_name,impl,variant", CASES)
 def test_hidden_probe_matches_autograd_on_each_step(cell_name, impl, variant):
-    """||dL/ds_t|| for the state handed out by step t, computed one step at a time by autograd."""
+    """||dL/dh_t|| and the LSTM's total ||dL/dc_t|| against autograd through the seed's equations, loss on the last step."""
     T, B, I, H = 6, 3, 3, 5
     cell = create(cell_name, impl, I, H, variant=variant, init="xavier", seed=4, dtype=F64)
     x, g = _data(T, B, I, H, seed=1)
     got = hidden_grad_norms(cell, x, g)
-    states = _states(cell, x)
+    want = _seed_grads(cell, x, lambda hs: (hs[-1] * g).sum())
+    assert set(got) == set(want)
+    for name, grads in want.items():
+        torch.testing.assert_close(got[name], torch.stack([_rms(v) for v in grads]), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "cudnn"])
+def test_the_cell_states_gradient_is_the_total_derivative_by_finite_differences(impl):
+    """dL/dc_t by central differences on c_t (shifted before h_t is formed from it), for a loss on the last
+    step: at the last step it is o tanh'(c) g, not 0 (the carried part alone would read 0 there)."""
+    T, B, I, H = 5, 2, 3, 4
+    cell = create("lstm", impl, I, H, init="xavier", seed=7, dtype=F64)
+    x, g = _data(T, B, I, H, seed=2)
+    params = {k: v.detach() for k, v in parameters_in_scratch_layout(cell).items()}
+    loss = lambda shift: float((seed_unroll("lstm", None, params, x, shift)[0][-1] * g).sum())  # noqa: E731
+    eps, fd = 1e-6, torch.zeros(T, B, H, dtype=F64)
     for t in range(T):
-        s_t = _join(states[t]).detach().requires_grad_()
-        final = _step_from(cell, x, t, _split(s_t, cell))
-        (grad,) = torch.autograd.grad(((final[0] if isinstance(final, tuple) else final) * g).sum(), s_t)
-        parts = _split(grad, cell)
-        for name, part in zip(("h", "c"), parts if isinstance(parts, tuple) else (parts,)):
-            want = part.pow(2).sum(-1).mean().sqrt()
-            torch.testing.assert_close(got[name][t], want, rtol=1e-10, atol=1e-15)
+        for b in range(B):
+            for j in range(H):
+                e = torch.zeros(B, H, dtype=F64)
+                e[b, j] = eps
+                fd[t, b, j] = (loss({t: e}) - loss({t: -e})) / (2 * eps)
+    got = hidden_grad_norms(cell, x, g)["c"]
+    torch.testing.assert_close(got, fd.pow(2).sum(-1).mean(-1).sqrt(), rtol=1e-7, atol=1e-12)
+    assert got[-1] > 0.05  # the path through h_T-1 alone
 
 
 @pytest.mark.parametrize("cell_name", ["rnn", "gru", "lstm"])
@@ -145,8 +175,8 @@ def test_decay_rates_oracle():
 @pytest.mark.parametrize("cell_name,impl", [("rnn", "scratch"), ("lstm", "scratch"), ("gru", "cudnn"), ("lstm", "cudnn")])
 @pytest.mark.parametrize("task_name", ["adding", "copy"])
 def test_task_loss_probe_matches_autograd_on_each_step(cell_name, impl, task_name):
-    """The flow probe's ||dL/dh_t|| for a task's own loss, against autograd from the state handed out by
-    step t, one sequence at a time (each sequence's own loss: its mean over the scored steps)."""
+    """The flow probe's ||dL/dh_t|| and total ||dL/dc_t|| for a task's own loss (on every step, or on the copied
+    symbols), against autograd through the seed's equations (each sequence's own loss: its mean over the scored steps)."""
     from gradlab.probes import task_loss_grad_norms
     from gradlab.tasks import build
     from gradlab.tasks.base import loss_of
@@ -157,30 +187,14 @@ def test_task_loss_probe_matches_autograd_on_each_step(cell_name, impl, task_nam
     model = build_model(task.spec, cell_name, impl, 5, seed=1, init="xavier", dtype=F64)
     batch.x = batch.x.double() if batch.x.is_floating_point() else batch.x
     got = task_loss_grad_norms(model, batch, task.spec)
-    cell = model.cell
-    T = batch.x.shape[0]
-    states = _states(cell, batch.x)
-    for t in range(T):
-        per_seq = []
-        for b in range(batch.x.shape[1]):
-            s_t = _join(states[t]).detach()[b : b + 1].requires_grad_()
-            inputs, ctx = cell.prepare(batch.x[:, b : b + 1])
-            state, hs = _split(s_t, cell), [None] * T
-            hs[t] = state[0] if isinstance(state, tuple) else state  # the loss may read step t itself
-            for k, inp in enumerate(list(inputs)[t + 1 :], start=t + 1):
-                state = cell.step(inp, state, ctx)
-                hs[k] = state[0] if isinstance(state, tuple) else state
-            scored = [k for k in range(T) if (batch.mask is None or batch.mask[k]) and k >= t]
-            if not scored:
-                per_seq.append(torch.zeros_like(s_t))
-                continue
-            out = model.readout(torch.stack([hs[k] for k in scored]))
-            y = batch.y[:, b : b + 1][scored]
-            n = T if batch.mask is None else int(batch.mask.sum())
-            loss = loss_of(task.spec, out, y, reduction="sum") / n
-            (grad,) = torch.autograd.grad(loss, s_t)
-            per_seq.append(grad)
-        grad = torch.cat(per_seq)  # (B, D)
-        parts = _split(grad, cell)
-        for name, part in zip(("h", "c"), parts if isinstance(parts, tuple) else (parts,)):
-            torch.testing.assert_close(got[name][t], part.pow(2).sum(-1).mean().sqrt(), rtol=1e-10, atol=1e-15)
+    n = batch.x.shape[0] if batch.mask is None else int(batch.mask.sum())
+    x = batch.x if batch.x.is_floating_point() else torch.nn.functional.one_hot(batch.x, task.spec.input_size).double()
+
+    def loss_of_hs(hs):  # the task's loss on the scored steps, each sequence's mean over them, summed over sequences
+        scored = [k for k in range(len(hs)) if batch.mask is None or batch.mask[k]]
+        return loss_of(task.spec, model.readout(torch.stack([hs[k] for k in scored])), batch.targets(), reduction="sum") / n
+
+    want = _seed_grads(model.cell, x, loss_of_hs)
+    assert set(got) == set(want)
+    for name, grads in want.items():
+        torch.testing.assert_close(got[name], torch.stack([_rms(v) for v in grads]), rtol=1e-10, atol=1e-15)

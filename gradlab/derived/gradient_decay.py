@@ -27,7 +27,7 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                     "resid_rms": float(np.sqrt((resid**2).mean()))}
         else:
             row |= {"log10_rate_per_step": np.nan, "factor_per_step": np.nan, "r2": np.nan, "resid_rms": np.nan}
-        ref = ok.iloc[0] if len(ok) else np.nan  # the nearest positive norm (dL/dc at distance 0 is exactly 0)
+        ref = ok.iloc[0] if len(ok) else np.nan  # the nearest positive norm (an exact zero, say a gradient with no path, is no reference)
         below = curve[(curve.index > ok.index[0]) & (curve < FLOOR_RATIO * ref)] if len(ok) else curve.iloc[:0]
         row |= {"fit_points": len(ok), "vanish_distance": float(below.index[0]) if len(below) else np.nan, "max_distance": float(curve.index.max())}
         rows.append(row)

@@ -13,7 +13,7 @@ from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms
 from . import COMMON_COLUMNS
 
 COLUMNS = COMMON_COLUMNS | {
-    "probe": "hidden (||dL/dh_t||, ||dL/dc_t||), input (||dL/dx_t||) or jacobian (||ds_{T-1}/ds_t||_2)",
+    "probe": "hidden (||dL/dh_t||, and the LSTM's total ||dL/dc_t||), input (||dL/dx_t||) or jacobian (every singular value of ds_{T-1}/ds_t, s the state handed on)",
     "input_size": "input width I",
     "input_std": "standard deviation of the Gaussian inputs",
     "jacobian_batch": "sequences whose full Jacobians the jacobian probe forms",

@@ -99,7 +99,7 @@ COLUMNS = COMMON_COLUMNS | {
     "loss_full": "context: mean loss of the same targets with the model's full context", "items": "context: targets scored",
     "shuffle_context": "the smallest k from which shuffling the earlier inputs keeps the loss within 1% of the full-context loss",
     "replace_context": "the same for replacing them with another sequence's", "loss_shortest": "loss with the fewest k tried",
-    "state_grad_norm": "flow: ||dL/dh_t|| (or dL/dc_t) for the task's loss, RMS over the probed sequences",
+    "state_grad_norm": "flow: ||dL/dh_t|| (or the total ||dL/dc_t||, the path through h_t included) for the task's loss, RMS over the probed sequences",
     # samples
     "prefix": "lyrics: the prefix", "temperature": "lyrics: 0 for greedy text", "text": "lyrics: prefix and generated text",
 }

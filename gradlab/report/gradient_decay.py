@@ -11,7 +11,7 @@ from . import figures
 from .page import Section
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
-NAMES = {("hidden", "h"): "||dL/dh_t||", ("hidden", "c"): "||dL/dc_t|| (cell state)", ("input", "x"): "||dL/dx_t||",
+NAMES = {("hidden", "h"): "||dL/dh_t||", ("hidden", "c"): "||dL/dc_t|| (cell state, total)", ("input", "x"): "||dL/dx_t||",
          ("jacobian", "state"): "||ds_T-1/ds_t||_2", ("independent", "state"): "fresh random gradient, carried step by step"}
 
 
@@ -69,7 +69,7 @@ def view(t: Tables, manifest: dict) -> Section:
                 f"decay-{probe}-{wrt.replace(',', '')}{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
                 f"{name} (RMS over the batch of per-sequence norms; median over seeds) against distance from the loss, one panel per "
                 "model, one colour per init_scale (the recurrent spectral norm). Exact zeros are marked x at the floor of the log axis"
-                + (" (dL/dc at distance 0: the loss reads h only)" if wrt == "c" else "") + "."
+                + (" dL/dc_t is the total derivative: the path through h_t = o_t tanh(c_t) and the one through c_t+1." if wrt == "c" else "") + "."
                 + (" s is the full state: h, or (h, c) for the LSTM; the norm is the spectral norm." if probe == "jacobian" else "")
                 + (" scratch and cudnn coincide; scratch is drawn." if one_curve else " Line style: impl." if two_impls else ""),
                 partial(figures.panels_of_lines, gg, "distance", "grad_norm", panel="model", hue="init_scale", title=title,
