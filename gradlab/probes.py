@@ -148,7 +148,8 @@ def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
     from .tasks.base import loss_of
 
     cell = model.cell
-    states, taps = run_steps(cell, batch.x, total_c=True)
+    x = batch.x.to(model.W_hq.dtype) if batch.x.is_floating_point() else batch.x  # a task's float32 vectors into a float64 model
+    states, taps = run_steps(cell, x, total_c=True)
     hidden = torch.stack([hidden_of(s) for s in states])  # (T, B, H)
     if batch.mask is not None:
         hidden = hidden[batch.mask]  # (S, B, H)

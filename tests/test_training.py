@@ -459,3 +459,27 @@ def test_the_lyrics_run_that_ended_at_perplexity_2e23_is_a_divergence(corpus_zip
     (cfg,) = plan("clipping", "quick", ["task=lyrics", "clip=mean:2", "lr=100", f"corpus={corpus_zip}"], "cpu").points
     r = train(dataclasses.replace(cfg, pred_len=0))
     assert r.run["diverged"] and r.run["diverged_reason"].startswith("median loss of the last 50 steps")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("task", ["adding", "copy"])
+def test_every_probe_and_measure_of_a_training_runs_in_both_precisions_solo_and_in_an_ensemble(dtype, task):
+    """The flow probe, the context analysis and the evaluations on a task with real-valued inputs (adding) and
+    one with token ids (copy), float32 and float64: a float64 run of adding failed at its first probe (the
+    task's float32 inputs into a float64 cell). Solo and ensemble give the same tables."""
+    from gradlab.training.ensemble import train_ensemble
+
+    Config = __import__("gradlab.measures.train", fromlist=["Config"]).Config
+    extra = {"copy_len": 2} if task == "copy" else {}
+    cfgs = [Config(task=task, cell=cell, seq_len=6, hidden_size=5, batch_size=4, steps=4, eval_every=2, eval_size=8, dtype=dtype,
+                   probe_steps=(0, 2), probe_size=3, context_lengths=(1, 3), context_positions=5, seed=1, **extra)
+            for cell in ("lstm",)] * 1
+    cfgs += [Config(**{**cfgs[0].__dict__, "seed": 2})]
+    solo = [train(c) for c in cfgs]
+    together = train_ensemble(cfgs)
+    for a, b in zip(solo, together):
+        flow = a.tables["flow"]
+        assert {r["wrt"] for r in flow} == {"h", "c"} and {r["step"] for r in flow} == {0, 2}
+        assert all(math.isfinite(r["state_grad_norm"]) for r in flow) and a.tables["context"]
+        assert [r["state_grad_norm"] for r in flow] == pytest.approx([r["state_grad_norm"] for r in b.tables["flow"]], rel=1e-5)
+        assert [r["val_loss"] for r in a.history] == pytest.approx([r["val_loss"] for r in b.history], rel=1e-5)
