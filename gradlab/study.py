@@ -84,7 +84,7 @@ class Resolved:
     axes: list[str]  # keys that are grid coordinates (declared as grid, or given several values)
     exclude: list[Rule] = field(default_factory=list)
     overridden: list[str] = field(default_factory=list)  # keys --set gave
-    when: list[tuple[Rule, dict]] = field(default_factory=list)  # settings for the points each rule matches
+    when: list[tuple[Rule, dict, int]] = field(default_factory=list)  # settings for the points each rule matches, and its level (1: a profile's)
     ladder: Ladder | None = None  # longer values of an axis not run once shorter ones failed (gradlab.ladder)
 
 
@@ -354,7 +354,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
     values: dict[str, list] = {}
     axes: list[str] = []
     exclude = list(study.exclude)
-    whens = list(study.when)
+    whens = [(0, w) for w in study.when]  # (level, table): a profile's [[when]] (level 1) overrides the study's
     ladder = study.ladder
 
     def put(table: dict, where: str, is_grid: bool) -> None:
@@ -382,7 +382,7 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
         put(prof.get("settings", {}), f"profile {profile!r} settings", False)
         put(prof.get("grid", {}), f"profile {profile!r} grid", True)
         exclude += prof.get("exclude", [])
-        whens += prof.get("when", [])
+        whens += [(1, w) for w in prof.get("when", [])]
         ladder = prof.get("ladder", ladder)  # a profile's own ladder replaces the study's
     overridden = []
     for text in overrides:
@@ -398,14 +398,14 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
 
     rules = [rule({k: v for k, v in r.items() if k != BECAUSE}, r.get(BECAUSE, ""), "exclude") for r in exclude]
     conditional = []
-    for w in whens:
+    for level, w in whens:
         settings = {}
         for key, value in w["settings"].items():
             if key not in types_of:
                 raise StudyError(f"{study.source}: when.settings: unknown key {key!r} for measure {study.measure!r}. {suggest(key, types_of)}")
             if key not in overridden:  # --set has the last word
                 settings[key] = coerce(key, value, types_of[key], "when.settings", items_of.get(key))
-        conditional.append((rule(w["match"], w.get("because", ""), "when.match"), settings))
+        conditional.append((rule(w["match"], w.get("because", ""), "when.match"), settings, level))
     if ladder is not None:
         for key in (ladder["axis"], ladder.get("over", "seed")):
             if key not in types_of:
@@ -449,19 +449,20 @@ def expand(resolved: Resolved, config_cls: type) -> tuple[list, list[Dropped]]:
 
 
 def _when_settings(resolved: Resolved, full: dict) -> dict:
-    """The settings the [[when]] tables that match a point give it (an axis the grid varies is left as it is);
-    two that match and set one key to different values are an error naming both."""
-    chosen: dict[str, tuple[Rule, Any]] = {}
-    for match, settings in resolved.when:
+    """The settings the [[when]] tables that match a point give it (an axis the grid varies is left as it is;
+    a profile's table overrides the study's); two of one level that match and set one key to different values
+    are an error naming both."""
+    chosen: dict[str, tuple[Rule, Any, int]] = {}
+    for match, settings, level in resolved.when:
         if not match.matches(full):
             continue
         for key, value in settings.items():
-            if len(resolved.values.get(key, ())) >= 2:
+            if len(resolved.values.get(key, ())) >= 2 or (key in chosen and chosen[key][2] > level):
                 continue
-            if key in chosen and chosen[key][1] != value:
-                first, set_first = chosen[key]
+            if key in chosen and chosen[key][2] == level and chosen[key][1] != value:
+                first, set_first, _ = chosen[key]
                 raise StudyError(f"{resolved.study.source}: two [[when]] tables set {key} differently for the same points: when {first} "
                                  f"sets {key} = {set_first!r}, when {match} sets {key} = {value!r} (e.g. the point "
                                  f"{ {a: full.get(a) for a in resolved.axes} }). Make their matches exclusive, or set {key} in one of them.")
-            chosen[key] = (match, value)
-    return {k: v for k, (_, v) in chosen.items()}
+            chosen[key] = (match, value, level)
+    return {k: v for k, (_, v, _) in chosen.items()}

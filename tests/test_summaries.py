@@ -43,14 +43,16 @@ def test_longest_lag_is_empty_when_the_shortest_lag_fails():
 
 
 def test_by_setting_summarises_the_seeds_of_each_setting():
-    """Five seeds at T 100: 3 solved at steps 500, 2,000, 800 (median 800, not the mean 1,100); loss over baseline
+    """Five seeds at T 100: 3 solved at steps 500, 2,000, 800 and two did not (censored: beyond the budget), so the
+    median over all five is 2,000 (not 800, the median of the three that solved: survivorship); loss over baseline
     0.05, 0.08, 0.02, 0.9, and one diverged seed (NaN), left out of the quantiles, counted apart."""
     final = _final({100: [True, True, True, False, False]}).assign(
         steps_to_solve=[500.0, 2000.0, 800.0, float("nan"), float("nan")],
         loss_over_baseline=[0.05, 0.08, 0.02, 0.9, float("nan")], diverged_step=[None, None, None, None, 12.0])
     row = by_setting(final, COLUMNS).iloc[0]
     assert (row["seeds"], row["seeds_solved_of"], row["solved_rate"], row["seeds_diverged"]) == (5, "3/5", 0.6, 1)
-    assert (row["steps_to_solve_median"], row["steps_to_solve_min"], row["steps_to_solve_max"]) == (800, 500, 2000)
+    assert (row["steps_to_solve_median"], row["steps_to_solve_min"], row["steps_to_solve_max"]) == (2000, 500, 2000)
+    assert row["seeds_censored"] == 2
     assert row["loss_over_baseline_median"] == pytest.approx(0.065)  # of 0.02, 0.05, 0.08, 0.9
     assert row["loss_over_baseline_q25"] == pytest.approx(0.0425) and row["loss_over_baseline_q75"] == pytest.approx(0.285)
 
@@ -59,7 +61,20 @@ def test_by_setting_with_no_solved_seed_has_no_steps():
     final = _final({200: [False, False, False]}).assign(steps_to_solve=float("nan"), loss_over_baseline=[1.0, 0.99, 1.01],
                                                         diverged_step=None)
     row = by_setting(final, COLUMNS).iloc[0]
-    assert row["solved_rate"] == 0 and math.isnan(row["steps_to_solve_median"]) and row["loss_over_baseline_median"] == 1.0
+    assert row["solved_rate"] == 0 and math.isinf(row["steps_to_solve_median"]) and row["loss_over_baseline_median"] == 1.0
+    assert row["seeds_censored"] == 3 and math.isnan(row["steps_to_solve_min"])
+
+
+@pytest.mark.parametrize("steps, solved, median", [
+    ([100, 300, 200], [True, True, True], 200),
+    ([100, 300, None, None], [True, True, False, False], math.inf),  # two of four: the upper middle is censored
+    ([100, 300, 200, None], [True, True, True, False], 250),
+    ([100, None, None], [True, False, False], math.inf),
+])
+def test_the_median_steps_to_solve_counts_runs_that_did_not_solve_as_beyond_the_budget(steps, solved, median):
+    from gradlab.derived.train import censored_median
+
+    assert censored_median(pd.Series(steps, dtype=float), pd.Series(solved)) == median
 
 
 def _steps(n: int = 100, clipped_at=(), spikes_at=(), loss: float = 1.0) -> pd.DataFrame:
@@ -140,4 +155,18 @@ def test_the_page_says_how_many_seeds_and_draws_success_against_the_lag():
     fig = draw()
     assert stem == "success-rate" and [ax.get_title() for ax in fig.axes] == ["adding"]
     assert sorted(line.get_ydata()[-1] for line in fig.axes[0].lines if len(line.get_ydata()) == 2) == [1 / 3, 1 / 3]
+    figures.close(fig)
+
+
+def test_the_steps_to_solve_figure_draws_every_seed_and_the_censored_ones_above_the_budget():
+    from gradlab.report import figures
+
+    final = pd.DataFrame({"task": "adding", "model": ["gru"] * 6, "seq_len": [10, 10, 10, 20, 20, 20], "steps": 2000,
+                          "solved": [True, True, False, True, False, False], "steps_to_solve": [300, 500, None, 900, None, None]})
+    fig = figures.steps_to_solve(final, "task", "t", ["gru"])
+    ax = fig.axes[0]
+    solved_pts, censored_pts = [c.get_offsets() for c in ax.collections]
+    assert sorted(solved_pts[:, 1]) == [300, 500, 900] and len(censored_pts) == 3 and (censored_pts[:, 1] > 2000).all()
+    median_line = [ln for ln in ax.lines if len(ln.get_xdata()) == 2][0]
+    assert median_line.get_ydata()[0] == 500 and median_line.get_ydata()[1] > 2000  # T 20: 1 of 3 solved, its median beyond the budget
     figures.close(fig)

@@ -147,3 +147,53 @@ def test_train_config_has_every_task_parameter():
 
     fields = set(Config.__dataclass_fields__)
     assert set(param_fields()) <= fields and set(TrainConfig.__dataclass_fields__) <= fields
+
+
+def test_each_task_declares_its_success_rule_and_what_its_lag_means():
+    from gradlab.tasks import build
+
+    rules = {name: build(name, {}).success for name in ("adding", "copy", "temporal_order", "recall")}
+    assert {n: r.kind for n, r in rules.items()} == {"adding": "loss_ratio", "copy": "error_rate", "temporal_order": "error_rate",
+                                                     "recall": "error_rate"}
+    assert "Pascanu et al. 2013" in rules["temporal_order"].source and "Arjovsky" in rules["adding"].source
+    assert "T + copy_len" in build("copy", {}).lag and "T/2" in build("adding", {}).lag and "T - 1" in build("recall", {}).lag
+
+
+@pytest.mark.parametrize("task, metric, ratio, solved, left", [
+    ("temporal_order", 0.876, 0.05, False, True),  # 87.6% accuracy: counted solved by the old 10%-of-the-loss line, not by Pascanu's
+    ("recall", 0.958, 0.02, False, True),
+    ("recall", 0.995, 0.01, True, True),
+    ("copy", 0.992, 0.5, True, True),
+    ("adding", float("nan"), 0.09, True, True),
+    ("adding", float("nan"), 0.12, False, True),  # the tanh RNN's adding 'none' at T 10: it left the baseline
+    ("adding", float("nan"), 0.95, False, False),
+])
+def test_an_evaluation_is_judged_by_its_tasks_own_rule(task, metric, ratio, solved, left):
+    from gradlab.measures.train import Config
+    from gradlab.tasks import build
+    from gradlab.training.loop import judge
+
+    baseline = 0.5
+    hist = {"val_loss": ratio * baseline, "val_metric": metric if task != "adding" else ratio * baseline, "baseline": baseline}
+    got = judge(build(task, {}), Config(task=task), hist)
+    assert (got["solved"], got["left_baseline"]) == (solved, left)
+    assert got["loss_ratio"] == pytest.approx(ratio)
+    if task != "adding":
+        assert got["error_rate"] == pytest.approx(1 - metric)
+
+
+def test_the_adding_baseline_is_the_memoryless_mse_of_the_very_sequences_scored():
+    from gradlab.tasks import build
+
+    task = build("adding", {"eval_size": 500, "eval_seed": 1})
+    held = task.held_out(50, 160, "cpu")
+    y = torch.cat([b.y[-1, :, 0] for b in held]).double()
+    value, rel_se = task.data_baseline(held, 160)
+    assert value == pytest.approx(float(((y - 1) ** 2).mean()), rel=1e-12)  # answering 1, on these sequences
+    assert abs(value * 6 - 1) > 0.02  # 500 sequences stray from 1/6 by several percent
+    assert rel_se == pytest.approx(float(((y - 1) ** 2).std() / 500**0.5) / value, rel=1e-12)
+    default = build("adding", {})
+    assert default.eval_size == 4000
+    _, se = default.data_baseline(default.held_out(50, 100, "cpu"), 100)
+    assert se < 0.02  # the default held-out set pins the baseline within 2%
+    assert build("recall", {}).data_baseline([], 10) == (pytest.approx(math.log(8)), 0.0)  # a uniform guess: exact, whatever the draw

@@ -20,9 +20,12 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
         r = runs.set_index("point")
         final["solved"] = r["solved_step"].notna()
         final["steps_to_solve"] = r["solved_step"]
+        if "left_step" in r:  # runs from before 'left the baseline' was recorded have no such column
+            final["left_baseline"] = r["left_step"].notna()
+            final["steps_to_leave"] = r["left_step"]
         final["diverged_step"] = r["diverged_step"]
         final["train_seconds"] = r["train_seconds"]
-        for col in ("best_step", "kept", "stopped_early_step", "test_loss", "test_metric"):
+        for col in ("best_step", "kept", "stopped_early_step", "test_loss", "test_metric", "baseline_theory", "baseline_rel_se", "success_rule"):
             if col in r:
                 final[col] = r[col]
         if r["steps_per_epoch"].notna().all():
@@ -137,10 +140,22 @@ def _quantiles(values: pd.Series) -> tuple[float, float, float]:
     return tuple(float(finite.quantile(q)) for q in (0.25, 0.5, 0.75)) if len(finite) else (float("nan"),) * 3
 
 
+def censored_median(steps: pd.Series, solved: pd.Series) -> float:
+    """The median steps to solve over every seed, a seed that did not solve within its budget counted as
+    beyond it (censored: inf), not dropped; inf when fewer than half the seeds solved."""
+    values = np.sort(np.where(solved.astype(bool), steps.astype(float), np.inf))
+    n = len(values)
+    if not n:
+        return float("nan")
+    middle = values[(n - 1) // 2 : n // 2 + 1]
+    return float(middle.mean()) if np.isfinite(middle).all() else float("inf")
+
+
 def by_setting(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Seeds as a statistic: per setting (every setting but the seed), the seeds run, solved k/n and its rate,
-    steps to solve (median and range over the seeds that solved), the final held-out loss over baseline
-    (median and interquartile range over the seeds that did not diverge) and how many diverged."""
+    left the baseline k/n, steps to solve (the median over every seed with those
+    that did not solve censored at their budget (the steps setting), and the range over the seeds that solved), the final held-out
+    loss over baseline (median and interquartile range over the seeds that did not diverge) and how many diverged."""
     by = [c for c in columns if c in final and c not in ("seed", "point")]
     rows = []
     for key, g in final.groupby(by, dropna=False, sort=False):
@@ -148,11 +163,14 @@ def by_setting(final: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         steps = g.loc[solved, "steps_to_solve"].astype(float)
         diverged = g["diverged_step"].notna() if "diverged_step" in g else pd.Series(False, index=g.index)
         q25, median, q75 = _quantiles(g.loc[~diverged, "loss_over_baseline"].astype(float))
+        left = g["left_baseline"].astype(bool) if "left_baseline" in g else None
         rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
             "seeds": len(g), "seeds_solved_of": f"{int(solved.sum())}/{len(g)}", "solved_rate": float(solved.mean()),
-            "steps_to_solve_median": float(steps.median()) if len(steps) else float("nan"),
+            **({"seeds_left_of": f"{int(left.sum())}/{len(g)}", "left_rate": float(left.mean())} if left is not None else {}),
+            "steps_to_solve_median": censored_median(g["steps_to_solve"], solved),
             "steps_to_solve_min": float(steps.min()) if len(steps) else float("nan"),
             "steps_to_solve_max": float(steps.max()) if len(steps) else float("nan"),
+            "seeds_censored": int((~solved).sum()),
             "loss_over_baseline_median": median, "loss_over_baseline_q25": q25, "loss_over_baseline_q75": q75,
             "seeds_diverged": int(diverged.sum())})
     return pd.DataFrame(rows)

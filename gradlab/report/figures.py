@@ -424,6 +424,56 @@ def success_rates(df: pd.DataFrame, panel: str, title: str, model_order: list) -
     return fig
 
 
+def steps_to_solve(df: pd.DataFrame, panel: str, title: str, model_order: list) -> plt.Figure:
+    """Steps to solve against the lag (log axes), one panel per `panel`, one colour per model: each run a
+    point, a run that did not solve within its budget (the steps setting) a triangle above the budget line
+    (censored: more than the budget), and a line through the median over seeds (counting those as beyond
+    the budget; where fewer than half solved, the line stops at the budget with an open triangle)."""
+    panels = ordered(df[panel].unique())
+    fig, axes = panel_grid(len(panels), 2 if len(panels) == 4 else 3, width=3.6, height=2.6, sharey=True)
+    colours = palette(model_order, hue="model")
+    lags = sorted(df["seq_len"].unique())
+    budget = float(df["steps"].max())
+    above = budget * 1.35  # where censored runs are drawn
+    models = [m for m in model_order if m in set(df["model"])]
+    offsets = {m: 1 + 0.04 * (i - (len(models) - 1) / 2) for i, m in enumerate(models)}  # models side by side at a lag
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, value in zip(axes.flat, panels):
+        g = df[df[panel] == value]
+        for model in models:
+            m = g[g["model"] == model]
+            if not len(m):
+                continue
+            solved = m["solved"].astype(bool)
+            x = m["seq_len"].astype(float) * offsets[model]
+            ax.scatter(x[solved], m.loc[solved, "steps_to_solve"].astype(float), color=colours[model], s=16, alpha=0.8, zorder=3)
+            ax.scatter(x[~solved], np.full((~solved).sum(), above), color=colours[model], marker="^", s=22, alpha=0.8, zorder=3)
+            medians = []
+            for lag, per_lag in m.groupby("seq_len"):
+                values = np.sort(np.where(per_lag["solved"].astype(bool), per_lag["steps_to_solve"].astype(float), np.inf))
+                middle = values[(len(values) - 1) // 2 : len(values) // 2 + 1]
+                medians.append((lag * offsets[model], float(middle.mean()) if np.isfinite(middle).all() else np.inf))
+            xs, ys = zip(*medians)
+            ys = np.array(ys)
+            ax.plot(xs, np.where(np.isfinite(ys), ys, above), color=colours[model], lw=1.2, label=model)
+        ax.axhline(budget, color="0.3", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(lags, [str(v) for v in lags])
+        ax.minorticks_off()
+        ax.set_title(str(value), fontsize=9)
+        ax.set_xlabel("lag (seq_len, steps)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"steps to solve (triangles: > {budget:,.0f})")
+    handles = {m: plt.Line2D([], [], color=colours[m], lw=1.2, marker="o", markersize=4) for m in models}
+    handles[f"not solved within {budget:,.0f} steps"] = plt.Line2D([], [], color="0.3", lw=0, marker="^", markersize=5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    legend_below(fig, handles)
+    return fig
+
+
 def flow_over_training(df: pd.DataFrame) -> plt.Figure:
     """gradlab.flow's records: ||dL/dh_t|| against distance from the loss, one line per recorded training
     step (a sequential colour: early dark, late light), one panel per module, layer and state part."""

@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import clipping, figures
 from .page import Section
+from ..tasks.base import LEFT_BASELINE
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
 DRAWN = {"cell", "impl", "variant", "forget_bias", "point", "seed"}
@@ -33,12 +34,14 @@ def _who_solved(final: pd.DataFrame, settings: list[str]) -> str:
         return r["model"] + "".join(f", {c} {r[c]}" for c in others) + f" at T {int(r['seq_len'])}"
 
     said = [f"{name(r)} at step {int(r['steps_to_solve']):,}" for _, r in rows[solved].iterrows()]
-    text = ("Solved (held-out loss under the solve fraction of the baseline): " + "; ".join(said) + ".") if said else "No run solved its lag."
+    text = ("Solved: " + "; ".join(said) + ".") if said else "No run solved its lag."
     not_solved = []
     for _, r in rows[~solved].iterrows():
         diverged_at = r.get("diverged_step")
+        left = " (left the baseline)" if bool(r.get("left_baseline", False)) else ""
+        error = f", {100 * r['error_rate']:.1f}% of answers wrong" if pd.notna(r.get("error_rate", float("nan"))) else ""
         not_solved.append(f"{name(r)} (diverged at step {int(diverged_at):,})" if pd.notna(diverged_at) else
-                          f"{name(r)} ({r['loss_over_baseline']:.2f} x the baseline after {int(r['step']):,} steps)")
+                          f"{name(r)} ({r['loss_over_baseline']:.2f} x the baseline{error} after {int(r['step']):,} steps){left}")
     return text + (" Not solved: " + "; ".join(not_solved) + "." if not_solved else "")
 
 
@@ -58,7 +61,7 @@ def view(t: Tables, manifest: dict) -> Section:
             prefix = f"{task}: "
             said = [k[len(prefix):] if k.startswith(prefix) else k for k in sec.key_points[before:]]
             sec.key_points[before:] = [prefix + " ".join(said)]
-    success(sec, t.get("by_setting"), settings)
+    success(sec, t.get("by_setting"), settings, t.get("final"))
     left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
 
@@ -77,7 +80,15 @@ def left_out(sec: Section, skipped: pd.DataFrame | None, ladder: dict | None) ->
     sec.tables.append((f"Not run: {axis} values the ladder left out, per setting, and why", rows))
 
 
-def success(sec: Section, rates: pd.DataFrame | None, settings: list[str]) -> None:
+def _budget(df: pd.DataFrame) -> str:
+    """The optimiser steps each run was given (its budget), as the tables' headers say it."""
+    if "steps" not in df or not len(df):
+        return "their"
+    values = sorted(set(int(v) for v in df["steps"]))
+    return f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,} to {values[-1]:,}"
+
+
+def success(sec: Section, rates: pd.DataFrame | None, settings: list[str], final: pd.DataFrame | None = None) -> None:
     """Pascanu et al. 2013's form: the share of seeds that solved against the lag, one line per model, one panel
     per task; and the seeds behind every setting, in a table."""
     if rates is None or not len(rates) or "seq_len" not in rates:
@@ -85,14 +96,24 @@ def success(sec: Section, rates: pd.DataFrame | None, settings: list[str]) -> No
     r = label_models(rates)
     counts = sorted(set(r["seeds"].astype(int)))
     sec.key_points.insert(0, f"Seeds behind each setting: {' to '.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} "
-                             f"({len(r)} settings); solved k/n counts the seeds whose held-out loss went under the solve fraction.")
-    keep = [c for c in ["task", "model", "impl", "seq_len", "seeds_solved_of", "steps_to_solve_median", "steps_to_solve_min", "steps_to_solve_max",
-                        "loss_over_baseline_median", "loss_over_baseline_q25", "loss_over_baseline_q75", "seeds_diverged"] if c in r]
-    sec.tables.append(("Over seeds, per setting: solved k/n, steps to solve (median, range over the seeds that solved), final held-out "
-                       "loss / baseline (median and interquartile range over the seeds that did not diverge)", r[keep]))
+                             f"({len(r)} settings); solved k/n counts the seeds that met their task's rule (said per task below) "
+                             f"within the budget of {_budget(r)} steps, left k/n those whose held-out loss went under {LEFT_BASELINE:g} of the baseline.")
+    keep = [c for c in ["task", "model", "impl", "seq_len", "seeds_solved_of", "seeds_left_of", "steps_to_solve_median", "steps_to_solve_min",
+                        "steps_to_solve_max", "seeds_censored", "loss_over_baseline_median", "loss_over_baseline_q25", "loss_over_baseline_q75",
+                        "seeds_diverged"] if c in r]
+    sec.tables.append((f"Over seeds, per setting, within {_budget(r)} steps: solved k/n, left the baseline k/n, steps to solve (the median over "
+                       "every seed, a seed that did not solve counted as beyond the budget: inf; the range over the seeds that solved), "
+                       "final held-out loss / baseline (median and interquartile range over the seeds that did not diverge)", r[keep]))
     if r["seq_len"].nunique() < 2:
         return
     panel = "task" if "task" in r else "model"
+    if final is not None and len(final) and "steps_to_solve" in final:
+        f = label_models(final)
+        sec.figures.append(("steps-to-solve", f"Steps to solve against the lag (seq_len), one colour per model, one panel per task: each "
+                            f"seed a point, the line its median over seeds; a seed that did not solve within its budget ({_budget(r)} steps) is drawn "
+                            "as a triangle above the budget line (censored: more than the budget), never dropped.",
+                            partial(figures.steps_to_solve, f, panel, model_order=model_order(f["model"]),
+                                    title=figures.fixed_title("steps to solve against the lag", fixed_settings(f, settings, DRAWN | {"task", "seq_len"})))))
     sec.figures.append(("success-rate", "Share of seeds that solved the task against the lag (seq_len, log axis), one line per model, one "
                         "panel per task: Pascanu et al. 2013's Fig. 7 form. Seeds per point: " + ", ".join(map(str, counts)) + ".",
                         partial(figures.success_rates, r, panel, model_order=model_order(r["model"]),
@@ -117,11 +138,21 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                 + (f" and {r['val_unigram_loss']:.2f} (perplexity {math.exp(r['val_unigram_loss']):.0f}) on the held-out text."
                    if "val_unigram_loss" in r and pd.notna(r["val_unigram_loss"]) else "."))
     else:
-        sec.notes.append(named + "Held-out loss is divided by the task's memoryless baseline (the loss of the best predictor "
-                              "that ignores the past): 1 means nothing learnt across the lag; a run is solved below its solve_fraction.")
+        sec.notes.append(named + "Held-out loss is divided by the memoryless loss of the held-out data itself (the loss of the best "
+                              "predictor that ignores the past, scored on the same targets; the theoretical value is beside it): 1 means "
+                              f"nothing learnt across the lag. 'Left the baseline' (Arjovsky et al. 2016's sense of beating it): under "
+                              f"{LEFT_BASELINE:g} of it.")
+        if runs is not None and "success_rule" in runs and len(runs):
+            r = runs.iloc[0]
+            data, theory = runs["baseline"].astype(float), float(runs["baseline_theory"].iloc[0])
+            spread = f"{data.min():.4g}" if data.min() == data.max() else f"{data.min():.4g} to {data.max():.4g}"
+            se = (f"; the memoryless loss of the held-out data is {spread} (theory {theory:.4g}), its sampling error "
+                  f"{100 * runs['baseline_rel_se'].max():.1f}% at most" if runs["baseline_rel_se"].max() > 0 else "")
+            sec.key_points.append(f"{named}Solved means {r['success_rule']}; {r['lag_meaning']}{se}.")
     if final is not None and len(final):
         cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "best_step", "test_ppl", "seconds_per_epoch"] if lyrics else
-                                            ["step", "final_val_loss", "baseline", "loss_over_baseline", "val_metric", "solved", "steps_to_solve"])
+                                            ["step", "final_val_loss", "baseline", "baseline_theory", "loss_over_baseline", "error_rate",
+                                             "left_baseline", "steps_to_leave", "solved", "steps_to_solve"])
         cols += [c for c in ("diverged_step",) if c in final and final[c].notna().any()]
         sec.summaries.append((f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]]))
         diverged = final[final["diverged"].astype(bool)] if "diverged" in final else final.iloc[:0]
@@ -211,8 +242,8 @@ def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None
     if lag is None or not len(lag) or lag["lags_tried"].str.contains(" ").sum() == 0:
         return
     lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
-    sec.tables.append(("Longest lag solved (by most seeds) per task and model", lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved",
-                                                                                                  "longest_lag_solved"] if c in lag]]))
+    sec.tables.append((f"Longest lag solved (by most seeds) within {_budget(lag)} steps, per task and model: a limit of this budget, not of the cell",
+                       lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved", "longest_lag_solved"] if c in lag]]))
     if len(lag) < 2:  # one bar: the table above says it
         return
     sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model; 0: none of the lags tried.",

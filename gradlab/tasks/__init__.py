@@ -11,9 +11,9 @@ from typing import Any
 
 from .. import plugins
 from ..names import TASKS, lookup
-from .base import Batch, Spec, SyntheticTask, Task
+from .base import Batch, Spec, Success, SyntheticTask, Task
 
-__all__ = ["Batch", "Spec", "SyntheticTask", "Task", "task_class", "build", "param_fields", "known_tasks"]
+__all__ = ["Batch", "Spec", "Success", "SyntheticTask", "Task", "task_class", "build", "param_fields", "known_tasks"]
 
 
 def known_tasks() -> dict[str, str]:

@@ -50,6 +50,28 @@ def loss_of(spec: Spec, outputs: torch.Tensor, targets: torch.Tensor, reduction:
     return F.mse_loss(outputs, targets.to(outputs.dtype), reduction=reduction)
 
 
+@dataclass(frozen=True)
+class Success:
+    """When a run counts as having solved its task, and who counts it so. kind "error_rate": the share of
+    held-out answers wrong is under `threshold` (None: the run's solve_error); "loss_ratio": the held-out loss
+    is under the run's solve_fraction times the memoryless loss of the same held-out data; "none": a task
+    that is never solved (a language model)."""
+
+    kind: str
+    source: str
+    threshold: float | None = None
+
+    def describe(self, solve_fraction: float, solve_error: float) -> str:
+        if self.kind == "error_rate":
+            return f"under {100 * (self.threshold or solve_error):g}% of the held-out answers wrong ({self.source})"
+        if self.kind == "loss_ratio":
+            return f"held-out loss under {solve_fraction:g} x the memoryless loss of the held-out data ({self.source})"
+        return "never: no rule applies to this task"
+
+
+LEFT_BASELINE = 0.9  # 'left the baseline' (Arjovsky et al. 2016's sense of beating it): held-out loss 10% under the memoryless loss of the same data
+
+
 def exp_or_inf(x: float) -> float:
     """exp that says inf instead of raising: a huge loss is a result to record."""
     return math.exp(x) if x < 709.0 else float("inf")
@@ -60,6 +82,8 @@ class Task:
 
     name: ClassVar[str]
     min_length: ClassVar[int] = 1
+    success: ClassVar[Success] = Success("loss_ratio", "gradlab's default rule for a task that names none")
+    lag: ClassVar[str] = "T: steps per sequence"  # what seq_len means for how far back the task reaches
 
     @property
     def spec(self) -> Spec:
@@ -76,6 +100,13 @@ class Task:
     def baseline(self, length: int) -> float:
         """Held-out loss of the best predictor that ignores the past (it may know the step index)."""
         raise NotImplementedError
+
+    def data_baseline(self, held_out: list, length: int) -> tuple[float, float]:
+        """The memoryless loss of the held-out data itself (the best predictor that ignores the past, scored
+        on exactly the targets the model is scored on) and its relative standard error over those targets.
+        A task whose memoryless loss does not depend on the draw (a uniform guess over classes) gives its
+        baseline and 0."""
+        return self.baseline(length), 0.0
 
     def guess_loss(self, length: int) -> float:
         """The loss of a predictor that knows nothing: uniform over the classes (cross-entropy: ln of their

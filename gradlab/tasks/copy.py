@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Spec, SyntheticTask
+from .base import Batch, Spec, Success, SyntheticTask
 
 
 @dataclass
@@ -27,6 +27,9 @@ class Copy(SyntheticTask):
     """
 
     name = "copy"
+    success = Success("error_rate", "the answers are the symbols written back; Pascanu et al. 2013's rule for classification, per copied "
+                                    "symbol; Arjovsky et al. 2016 report the loss against the baseline, which 'left the baseline' shows")
+    lag = "T: each of the copy_len symbols waits T + copy_len steps before it is written back"
     n_symbols: int = 8  # categories (Arjovsky et al. 2016)
     copy_len: int = 10  # symbols to remember
 

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from ..names import SAMPLINGS, TEXT_SETTINGS, TEXT_SPLITS, lookup
 from ..context import Items, stream_losses
 from ..probes import input_grads_at_last_step
-from .base import IGNORE, Batch, Spec, Task, exp_or_inf
+from .base import IGNORE, Batch, Spec, Success, Task, exp_or_inf
 from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
@@ -37,6 +37,8 @@ class Lyrics(Task):
     """
 
     name = "lyrics"
+    success = Success("none", "a language model is compared with baselines, not solved")
+    lag = "T: characters per training batch (truncated BPTT)"
     sampling: str = "consecutive"
     setting: str = "book"
     val_fraction: float = 0.1  # the last 10% of the corpus's lines are held out

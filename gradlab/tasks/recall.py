@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Spec, SyntheticTask, answer_at_end, last_step
+from .base import Batch, Spec, Success, SyntheticTask, answer_at_end, last_step
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Recall(SyntheticTask):
 
     name = "recall"
     min_length = 2
+    success = Success("error_rate", "Pascanu et al. 2013's rule for classification tasks; Hochreiter and Schmidhuber 1997 judge each sequence")
+    lag = "T: the token to recall lies T - 1 steps before the answer"
     n_symbols: int = 8  # K: tokens to remember
     n_distractors: int = 8  # D: the distractor alphabet
 

@@ -31,7 +31,8 @@ class TrainConfig:
     batch_size: int = 50
     steps: int = 2000  # optimiser steps; synthetic tasks draw fresh data at every one
     eval_every: int = 100  # steps between evaluations on the fixed held-out set
-    solve_fraction: float = 0.1  # solved: held-out loss below this fraction of the memoryless baseline
+    solve_fraction: float = 0.1  # solved (tasks judged by their loss, adding): held-out loss below this fraction of the data's memoryless loss
+    solve_error: float = 0.01  # solved (tasks judged by their answers: copy, temporal order, recall): under this share of held-out answers wrong
     stop_when_solved: bool = False
     patience: int = 0  # early stopping: evaluations in a row without a new best held-out loss before the run ends; 0: never
     keep_best: bool = False  # end with the parameters of the best held-out evaluation: they are tested, analysed and sampled
@@ -71,6 +72,8 @@ class TrainConfig:
         check_fits(self.cell, self.hidden_size, 0, self.seq_len, self.batch_size, self.dtype, self.device)
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
+        if not 0 < self.solve_error < 1:
+            raise ValueError(f"solve_error must be in (0, 1) (the share of held-out answers wrong under which a run is solved), got {self.solve_error}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
             raise ValueError(f"probe_steps must be steps >= 0 (0: at initialisation) and probe_size >= 1, got {self.probe_steps}, {self.probe_size}.")
         if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.context_lengths) or self.context_positions < 1:

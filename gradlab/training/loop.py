@@ -21,7 +21,7 @@ from ..cells import detach
 from ..context import PROBES, profile
 from ..probes import task_loss_grad_norms
 from ..tasks import Batch, Task
-from ..tasks.base import loss_of
+from ..tasks.base import LEFT_BASELINE, loss_of
 from ..timing import sync
 from .clipping import global_norm, parse_clip
 from .config import TrainConfig
@@ -118,15 +118,16 @@ class Run:
         self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr)
         self.clipper = parse_clip(cfg.clip)
         self.per_epoch = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
-        self.baseline = task.baseline(cfg.seq_len)
         self.held_out = task.held_out(cfg.batch_size, cfg.seq_len, self.device)
+        self.baseline_theory = task.baseline(cfg.seq_len)
+        self.baseline, self.baseline_rel_se = task.data_baseline(self.held_out, cfg.seq_len)  # the memoryless loss of the very data scored
         self.stream = task.stream(torch.Generator().manual_seed(cfg.seed), cfg.batch_size, cfg.seq_len, self.device)  # the data's own stream
         self.result = TrainResult(model=self.model)
         self.probe_at = set(cfg.probe_steps)
         if 0 in self.probe_at:
             self.result.tables.setdefault("flow", []).extend(flow_rows(self.model, task, self.held_out, cfg.probe_size, 0))
         self.window: list[dict] = []  # step rows since the last evaluation
-        self.diverged_step = self.solved_step = self.diverged_reason = self.stopped_step = None
+        self.diverged_step = self.solved_step = self.left_step = self.diverged_reason = self.stopped_step = None
         self.best = {"val_loss": math.inf, "step": None, "params": None, "since": 0}  # the best held-out evaluation so far
         self.recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
         self.guess = task.guess_loss(cfg.seq_len)
@@ -164,8 +165,11 @@ class Run:
         if finite and step % cfg.eval_every and step != cfg.steps:
             return True
         hist = _history_row(model, task, self.held_out, self.window, self.per_epoch, self.baseline, diverged=not finite)
-        if hist["val_loss"] < cfg.solve_fraction * self.baseline and self.solved_step is None:
+        hist |= judge(task, cfg, hist)
+        if hist["solved"] and self.solved_step is None:
             self.solved_step = step
+        if hist["left_baseline"] and self.left_step is None:
+            self.left_step = step
         best = self.best
         if hist["val_loss"] < best["val_loss"]:  # NaN (diverged) is never a best
             best |= {"val_loss": hist["val_loss"], "step": step, "since": 0,
@@ -203,8 +207,10 @@ class Run:
                     result.tables.setdefault(name, []).extend(rows)
         result.run = {
             "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in self.params), "baseline": self.baseline,
+            "baseline_theory": self.baseline_theory, "baseline_rel_se": self.baseline_rel_se,
+            "success_rule": task.success.describe(cfg.solve_fraction, cfg.solve_error), "lag_meaning": task.lag,
             "steps_done": len(result.steps), "steps_per_epoch": self.per_epoch, "diverged": self.diverged_step is not None,
-            "diverged_step": self.diverged_step, "diverged_reason": self.diverged_reason, "solved_step": self.solved_step,
+            "diverged_step": self.diverged_step, "diverged_reason": self.diverged_reason, "solved_step": self.solved_step, "left_step": self.left_step,
             "best_step": best["step"], "best_val_loss": best["val_loss"] if best["step"] is not None else math.nan,
             "kept": "best" if cfg.keep_best and best["params"] is not None else "last", "stopped_early_step": self.stopped_step, **tested,
             "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(), **run_extras,
@@ -247,6 +253,22 @@ def flow_rows(model: SeqModel, task: Task, held_out: list, size: int, step: int)
     T = batch.x.shape[0]
     return [{"step": step, "wrt": wrt, "t": t, "distance": T - 1 - t, "state_grad_norm": v}
             for wrt, values in norms.items() for t, v in enumerate(values.cpu().tolist())]
+
+
+def judge(task: Task, cfg: TrainConfig, hist: dict) -> dict:
+    """An evaluation against the task's success rule (tasks.base.Success) and the weaker 'left the baseline':
+    loss_ratio (held-out loss over the memoryless loss of the same data), error_rate (the share of answers
+    wrong, where the metric is an accuracy), solved, left_baseline."""
+    ratio = hist["val_loss"] / hist["baseline"] if hist["baseline"] else float("nan")
+    error = 1.0 - hist["val_metric"] if task.spec.metric == "accuracy" else float("nan")
+    rule = task.success
+    if rule.kind == "error_rate":
+        solved = error < (rule.threshold if rule.threshold is not None else cfg.solve_error)
+    elif rule.kind == "loss_ratio":
+        solved = ratio < cfg.solve_fraction
+    else:
+        solved = False
+    return {"loss_ratio": ratio, "error_rate": error, "solved": bool(solved), "left_baseline": bool(ratio < LEFT_BASELINE)}
 
 
 def _history_row(model: SeqModel, task: Task, held_out: list, window: list[dict], per_epoch: int | None,
