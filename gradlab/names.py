@@ -105,3 +105,5 @@ def lookup(table: Mapping[str, V], name: str, what: str) -> V:
         return table[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown {what} {name!r}. {suggest(name, table)}") from None
+
+LEFT_BASELINE = 0.9  # 'left the baseline' (Arjovsky et al. 2016's sense of beating it): held-out loss 10% under the memoryless loss of the same data

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .cells import Cell, hidden_of, state_parts
+from .cells import Cell, hidden_of, output_gate_of, state_parts
 
 
 def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list, list[list[torch.Tensor]]]:
@@ -28,7 +28,7 @@ def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list,
     Returns the states and the taps, T lists of ([h] or [h, c]) tensors (B, H)."""
     inputs, ctx = cell.prepare(x)
     state = cell.init_state(x.shape[1])
-    output_gate = _output_gate(cell, x) if total_c and cell.family.state == ("h", "c") else None
+    output_gate = output_gate_of(cell, x) if total_c and len(cell.family.state) > 1 else None
     states, taps = [], []
     for t, inp in enumerate(inputs):
         h_before = hidden_of(state)
@@ -45,25 +45,6 @@ def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list,
         states.append(state)
         taps.append(tap)
     return states, taps
-
-
-def _output_gate(cell: Cell, x: torch.Tensor):
-    """The LSTM's output gate o_t = sigmoid(x_t W_xo + b_o + h_{t-1} W_ho) as a function (t, h_{t-1}) -> (B, H),
-    without gradient, from the scratch twin of either impl (the same function)."""
-    from .cells import convert
-
-    scratch = cell if cell.impl == "scratch" else convert(cell, "scratch")
-    H = scratch.hidden_size
-    k = scratch.gates.index("o")
-    with torch.no_grad():
-        projected = scratch.project(x)[..., k * H : (k + 1) * H]  # (T, B, H): x_t W_xo + b_o
-        w_ho = scratch.W_ho.detach()
-
-    def gate(t: int, h_before: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.sigmoid(projected[t] + h_before.detach() @ w_ho)
-
-    return gate
 
 
 def _rms_norms(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,8 @@ from .scratch import ScratchCell, State
 
 Cell = ScratchCell | FusedCell
 
-__all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach"]
+__all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach",
+           "output_gate_of"]
 
 
 MAX_INIT_SCALE = 100.0  # a recurrent spectral norm past this saturates every gated cell at step one and overflows the linear one
@@ -169,3 +170,22 @@ def detach(state: State) -> State:
     """The same state cut from the graph (truncated BPTT between batches)."""
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
+
+def output_gate_of(cell: Cell, x: torch.Tensor):
+    """The LSTM's output gate o_t = sigmoid(x_t W_xo + b_o + h_{t-1} W_ho) as a function (t, h_{t-1}) -> (B, H),
+    without gradient, from the scratch twin of either impl (the same function): what h_t = o_t tanh(c_t)
+    multiplies, for the probes' total dL/dc_t."""
+    scratch = cell if cell.impl == "scratch" else convert(cell, "scratch")
+    if scratch.family.forget_gate is None or "o" not in scratch.gates:
+        raise ValueError(f"cell {scratch.cell!r} has no output gate.")
+    H = scratch.hidden_size
+    k = scratch.gates.index("o")
+    with torch.no_grad():
+        projected = scratch.project(x)[..., k * H : (k + 1) * H]  # (T, B, H): x_t W_xo + b_o
+        w_ho = scratch.W_ho.detach()
+
+    def gate(t: int, h_before: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(projected[t] + h_before.detach() @ w_ho)
+
+    return gate

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import clipping, figures
 from .page import Section
-from ..tasks.base import LEFT_BASELINE
+from ..names import LEFT_BASELINE
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
 DRAWN = {"cell", "impl", "variant", "forget_bias", "point", "seed"}
