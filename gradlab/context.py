@@ -1,33 +1,43 @@
-"""How far back a trained model looks, after Khandelwal et al. 2018: each scored target's loss with the
-context cut to the last k inputs, or with everything before them shuffled or replaced, against the model's
-loss with its full context on the same targets. Any task, any model (tasks say which targets to score)."""
+"""How far back a trained model looks, after Khandelwal et al. 2018, with its noise and its warm-up kept apart
+from the context it uses.
+
+For every scored target (a task says which: tasks.base.Items) and every k, the model's loss with only the last
+k inputs, against a reference on the same targets:
+- cut: a zero state before the last k inputs, against the full context (Khandelwal et al.'s measure). It
+  mixes two things: what the inputs before k say (content), and what starting from a zero state costs
+  whatever the inputs (warm-up: a content-independent offset at every k).
+- replaced: the inputs before the last k taken from another item, against the real window of the same length
+  (so both have warmed up over as many inputs): content alone.
+- shuffled: the inputs before the last k permuted, against the real window: their order alone.
+warm-up at k is cut minus replaced (both against the window): what a zero state costs over a state warmed up
+on unrelated inputs.
+
+Each gap is relative (mean loss difference over the mean reference loss) and comes with a 95% interval from a
+bootstrap over blocks of targets, on the paired per-target differences. A k is 'enough' unless its interval
+lies wholly above the tolerance (evidence that cutting there costs more than 1%); the context used is the
+smallest k from which every longer k is enough, and its upper bound the smallest k from which every longer k's
+interval lies wholly within the tolerance (where the two differ, the noise decides, not the model). The
+measure reads tasks; tasks never import it.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from .tasks.base import Batch, Spec
+from .tasks.base import Items, Spec
 
 PROBES = ("truncate", "shuffle", "replace")  # the last k inputs kept; before them: nothing, a permutation, another item's
-TOLERANCE = 0.01  # effective context: every longer context within 1% of the full-context loss (Khandelwal et al.'s scale)
-FLOOR = 1e-3  # ... or within this much, for a loss near 0 (a solved copy): 1% of nothing is no tolerance
+REFERENCE = {"truncate": "full", "shuffle": "window", "replace": "window"}  # what each probe's loss is compared with
+TOLERANCE = 0.01  # a cut that costs at most 1% of the reference loss is enough (Khandelwal et al.'s scale)
+FLOOR = 1e-3  # ... or at most this much, for a loss near 0 (a solved copy): 1% of nothing is no tolerance
 CHUNK = 250  # items per forward pass: bounds the (L, chunk, H) outputs
-
-
-@dataclass
-class Items:
-    """Scored targets that share a window length: the L inputs up to and including the step that predicts
-    each target, the targets, and each target's loss with the model's full context."""
-
-    windows: torch.Tensor  # (L, N) ids or (L, N, I)
-    targets: torch.Tensor  # (N,) ids or (N, O)
-    full_loss: torch.Tensor | None = None  # (N,); None: the whole window is the full context
+BLOCK = 10  # targets per bootstrap block (a text's neighbouring targets share context: resampled together)
+DRAWS = 1000  # bootstrap resamples
+LEVEL = 0.95  # the intervals' coverage
 
 
 def item_losses(model: torch.nn.Module, spec: Spec, windows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,7 +53,7 @@ def item_losses(model: torch.nn.Module, spec: Spec, windows: torch.Tensor, targe
                 out.append(F.cross_entropy(last.double(), y, reduction="none"))
             else:
                 out.append((last.double() - y.double()).pow(2).mean(-1))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def _shuffled(windows: torch.Tensor, keep: int, gen: torch.Generator) -> torch.Tensor:
@@ -66,48 +76,23 @@ def _replaced(windows: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.cat([windows[:head].roll(-1, dims=1), windows[head:]])
 
 
-def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: list[int], seed: int = 0,
-            probes: tuple[str, ...] = PROBES) -> list[dict]:
-    """Per probe and k: the mean loss over every item with its context cut (or scrambled) before the last k
-    inputs, the mean full-context loss of the same items, and their count. A k at or past an item's
-    window is its whole window (for a synthetic sequence, its full context)."""
-    gen = torch.Generator().manual_seed(seed)  # the same scrambles for every model
-    full = [g.full_loss if g.full_loss is not None else item_losses(model, spec, g.windows, g.targets) for g in groups]
-    n = sum(len(f) for f in full)
-    loss_full = float(sum(f.sum() for f in full) / n)
-    rows = []
-    for k in sorted(set(lengths)):
-        for probe in probes:
-            total = 0.0
-            for g, f in zip(groups, full):
-                keep = min(k, g.windows.shape[0])
-                if probe == "truncate":
-                    w = g.windows[-keep:]
-                elif probe == "shuffle":
-                    w = _shuffled(g.windows, keep, gen)
-                else:
-                    w = _replaced(g.windows, keep)
-                total += float(item_losses(model, spec, w, g.targets).sum()) if keep < g.windows.shape[0] or g.full_loss is not None else float(f.sum())
-            rows.append({"probe": probe, "k": k, "loss": total / n, "loss_full": loss_full, "items": n})
-    return rows
-
-
-def within(loss: float, full: float, tolerance: float = TOLERANCE, floor: float = FLOOR) -> bool:
-    """Whether a loss is within the tolerance of the full-context loss, on either side."""
-    return abs(loss - full) <= max(tolerance * abs(full), floor)
-
-
-def effective_context(ks: list[int], losses: list[float], full: float, tolerance: float = TOLERANCE, floor: float = FLOOR) -> float:
-    """The smallest k from which every longer k tried stays within the tolerance of the full-context loss
-    (two-sided: a context that helps more than the full one is as far from it as one that helps less);
-    NaN when even the longest k tried is not within it."""
-    order = sorted(range(len(ks)), key=lambda i: ks[i])
-    found = math.nan
-    for i in reversed(order):
-        if not within(losses[i], full, tolerance, floor):
-            break
-        found = ks[i]
-    return float(found)
+def gap_interval(losses: np.ndarray, reference: np.ndarray, block: int = BLOCK, draws: int = DRAWS, seed: int = 0,
+                 level: float = LEVEL) -> tuple[float, float, float]:
+    """The relative gap sum(losses - reference) / sum(reference) over paired per-target losses, and its
+    percentile interval from a bootstrap over blocks of `block` neighbouring targets."""
+    diff, ref = np.asarray(losses, float) - np.asarray(reference, float), np.asarray(reference, float)
+    total = ref.sum()
+    gap = float(diff.sum() / total) if total else math.nan
+    n = len(diff)
+    if n < 2 or not total:
+        return gap, gap, gap
+    edges = np.arange(0, n, block)
+    d, r = np.add.reduceat(diff, edges), np.add.reduceat(ref, edges)  # per block
+    pick = np.random.default_rng(seed).integers(0, len(d), (draws, len(d)))
+    ratios = d[pick].sum(1) / r[pick].sum(1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(ratios, [tail, 1 - tail])
+    return gap, float(lo), float(hi)
 
 
 def stream_losses(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
@@ -127,11 +112,88 @@ def stream_losses(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Te
                 logits = model.readout(hidden[sel.to(hidden.device)])[:, 0]  # (n, V): the output layer only where scored
                 targets = ids[i + 1 : i + 1 + len(x)][sel].to(logits.device)
                 losses.append(F.cross_entropy(logits.double(), targets, reduction="none"))
-    return torch.cat(losses)
+    return torch.cat(losses).cpu()
 
 
-def sequence_items(batch: Batch, steps: list[int], count: int) -> list[Items]:
-    """Items of a synthetic task's held-out batch: for each scored step s, the first `count` sequences'
-    inputs up to s (their whole past: the full context) and the targets at s."""
-    n = min(count, batch.x.shape[1])
-    return [Items(batch.x[: s + 1, :n], batch.y[s, :n]) for s in steps]
+def _references(model: torch.nn.Module, spec: Spec, g: Items) -> dict[str, torch.Tensor]:
+    """Each item's loss with its full context and with its real window (the same when the window is the whole past)."""
+    window = item_losses(model, spec, g.windows, g.targets)
+    full = stream_losses(model, g.text, g.positions) if g.text is not None else window
+    return {"full": full, "window": window}
+
+
+def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: list[int], seed: int = 0,
+            probes: tuple[str, ...] = PROBES) -> list[dict]:
+    """Per probe and k: the mean loss over every item with its context cut (or scrambled) before the last k
+    inputs, the mean loss of its reference (REFERENCE: the full context, or the real window) on the same
+    items, the relative gap with its interval, and their count; 'loss_full' is the full-context loss. A k at
+    or past an item's window is its whole window (for a synthetic sequence, its full context)."""
+    gen = torch.Generator().manual_seed(seed)  # the same scrambles for every model
+    refs = [_references(model, spec, g) for g in groups]
+    ref_of = {name: torch.cat([r[name] for r in refs]).numpy() for name in ("full", "window")}
+    rows = []
+    for k in sorted(set(lengths)):
+        for probe in probes:
+            losses = []
+            for g, r in zip(groups, refs):
+                keep = min(k, g.windows.shape[0])
+                if keep >= g.windows.shape[0]:
+                    losses.append(r["window"])  # the whole window kept: nothing to cut or scramble
+                    continue
+                if probe == "truncate":
+                    w = g.windows[-keep:]
+                elif probe == "shuffle":
+                    w = _shuffled(g.windows, keep, gen)
+                else:
+                    w = _replaced(g.windows, keep)
+                losses.append(item_losses(model, spec, w, g.targets))
+            loss = torch.cat(losses).numpy()
+            reference = ref_of[REFERENCE[probe]]
+            gap, lo, hi = gap_interval(loss, reference, seed=seed + k)
+            rows.append({"probe": probe, "k": k, "loss": float(loss.mean()), "reference": REFERENCE[probe], "loss_ref": float(reference.mean()),
+                         "gap": gap, "gap_lo": lo, "gap_hi": hi, "loss_full": float(ref_of["full"].mean()),
+                         "loss_window": float(ref_of["window"].mean()), "items": len(loss)})
+    return rows
+
+
+def _floor(reference: float, tolerance: float, floor: float) -> float:
+    """The tolerance as a relative gap: 1%, or FLOOR in absolute terms for a reference loss near 0."""
+    return max(tolerance, floor / abs(reference)) if reference else math.inf
+
+
+def used_context(ks: list[int], gap_lo: list[float], gap_hi: list[float], reference: float,
+                 tolerance: float = TOLERANCE, floor: float = FLOOR) -> tuple[float, float]:
+    """(context used, its upper bound) from each k's interval of the relative gap: the smallest k from which
+    no longer k tried shows evidence of costing more than the tolerance (its interval wholly above it), and
+    the smallest k from which every longer k's interval lies within it. inf: even the longest k tried is
+    not enough (or not surely within). A k that does better than the reference costs nothing."""
+    bound = _floor(reference, tolerance, floor)
+    order = sorted(range(len(ks)), key=lambda i: ks[i])
+    used = upper = math.inf
+    for i in reversed(order):
+        if gap_lo[i] > bound:
+            break
+        used = ks[i]
+    for i in reversed(order):
+        if gap_hi[i] > bound:
+            break
+        upper = ks[i]
+    return float(used), float(max(upper, used))
+
+
+def within(loss: float, full: float, tolerance: float = TOLERANCE, floor: float = FLOOR) -> bool:
+    """Whether a loss is within the tolerance of the full-context loss, on either side (the rule of tables
+    written before the context measure had intervals)."""
+    return abs(loss - full) <= max(tolerance * abs(full), floor)
+
+
+def effective_context(ks: list[int], losses: list[float], full: float, tolerance: float = TOLERANCE, floor: float = FLOOR) -> float:
+    """Khandelwal et al.'s point rule, for tables without intervals: the smallest k from which every longer k
+    tried stays within the tolerance of the full-context loss (two-sided); NaN when even the longest k is not."""
+    order = sorted(range(len(ks)), key=lambda i: ks[i])
+    found = math.nan
+    for i in reversed(order):
+        if not within(losses[i], full, tolerance, floor):
+            break
+        found = ks[i]
+    return float(found)

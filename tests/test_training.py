@@ -298,9 +298,9 @@ def test_flop_formula_matches_torchs_flop_counter(style, cell):
 
 
 def test_context_analysis_against_per_position_oracle():
-    """The cut context's loss, the full-context loss and the input gradient k characters back, recomputed one
-    position at a time from the text itself (token ids through the scratch twin, one-hot by hand)."""
-    from gradlab.context import profile
+    """The cut context's loss, the full-context and window losses, the replaced context's, and the input gradient
+    k characters back, recomputed one position at a time from the text itself (token ids through the scratch twin)."""
+    from gradlab.context import profile, stream_losses
 
     task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1)
     model = build_model(task.spec, "gru", "cudnn", 6, seed=2, init="xavier", dtype=torch.float64)
@@ -315,11 +315,18 @@ def test_context_analysis_against_per_position_oracle():
         return -torch.log_softmax(model.readout(out[-1:])[0, 0], 0)[ids[p]].item()
 
     full = [loss_at(p, ids[:p]) for p in pos.tolist()]  # the whole text before p: the full context
-    torch.testing.assert_close(items["held out"][0].full_loss, torch.tensor(full, dtype=torch.float64), rtol=1e-10, atol=0)
+    item = items["held out"][0]
+    torch.testing.assert_close(stream_losses(model, item.text, item.positions), torch.tensor(full, dtype=torch.float64), rtol=1e-10, atol=0)
+    window = [loss_at(p, ids[p - 6 : p]) for p in pos.tolist()]
     rows = profile(model, task.spec, items["held out"], [1, 3, 6])
     for row in [r for r in rows if r["probe"] == "truncate"]:
         want = sum(loss_at(p, ids[p - row["k"] : p]) for p in pos.tolist()) / len(pos)  # the k characters before position p
         assert row["loss"] == pytest.approx(want, rel=1e-10) and row["loss_full"] == pytest.approx(sum(full) / len(full), rel=1e-12)
+        assert row["gap"] == pytest.approx(want * len(pos) / sum(full) - 1, rel=1e-9) and row["gap_lo"] <= row["gap"] <= row["gap_hi"]
+    for row in [r for r in rows if r["probe"] == "replace"]:  # the 6 - k characters before the last k from the next position's window
+        k, following = row["k"], pos.roll(-1).tolist()
+        want = sum(loss_at(p, torch.cat([ids[q - 6 : q - k], ids[p - k : p]])) for p, q in zip(pos.tolist(), following)) / len(pos)
+        assert row["loss"] == pytest.approx(want, rel=1e-10) and row["loss_ref"] == pytest.approx(sum(window) / len(window), rel=1e-12)
     tables = task.analyse(model, (1, 3, 6), 7)
     want = torch.zeros(6, dtype=torch.float64)
     for p in pos.tolist():

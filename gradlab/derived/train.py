@@ -75,28 +75,44 @@ def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def effective_context(context: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per run and text (gradlab.context's rule, two-sided): effective_context, the smallest k from which every
-    longer context stays within the tolerance of the full-context loss; shuffle_context and replace_context,
-    the same for the probes that keep the last k inputs and shuffle or replace the ones before (beyond it,
-    order / the inputs themselves no longer matter); inf where even the longest k is not within (it looks back
-    further than was tried), NaN where a probe was not run; the full-context loss, and the loss with the fewest k."""
-    from ..context import effective_context as rule
+    """Per run and text (gradlab.context's rules, on each k's 95% interval of the relative gap):
+    effective_context (Khandelwal et al.'s cut against the full context: content and warm-up together),
+    replace_context (the context whose content is used: inputs before k replaced, against the real window of the
+    same length) and shuffle_context (whose order is used), each with its upper bound (*_upper: the noise's
+    say); inf where even the longest k tried is not enough. warmup: what a zero state costs over a state warmed
+    up on other inputs (cut minus replaced, relative to the window), the median over k. best_k: the k whose
+    cut context scores lowest, and best_gap its gap to the full context (negative: a shorter context does
+    better than the whole). Tables written before the intervals existed get the old point rule."""
+    from ..context import effective_context as point_rule, used_context
 
     if "probe" not in context:  # tables of a run before the probes existed: nothing this rule can read
         return pd.DataFrame()
     by = [c for c in columns if c in context] + ["split"]
+    intervals = "gap_lo" in context
     rows = []
     for key, g in context.groupby(by, dropna=False, sort=False):
         full = float(g["loss_full"].iloc[0])
         found = {}
         for probe, p in g.groupby("probe"):
             p = p.sort_values("k")
-            k = rule(p["k"].tolist(), p["loss"].tolist(), full)
-            found[probe] = math.inf if math.isnan(k) else k  # inf: not within even at the longest k tried; NaN: probe not run
+            if intervals:
+                used, upper = used_context(p["k"].tolist(), p["gap_lo"].tolist(), p["gap_hi"].tolist(), float(p["loss_ref"].iloc[0]))
+                found[probe], found[f"{probe}_upper"] = used, upper
+            else:
+                k = point_rule(p["k"].tolist(), p["loss"].tolist(), full)
+                found[probe] = math.inf if math.isnan(k) else k  # inf: not within even at the longest k tried
         cut = g[g["probe"] == "truncate"].sort_values("k")
-        rows.append(dict(zip(by, key)) | {"effective_context": found.get("truncate"), "shuffle_context": found.get("shuffle"),
-                                          "replace_context": found.get("replace"), "longest_context": int(cut["k"].iloc[-1]),
-                                          "loss_full": full, "loss_shortest": float(cut["loss"].iloc[0]), "loss_longest": float(cut["loss"].iloc[-1])})
+        row = dict(zip(by, key)) | {"effective_context": found.get("truncate"), "shuffle_context": found.get("shuffle"),
+                                    "replace_context": found.get("replace"), "longest_context": int(cut["k"].iloc[-1]),
+                                    "loss_full": full, "loss_shortest": float(cut["loss"].iloc[0]), "loss_longest": float(cut["loss"].iloc[-1])}
+        if intervals:
+            best = cut.loc[cut["loss"].idxmin()]
+            both = cut.merge(g[g["probe"] == "replace"][["k", "loss"]], on="k", suffixes=("", "_replaced"))
+            warm = ((both["loss"] - both["loss_replaced"]) / both["loss_window"]) if len(both) else pd.Series(dtype=float)
+            row |= {"effective_upper": found.get("truncate_upper"), "replace_upper": found.get("replace_upper"),
+                    "shuffle_upper": found.get("shuffle_upper"), "best_k": int(best["k"]), "best_gap": float(best["gap"]),
+                    "warmup": float(warm.median()) if len(warm) else math.nan, "loss_window": float(cut["loss_window"].iloc[0])}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -108,7 +124,9 @@ def context_over_seeds(eff: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     rows = []
     for key, g in eff.groupby(by, dropna=False, sort=False):
         row = dict(zip(by, key)) | {"seeds": len(g)}
-        for col in ("effective_context", "shuffle_context", "replace_context", "loss_full"):
+        for col in ("effective_context", "shuffle_context", "replace_context", "loss_full", "effective_upper", "replace_upper", "best_k", "warmup"):
+            if col not in g:
+                continue
             v = g[col].astype(float)
             row |= {f"{col}_median": float(v.median()), f"{col}_min": float(v.min()), f"{col}_max": float(v.max())}
         rows.append(row)

@@ -61,7 +61,9 @@ def view(t: Tables, manifest: dict) -> Section:
             prefix = f"{task}: "
             said = [k[len(prefix):] if k.startswith(prefix) else k for k in sec.key_points[before:]]
             sec.key_points[before:] = [prefix + " ".join(said)]
-    success(sec, t.get("by_setting"), settings, t.get("final"))
+    language_model = "val_ppl" in t["results"] and t["results"]["val_ppl"].notna().all()
+    if not language_model:  # a language model is never 'solved': its page leads with perplexities against baselines
+        success(sec, t.get("by_setting"), settings, t.get("final"))
     left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
 
@@ -287,30 +289,48 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
         if "impl" in o and o["impl"].nunique() > 1:
             o["model"] = o["model"] + " " + o["impl"].astype(str)
         said = []
+        intervals = "replace_upper_median" in o
         for split in dict.fromkeys(o["split"]):
             part = o[o["split"] == split]
-            said.append(f"on {split} text " + "; ".join(
-                f"{m} {_span(r, 'effective_context')}" + (f" (order beyond {_span(r, 'shuffle_context')} ignored)" if pd.notna(r["shuffle_context_median"]) else "")
-                for m, (_, r) in zip(part["model"], part.iterrows())))
+            if intervals:
+                said.append(f"on {split} text " + "; ".join(
+                    f"{m} {_span(r, 'replace_context')}" + (f" (surely within by {_span(r, 'replace_upper')})" if r["replace_upper_median"] != r["replace_context_median"] else "")
+                    + f", cut {_span(r, 'effective_context')}, best k {_span(r, 'best_k')}, warm-up {100 * r['warmup_median']:+.1f}%"
+                    for m, (_, r) in zip(part["model"], part.iterrows())))
+            else:
+                said.append(f"on {split} text " + "; ".join(
+                    f"{m} {_span(r, 'effective_context')}" + (f" (order beyond {_span(r, 'shuffle_context')} ignored)" if pd.notna(r["shuffle_context_median"]) else "")
+                    for m, (_, r) in zip(part["model"], part.iterrows())))
         seeds = sorted(set(o["seeds"].astype(int)))
-        sec.key_points.insert(0, "Effective context, the fewest inputs k from which every longer context stays within 1% of the full-context "
-                              f"loss (median and range over {' to '.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seed{'s' * (seeds[-1] != 1)}): "
-                              + "; ".join(said) + ". In brackets: the k beyond which shuffling the earlier inputs costs under 1%.")
-        sec.tables.append(("Effective context over seeds (k inputs; shuffle / replace: the k beyond which shuffling / replacing "
-                           "the earlier inputs costs under 1% of the full-context loss)",
-                           o[[c for c in ["task", "model", "impl", "split", "seeds", "effective_context_median", "effective_context_min",
-                                          "effective_context_max", "shuffle_context_median", "replace_context_median", "loss_full_median"] if c in o]]))
+        over = f"median and range over {' to '.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seed{'s' * (seeds[-1] != 1)}"
+        if intervals:
+            sec.key_points.insert(0, f"Context used ({over}): the fewest inputs k from which no longer k shows evidence (its 95% interval) of costing "
+                                  "more than 1% when the inputs before it are replaced by unrelated ones (the same number read, so no warm-up "
+                                  "counts): " + "; ".join(said) + ". 'cut' is Khandelwal et al.'s effective context (a zero state before k, "
+                                  "against the full context: content and warm-up together); best k the cut context that scores lowest; warm-up "
+                                  "what a zero state costs over one warmed up on unrelated text.")
+        else:
+            sec.key_points.insert(0, "Effective context, the fewest inputs k from which every longer context stays within 1% of the full-context "
+                                  f"loss ({over}): " + "; ".join(said) + ". In brackets: the k beyond which shuffling the earlier inputs costs under 1%.")
+        sec.tables.append(("Context over seeds (k inputs; replace: the context used, against the real window; shuffle: whose order is "
+                           "used; effective: the cut against the full context; *_upper: from where every longer k is surely within 1%)",
+                           o[[c for c in ["task", "model", "impl", "split", "seeds", "replace_context_median", "replace_context_min", "replace_context_max",
+                                          "replace_upper_median", "effective_context_median", "effective_context_min", "effective_context_max",
+                                          "shuffle_context_median", "best_k_median", "warmup_median", "loss_full_median"] if c in o]]))
     if eff is not None and len(eff):
         e = label_models(eff)
-        sec.tables.append(("Effective context per run", e[[c for c in ["task", "model", "impl", "seed", "split", "effective_context", "shuffle_context",
-                                                                       "replace_context", "longest_context", "loss_full", "loss_shortest", "loss_longest"] if c in e]]))
-    c = label_models(ctx).assign(increase=lambda d: (d["loss"] - d["loss_full"]) / d["loss_full"].abs())
+        sec.tables.append(("Context per run", e[[c for c in ["task", "model", "impl", "seed", "split", "replace_context", "replace_upper", "effective_context",
+                                                             "effective_upper", "shuffle_context", "best_k", "best_gap", "warmup", "longest_context",
+                                                             "loss_full", "loss_window", "loss_shortest", "loss_longest"] if c in e]]))
+    c = label_models(ctx)
+    c = c.assign(increase=c["gap"]) if "gap" in c else c.assign(increase=lambda d: (d["loss"] - d["loss_full"]) / d["loss_full"].abs())
     c["probe"] = c["probe"].map({"truncate": "cut", "shuffle": "shuffled before k", "replace": "replaced before k"})
     for extra, g in group_by_others(c, settings, DRAWN | {"model"}):
         sec.figures.append((f"context-loss{extra.replace(' ', '').replace(',', '-')}",
-                            "Loss with only the last k inputs (cut: a zero state before them; shuffled or replaced: the earlier inputs "
-                            "permuted, or taken from another sequence), relative to the full-context loss on the same targets "
-                            "((loss - full) / full; 0: k is enough), one panel per text, log x axis. Several seeds: their median and middle half.",
+                            "Loss with only the last k inputs (cut: a zero state before them, against the full context; shuffled or "
+                            "replaced: the earlier inputs permuted, or taken from another sequence, against the real window of as many inputs), "
+                            "relative to its reference on the same targets ((loss - reference) / reference; 0: k is enough), one panel per "
+                            "text, log x axis. Several seeds: their median and middle half.",
                             partial(figures.panels_of_lines, g, "k", "increase", panel="split", hue="model", style="probe",
                                     xlabel="inputs of context k", ylabel="relative loss increase", log=False, logx=True, baseline=0.0,
                                     title=figures.fixed_title(f"loss by available context{extra}", fixed_settings(g, settings, DRAWN)))))

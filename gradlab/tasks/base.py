@@ -77,6 +77,26 @@ def exp_or_inf(x: float) -> float:
     return math.exp(x) if x < 709.0 else float("inf")
 
 
+@dataclass
+class Items:
+    """Scored targets that share a window length, for the context analysis (gradlab.context): the L inputs up to
+    and including the step that predicts each target, and the targets. Items of a long text name it and the
+    targets' positions in it: their full context is all of the text before them (the model reads it from its
+    start); otherwise the whole window is the full context (a synthetic sequence's whole past)."""
+
+    windows: torch.Tensor  # (L, N) ids or (L, N, I)
+    targets: torch.Tensor  # (N,) ids or (N, O)
+    text: torch.Tensor | None = None  # (len,) ids of the text the targets lie in
+    positions: torch.Tensor | None = None  # (N,) the targets' positions in `text`, increasing
+
+
+def sequence_items(batch: Batch, steps: list[int], count: int) -> list[Items]:
+    """Items of a synthetic task's held-out batch: for each scored step s, the first `count` sequences'
+    inputs up to s (their whole past: the full context) and the targets at s."""
+    n = min(count, batch.x.shape[1])
+    return [Items(batch.x[: s + 1, :n], batch.y[s, :n]) for s in steps]
+
+
 class Task:
     """The interface the training loop uses. Parameters are dataclass fields with defaults."""
 
@@ -192,8 +212,6 @@ class SyntheticTask(Task):
 
     def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list]:
         """The first held-out sequences, each scored step with its whole past as the full context."""
-        from ..context import sequence_items
-
         batch = Batch(torch.cat([b.x for b in held_out], 1), torch.cat([b.y for b in held_out], 1), held_out[0].mask)  # (T, N)
         return {"held out": sequence_items(batch, self.context_steps(batch.x.shape[0], batch), count)}
 

@@ -10,9 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from ..names import SAMPLINGS, TEXT_SETTINGS, TEXT_SPLITS, lookup
-from ..context import Items, stream_losses
 from ..probes import input_grads_at_last_step
-from .base import IGNORE, Batch, Spec, Success, Task, exp_or_inf
+from .base import IGNORE, Batch, Items, Spec, Success, Task, exp_or_inf
 from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
@@ -158,16 +157,15 @@ class Lyrics(Task):
 
     def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list[Items]]:
         """`count` positions of the held-out text (the test blocks where there are some: the run never
-        selected on them) and of the training text, each with the `longest` characters before it and
-        its loss with the whole text before it (the model reading the text from its start)."""
+        selected on them) and of the training text, each with the `longest` characters before it; their full
+        context is the whole text before them."""
         device = next(model.parameters()).device
         held = self.data.test_ids if self.data.test_ids is not None else self.data.val_ids
         out = {}
         for split, ids in (("held out", held), ("training", self.data.train_ids)):
             pos = self._positions(ids, longest, count)  # (N,) target positions
-            full = stream_losses(model, ids, pos)  # (N,)
             windows = _windows(ids, pos, longest)  # (K, N): the K characters before
-            out[split] = [Items(windows.to(device), ids[pos].to(device), full)]
+            out[split] = [Items(windows.to(device), ids[pos].to(device), ids, pos)]
         return out
 
     def analyse(self, model: torch.nn.Module, lengths: tuple[int, ...], count: int) -> dict[str, list[dict]]:

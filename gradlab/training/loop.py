@@ -236,7 +236,7 @@ def context_tables(model: SeqModel, task: Task, held_out: list, cfg: TrainConfig
     against the full-context loss (gradlab.context); and the task's own analysis (lyrics: input gradients)."""
     lengths = list(cfg.context_lengths)
     rows = [{"split": split, **r} for split, items in task.context_items(model, held_out, cfg.context_positions, max(lengths)).items()
-            for r in profile(model, task.spec, items, lengths, probes=PROBES if split != "training" else ("truncate",))]  # scrambles: unseen text
+            for r in profile(model, task.spec, items, lengths, probes=PROBES if split != "training" else ("truncate", "replace"))]  # order: unseen text
     tables = {"context": rows} if rows else {}
     if hasattr(task, "analyse"):
         tables |= task.analyse(model, tuple(lengths), cfg.context_positions)
