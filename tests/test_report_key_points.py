@@ -20,9 +20,10 @@ def test_who_solved_names_each_run_its_step_or_how_far_it_ended():
         ("rnn", 0.0, 100, 0.003, 0, False, None, 12, float("inf"), 12),
     ])
     said = _who_solved(final, SETTINGS)
-    assert said.startswith("Solved (held-out loss under the solve fraction of the baseline): gru at T 100 at step 1,000; "
-                           "lstm, forget bias 1 at T 100 at step 4,750.")
+    assert said.startswith("Solved: gru at T 100 at step 1,000; lstm, forget bias 1 at T 100 at step 4,750.")  # by the rule said beside
     assert said.endswith("Not solved: rnn at T 200 (1.07 x the baseline after 6,000 steps); rnn at T 100 (diverged at step 12).")
+    left = final.assign(left_baseline=[True, True, True, False], error_rate=[0.0, 0.0, 0.12, float("nan")])
+    assert "rnn at T 200 (1.07 x the baseline, 12.0% of answers wrong after 6,000 steps) (left the baseline)" in _who_solved(left, SETTINGS)
 
 
 def test_who_solved_names_the_settings_that_vary_and_counts_when_runs_are_many():
