@@ -63,3 +63,9 @@ def failing_study(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "fake.toml"
     path.write_text('name = "f"\nmeasure = "fake"\n[grid]\nx = [1, 2, 3]\n')
     return path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The speed benchmarks last: collected first (tests/benchmarks sorts before test_*.py) they opened the suite,
+    timing a machine still busy starting up and saying nothing for minutes; last, the rest reports first."""
+    items.sort(key=lambda item: "benchmarks" in item.path.parts)

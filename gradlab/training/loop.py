@@ -260,9 +260,9 @@ def judge(task: Task, cfg: TrainConfig, hist: dict) -> dict:
     loss_ratio (held-out loss over the memoryless loss of the same data), error_rate (the share of answers
     wrong, where the metric is an accuracy), solved, left_baseline."""
     ratio = hist["val_loss"] / hist["baseline"] if hist["baseline"] else float("nan")
-    error = 1.0 - hist["val_metric"] if task.spec.metric == "accuracy" else float("nan")
+    error = 1.0 - hist["val_metric"] if task.spec.metric == "accuracy" else None  # None: no answers to be wrong (NaN in the tables)
     rule = task.success
-    if rule.kind == "error_rate":
+    if rule.kind == "error_rate" and error is not None:
         solved = error < (rule.threshold if rule.threshold is not None else cfg.solve_error)
     elif rule.kind == "loss_ratio":
         solved = ratio < cfg.solve_fraction
