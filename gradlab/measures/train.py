@@ -116,6 +116,10 @@ COLUMNS = COMMON_COLUMNS | {
     "prefix": "lyrics: the prefix", "temperature": "lyrics: 0 for greedy text", "text": "lyrics: prefix and generated text",
 }
 
+COLUMNS |= {f"{split}_{kind}{n}_loss": f"lyrics: mean -ln P of the {text} targets under an interpolated Kneser-Ney {n}-gram fitted on the "
+            f"training text ({'one discount, 0.75' if kind == 'kn' else 'modified: Chen and Goodman discounts'}); the counting baseline"
+            for split, text in (("val", "validation"), ("test", "test")) for kind in ("kn", "mkn") for n in (2, 3, 4, 5)}
+
 Config = with_task_params(TrainConfig)
 
 

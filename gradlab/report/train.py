@@ -220,8 +220,15 @@ def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, 
         v = g["test_ppl"].astype(float)
         parts.append(f"{model} {v.median():.0f}" + (f" ({v.min():.0f}-{v.max():.0f}, {len(v)} seeds)" if len(v) > 1 else ""))
     unigram = math.exp(float(runs["test_unigram_loss"].iloc[0]))
+    counting = ""
+    grams = {n: math.exp(float(runs[f"test_mkn{n}_loss"].iloc[0])) for n in range(2, 6) if f"test_mkn{n}_loss" in runs}
+    if grams:
+        best = min(grams, key=grams.get)
+        counting = (" Counting does better: Kneser-Ney n-grams fitted on the training text (modified discounts) score "
+                    + ", ".join(f"{grams[n]:.0f} ({n}-gram)" for n in grams) + f"; the best, the {best}-gram at {grams[best]:.0f}, is the bar a "
+                    "network has to clear.")
     sec.key_points.insert(0, f"{named}Test perplexity of the kept (best-validation) model, median (range) over seeds: " + "; ".join(parts)
-                          + f". The unigram baseline scores {unigram:.0f} on the same test text.")
+                          + f". The unigram baseline scores {unigram:.0f} on the same test text." + counting)
 
 
 def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xlabel: str, lyrics: bool) -> None:

@@ -139,7 +139,30 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, split: s
         test_oov = int((test_ids[1:] == vocab.unknown_id).sum())
         stats |= {"test_lines": len(_unseen(test_lines, train_text)), "test_chars": len(test_text),
                   "test_targets_scored": len(test_ids) - 1 - test_oov, "test_unigram_loss": unigram_loss(train_text, test_text[1:], vocab)}
-    return LyricsData(train_text, val_text, vocab, vocab.encode(train_text), val_ids, stats, test_text, test_ids)
+    train_ids = vocab.encode(train_text)
+    stats |= ngram_losses(train_ids, {"val": val_ids, "test": test_ids}, vocab)
+    return LyricsData(train_text, val_text, vocab, train_ids, val_ids, stats, test_text, test_ids)
+
+
+NGRAM_ORDERS = (2, 3, 4, 5)
+
+
+def ngram_losses(train_ids: torch.Tensor, held: dict[str, torch.Tensor | None], vocab: "Vocab") -> dict[str, float]:
+    """The counting baselines on each held-out text: mean -ln P over exactly the targets the networks are scored
+    on, for interpolated Kneser-Ney n-grams fitted on the training text (orders 2 to 5; 'kn': one discount,
+    0.75; 'mkn': Chen and Goodman's modified discounts), e.g. test_mkn5_loss."""
+    from ..baselines.ngram import KneserNey
+
+    out = {}
+    train = train_ids.tolist()
+    for n in NGRAM_ORDERS:
+        for name, discount in (("kn", 0.75), ("mkn", "modified")):
+            model = KneserNey(n, len(vocab), discount).fit(train)
+            for split, ids in held.items():
+                if ids is not None and len(ids) > 1:
+                    losses = model.losses(ids.tolist(), vocab.unknown_id)
+                    out[f"{split}_{name}{n}_loss"] = sum(losses) / len(losses) if losses else float("nan")
+    return out
 
 
 def unigram_loss(train_text: str, targets: str, vocab: "Vocab") -> float:
