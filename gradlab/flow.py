@@ -9,7 +9,9 @@ every state; the gradient w.r.t. a tap is the gradient w.r.t. that state. Other 
 from __future__ import annotations
 
 import contextlib
+import copy
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,7 +22,7 @@ from torch import nn
 from .probes import _rms_norms, spectra_from_taps
 
 RECURRENT = (nn.RNN, nn.GRU, nn.LSTM)
-FLOW_PROBES = ("hidden", "input", "jacobian")
+FLOW_PROBES = ("hidden", "input", "gates", "weights", "jacobian")
 
 
 @dataclass
@@ -32,6 +34,15 @@ class Layer:
     c_handed: list[torch.Tensor] = field(default_factory=list)  # T taps (B, H), LSTM only: on the c_t handed on (the state Jacobian's)
     x: torch.Tensor | None = None  # tap on the layer's input (T, B, I)
     final: list[torch.Tensor] = field(default_factory=list)  # [h_{T-1}] or [h_{T-1}, c_{T-1}] (B, H)
+    pre: list[torch.Tensor] = field(default_factory=list)  # T taps (B, G*H) on each gate's pre-activation, torch.nn's gate order
+    hw: list[torch.Tensor] = field(default_factory=list)  # T taps (B, G*H) on h_{t-1} W_hh^T + b_hh: dL/dW_hh = sum_t tap_t^T h_{t-1}
+    h_before: list[torch.Tensor] = field(default_factory=list)  # T states h_{t-1} (B, H), without gradient
+    gates: tuple[str, ...] = ()  # the gates' names, in torch.nn's order
+    module: nn.RNNBase | None = None  # the layer's module, and which of its layers
+    index: int = 0
+    projected: torch.Tensor | None = None  # (T, B, G*H) x_t W_ih^T + b_ih, without gradient
+    initial: list[torch.Tensor] = field(default_factory=list)  # the state before step 0: [h] or [h, c] (B, H)
+    states: list[list[torch.Tensor]] = field(default_factory=list)  # per step the state handed on, [h] or [h, c], without gradient
 
     def state_taps(self) -> dict[str, list[torch.Tensor]]:
         """The taps whose gradients are the total dL/dh_t and dL/dc_t."""
@@ -42,43 +53,75 @@ class Layer:
         return [self.h, self.c_handed] if self.c else [self.h]
 
 
-def recurrent_modules(model: nn.Module) -> dict[str, nn.RNNBase]:
-    """Every torch.nn.RNN/GRU/LSTM inside `model` by its name there ('' for the model itself); an error
-    that says what is supported when there is none, or one the instruments cannot drive."""
+def unsupported(module: nn.RNNBase) -> str | None:
+    """Why gradlab.flow cannot measure a layer (None: it can)."""
+    if module.bidirectional:
+        return "bidirectional (a backward direction has its own time axis): gradlab.flow measures unidirectional layers only"
+    if getattr(module, "proj_size", 0):
+        return f"proj_size {module.proj_size}: gradlab.flow measures LSTMs without projections only"
+    return None
+
+
+def recurrent_modules(model: nn.Module, skipped: dict[str, str] | None = None) -> dict[str, nn.RNNBase]:
+    """Every torch.nn.RNN/GRU/LSTM inside `model` that the instruments can drive, by its name there ('' for the
+    model itself). One they cannot (bidirectional, projected) is left out and named in `skipped` (name ->
+    why) with a warning; an error says what is supported when none is left."""
     found = {name: m for name, m in model.named_modules() if isinstance(m, RECURRENT)}
     if not found:
         raise ValueError(
             f"no torch.nn.RNN, GRU or LSTM inside {type(model).__name__}: gradlab.flow measures those "
             "(any number of layers, batch_first or not). For gradlab's own cells use gradlab.probes."
         )
-    for name, m in found.items():
-        where = f"{type(m).__name__} {name or '(the model)'}"
-        if m.bidirectional:
-            raise ValueError(f"{where} is bidirectional: gradlab.flow measures unidirectional layers only (a backward direction has its own time axis).")
-        if getattr(m, "proj_size", 0):
-            raise ValueError(f"{where} has proj_size {m.proj_size}: gradlab.flow measures LSTMs without projections only.")
-    return found
+    left_out = {name: why for name, m in found.items() if (why := unsupported(m))}
+    usable = {name: m for name, m in found.items() if name not in left_out}
+    described = "; ".join(f"{type(found[n]).__name__} {n or '(the model)'} is {why}" for n, why in left_out.items())
+    if not usable:
+        raise ValueError(f"nothing gradlab.flow can measure: {described}.")
+    if left_out:
+        warnings.warn(f"gradlab.flow measures {', '.join(n or '(the model)' for n in usable)} and leaves out {described}.", stacklevel=3)
+        if skipped is not None:
+            skipped.update(left_out)
+    return usable
 
 
-def _step(module: nn.RNNBase, layer: int, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, tap_c: torch.Tensor | None = None):
+GATES = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n"), "RNN": ("h",)}  # torch.nn's chunk order; 'h': the RNN's pre-activation
+
+
+def _kind(module: nn.RNNBase) -> str:
+    """'LSTM', 'GRU' or 'RNN' (a subclass of one is that one)."""
+    return next(kind for kind in ("LSTM", "GRU", "RNN") if isinstance(module, getattr(nn, kind)))
+
+
+def _step(module: nn.RNNBase, layer: int, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, tap_c: torch.Tensor | None = None,
+          tap_pre: torch.Tensor | None = None, tap_hw: torch.Tensor | None = None):
     """One step of layer `layer` from its projected input xw = x W_ih^T + b_ih (B, G*H), torch.nn's equations;
-    tap_c (LSTM) is added to c_t before h_t is formed from it."""
+    tap_c (LSTM) is added to c_t before h_t is formed from it, tap_pre to the gates' pre-activations (B, G*H)
+    and tap_hw to h_{t-1} W_hh^T + b_hh. Zero taps leave every value as it was."""
     w_hh = getattr(module, f"weight_hh_l{layer}")
     b_hh = getattr(module, f"bias_hh_l{layer}") if module.bias else None
     hw = nn.functional.linear(h, w_hh, b_hh)  # (B, G*H)
-    if isinstance(module, nn.LSTM):
-        i, f, g, o = (xw + hw).chunk(4, dim=1)  # torch.nn's gate order
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        c = c if tap_c is None else c + tap_c
-        return torch.sigmoid(o) * torch.tanh(c), c
+    if tap_hw is not None:
+        hw = hw + tap_hw
     if isinstance(module, nn.GRU):
         x_r, x_z, x_n = xw.chunk(3, dim=1)
         h_r, h_z, h_n = hw.chunk(3, dim=1)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
+        pre_r, pre_z = x_r + h_r, x_z + h_z
+        r = torch.sigmoid(pre_r if tap_pre is None else pre_r + tap_pre[:, : h.shape[1]])
+        pre_n = x_n + r * h_n
+        if tap_pre is not None:
+            pre_z, pre_n = pre_z + tap_pre[:, h.shape[1] : 2 * h.shape[1]], pre_n + tap_pre[:, 2 * h.shape[1] :]
+        z, n = torch.sigmoid(pre_z), torch.tanh(pre_n)
         return (1 - z) * n + z * h, None
+    pre = xw + hw
+    if tap_pre is not None:
+        pre = pre + tap_pre
+    if isinstance(module, nn.LSTM):
+        i, f, g, o = pre.chunk(4, dim=1)  # torch.nn's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c = c if tap_c is None else c + tap_c
+        return torch.sigmoid(o) * torch.tanh(c), c
     act = torch.tanh if module.nonlinearity == "tanh" else torch.relu
-    return act(xw + hw), None
+    return act(pre), None
 
 
 def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
@@ -100,14 +143,20 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
     for layer in range(L):
         if layer and module.dropout and module.training:  # torch.nn: dropout on every layer's output but the last
             x = nn.functional.dropout(x, module.dropout, training=True)
-        taps = Layer(x=torch.zeros_like(x, requires_grad=True))
+        taps = Layer(x=torch.zeros_like(x, requires_grad=True), gates=GATES[_kind(module)], module=module, index=layer)
         b_ih = getattr(module, f"bias_ih_l{layer}") if module.bias else None
         projected = nn.functional.linear(x + taps.x, getattr(module, f"weight_ih_l{layer}"), b_ih)  # (T, B, G*H)
         h, c = h0[layer], (c0[layer] if lstm else None)
         outputs = []
+        taps.projected = projected.detach()
+        taps.initial = [h.detach()] + ([c.detach()] if lstm else [])
         for xw in projected.unbind(0):
             tap_total = torch.zeros_like(c, requires_grad=True) if lstm else None
-            h, c = _step(module, layer, xw, h, c, tap_total)
+            tap_pre, tap_hw = torch.zeros_like(xw, requires_grad=True), torch.zeros_like(xw, requires_grad=True)
+            taps.pre.append(tap_pre)
+            taps.hw.append(tap_hw)
+            taps.h_before.append(h.detach())
+            h, c = _step(module, layer, xw, h, c, tap_total, tap_pre, tap_hw)
             tap_h = torch.zeros_like(h, requires_grad=True)
             h = h + tap_h
             taps.h.append(tap_h)
@@ -116,6 +165,7 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
                 c = c + tap_c
                 taps.c.append(tap_total)
                 taps.c_handed.append(tap_c)
+            taps.states.append([h.detach()] + ([c.detach()] if lstm else []))
             outputs.append(h)
         taps.final = [h, c] if lstm else [h]
         record.append(taps)
@@ -132,24 +182,44 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
     return out, h_n
 
 
+class _Forward:
+    """A watched layer's forward: step by step with taps on the calls `when` accepts, the fused kernel on the
+    rest. A copy of the model (copy.deepcopy: keeping the best model, an EMA) gets the class's plain forward,
+    not this one: it is not instrumented and records nothing into this recorder."""
+
+    def __init__(self, module: nn.RNNBase, name: str, on_call, when):
+        self.module, self.name, self.on_call, self.when = module, name, on_call, when
+        self.fused = type(module).forward
+
+    def __call__(self, inputs, hx=None):
+        if torch.is_grad_enabled() and self.when(self.name, self.module):
+            record: list[Layer] = []
+            out = _stepwise_forward(self.module, record, inputs, hx)
+            self.on_call(self.name, record)
+            return out
+        return self.fused(self.module, inputs, hx)
+
+    def __deepcopy__(self, memo):
+        twin = memo.get(id(self.module), self.module)  # the copy of the module this forward belongs to
+        return types.MethodType(type(self.module).forward, twin)
+
+
+def watched(module: nn.RNNBase) -> bool:
+    return isinstance(module.__dict__.get("forward"), _Forward)
+
+
 @contextlib.contextmanager
 def _measured(modules: dict[str, nn.RNNBase], on_call: Callable[[str, list[Layer]], None],
-              when: Callable[[str], bool] = lambda name: True) -> Iterator[None]:
-    """Each module's forward replaced by the stepwise one on the calls with gradients that `when(name)`
+              when: Callable[[str, nn.RNNBase], bool] = lambda name, module: True) -> Iterator[None]:
+    """Each module's forward replaced by the stepwise one on the calls with gradients that `when(name, module)`
     accepts (the fused one on the rest); on_call(name, layers) sees each measured call's taps before any
-    backward. The class's forward comes back on exit."""
+    backward. The class's forward comes back on exit. A module already watched is an error."""
+    busy = [name or "(the model)" for name, m in modules.items() if watched(m)]
+    if busy:
+        raise ValueError(f"{', '.join(busy)} {'is' if len(busy) == 1 else 'are'} already watched by another gradlab.flow recorder "
+                         "(or inside gradient_flow): close() that one first; one recorder watches a layer at a time.")
     for name, module in modules.items():
-        fused = type(module).forward
-
-        def forward(self, inputs, hx=None, _name=name, _fused=fused):
-            if torch.is_grad_enabled() and when(_name):
-                record: list[Layer] = []
-                out = _stepwise_forward(self, record, inputs, hx)
-                on_call(_name, record)
-                return out
-            return _fused(self, inputs, hx)
-
-        module.forward = types.MethodType(forward, module)
+        module.forward = _Forward(module, name, on_call, when)
     try:
         yield
     finally:
@@ -165,20 +235,25 @@ def _to_frame(rows: list[dict]):
 
 def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes: tuple[str, ...] = ("hidden", "input"),
                   jacobian_batch: int = 2) -> dict:
-    """||dL/dh_t|| (and the total ||dL/dc_t||: every path from c_t, the one through h_t included), ||dL/dx_t||
-    and the spectra of ds_{T-1}/ds_t for every torch.nn RNN/GRU/LSTM inside `model`, per layer, for the loss
-    `loss_fn()` returns (it calls the model).
+    """||dL/dh_t|| (and the total ||dL/dc_t||: every path from c_t, the one through h_t included), ||dL/dx_t||,
+    the gates and W_hh's gradient by step, and the spectra of ds_{T-1}/ds_t for every torch.nn RNN/GRU/LSTM
+    inside `model`, per layer, for the loss `loss_fn()` returns (it calls the model).
 
-    probes: any of "hidden", "input", "jacobian" (every singular value of each layer's own state Jacobian
-    ds_{T-1}/ds_t, s = h or (h, c), for the first `jacobian_batch` sequences: D backward passes).
+    probes: any of "hidden", "input", "gates" (||dL/da_t|| for each gate's pre-activation a, torch.nn's gate
+    order: i, f, g, o; r, z, n; h for the RNN), "weights" (each step's part of dL/dW_hh, dL/d(h_{t-1} W_hh^T)^T
+    h_{t-1}: its norm, and its share, its projection on the whole gradient over the whole's squared norm, which
+    sums to 1 over the steps) and "jacobian" (every singular value of each layer's own state Jacobian
+    ds_{T-1}/ds_t, s = h or (h, c), for the first `jacobian_batch` sequences).
     Returns the gradient-decay study's tables: "results" (module, layer, call, probe, wrt, t, distance,
-    grad_norm; norms are RMS over the batch of per-sequence norms) and, with "jacobian", "spectrum"
-    (module, layer, call, t, distance, sequence, rank, singular_value). Parameter gradients are not touched.
+    grad_norm, and share for weights; norms are RMS over the batch of per-sequence norms) and, with "jacobian",
+    "spectrum" (module, layer, call, t, distance, sequence, rank, singular_value). Parameter gradients are not
+    touched. A layer it cannot measure (bidirectional) is left out with a warning, and listed in "skipped".
     """
     unknown = sorted(set(probes) - set(FLOW_PROBES))
     if unknown or not probes:
         raise ValueError(f"unknown probe {', '.join(map(repr, unknown)) or '(none given)'}; gradlab.flow measures: {', '.join(FLOW_PROBES)}.")
-    modules = recurrent_modules(model)
+    skipped: dict[str, str] = {}
+    modules = recurrent_modules(model, skipped)
     calls: dict[str, list[list[Layer]]] = {name: [] for name in modules}
     with _measured(modules, lambda name, layers: calls[name].append(layers)):
         loss = loss_fn()
@@ -190,102 +265,245 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
     for name, per_call in calls.items():
         for k, layers in enumerate(per_call):
             for li, layer in enumerate(layers):
-                if "hidden" in probes:
-                    for wrt, taps in layer.state_taps().items():
-                        for t, tap in enumerate(taps):
-                            targets.append(tap)
-                            where.append((name, k, li, "hidden", wrt, t, len(taps)))
-                if "input" in probes:
-                    targets.append(layer.x)
-                    where.append((name, k, li, "input", "x", None, layer.x.shape[0]))
+                for probe, wrt, tap, t, T in _taps(layer, probes):
+                    targets.append(tap)
+                    where.append((name, k, li, probe, wrt, t, T, layer))
     rows = []
     if targets:
-        grads = torch.autograd.grad(loss, targets, allow_unused=True, retain_graph="jacobian" in probes)
-        for (name, k, li, probe, wrt, t, T), tap, g in zip(where, targets, grads):
-            g = torch.zeros_like(tap) if g is None else g  # no path from the loss: exactly 0
-            steps = [t] if t is not None else range(T)
-            norms = _rms_norms([g] if t is not None else list(g.unbind(0))).tolist()
-            rows += [{"module": name, "layer": li, "call": k, "probe": probe, "wrt": wrt, "t": ts, "distance": T - 1 - ts, "grad_norm": v}
-                     for ts, v in zip(steps, norms)]
+        grads = torch.autograd.grad(loss, targets, allow_unused=True)
+        grads = [torch.zeros_like(tap) if g is None else g for tap, g in zip(targets, grads)]  # no path from the loss: exactly 0
+        rows = _rows(where, grads)
     tables = {"results": _to_frame(rows)}
     if "jacobian" in probes:
-        tables["spectrum"] = _to_frame([
-            {"module": name, "layer": li, "call": k, **row}
-            for name, per_call in calls.items() for k, layers in enumerate(per_call) for li, layer in enumerate(layers)
-            for row in _spectrum_rows(layer, jacobian_batch)
-        ])
+        import pandas as pd
+
+        tables["spectrum"] = pd.concat([_spectrum_frame(layer, jacobian_batch).assign(module=name, layer=li, call=k)
+                                        for name, per_call in calls.items() for k, layers in enumerate(per_call) for li, layer in enumerate(layers)],
+                                       ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value"]]
+    if skipped:
+        tables["skipped"] = _to_frame([{"module": n, "because": why} for n, why in skipped.items()])
     return tables
 
 
-def _spectrum_rows(layer: Layer, jacobian_batch: int) -> list[dict]:
-    """Every singular value of d s_{T-1} / d s_t for the first `jacobian_batch` sequences of one layer.
-    Inside a stack, a layer's state reaches its own last state only through its own recurrence, so the
-    graph's Jacobian is the layer's own."""
-    parts = layer.handed_taps()
-    T = len(parts[0])
-    spectra = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(T)], jacobian_batch)  # (T, n, D)
-    return [{"t": t, "distance": T - 1 - t, "sequence": b, "rank": r, "singular_value": v}
-            for t, per_step in enumerate(spectra.tolist()) for b, per_seq in enumerate(per_step) for r, v in enumerate(per_seq)]
+def _taps(layer: Layer, probes) -> Iterator[tuple[str, str, torch.Tensor, int | None, int]]:
+    """(probe, wrt, tap, t, T) for every tap a probe reads: per step, or one tap for all steps (t None)."""
+    T = len(layer.h)
+    if "hidden" in probes:
+        for wrt, taps in layer.state_taps().items():
+            for t, tap in enumerate(taps):
+                yield "hidden", wrt, tap, t, T
+    if "input" in probes:
+        yield "input", "x", layer.x, None, T
+    if "gates" in probes:
+        for t, tap in enumerate(layer.pre):
+            yield "gates", "pre", tap, t, T
+    if "weights" in probes:
+        for t, tap in enumerate(layer.hw):
+            yield "weights", "W_hh", tap, t, T
+
+
+def _rows(where: list, grads: list[torch.Tensor]) -> list[dict]:
+    """Result rows from each tap's gradient: a state's norm per step, the input's per step, each gate's per step,
+    and each step's part of dL/dW_hh (its norm and its share of the whole)."""
+    rows = []
+    weights: dict[tuple, list] = {}
+    for (name, k, li, probe, wrt, t, T, layer), g in zip(where, grads):
+        base = {"module": name, "layer": li, "call": k, "probe": probe}
+        if probe == "gates":
+            H = g.shape[-1] // len(layer.gates)
+            for gate, part in zip(layer.gates, g.split(H, dim=-1)):
+                rows.append(base | {"wrt": gate, "t": t, "distance": T - 1 - t, "grad_norm": float(_rms_norms([part])[0])})
+        elif probe == "weights":
+            weights.setdefault((name, k, li), []).append((t, T, g.detach().double().transpose(0, 1) @ layer.h_before[t].double()))  # (G*H, H)
+        else:
+            steps = [t] if t is not None else range(T)
+            norms = _rms_norms([g] if t is not None else list(g.unbind(0))).tolist()
+            rows += [base | {"wrt": wrt, "t": ts, "distance": T - 1 - ts, "grad_norm": v} for ts, v in zip(steps, norms)]
+    for (name, k, li), parts in weights.items():
+        whole = sum(part for _, _, part in parts)
+        energy = float(whole.pow(2).sum())
+        for t, T, part in parts:
+            rows.append({"module": name, "layer": li, "call": k, "probe": "weights", "wrt": "W_hh", "t": t, "distance": T - 1 - t,
+                         "grad_norm": float(part.norm()), "share": float((part * whole).sum()) / energy if energy else float("nan")})
+    return rows
+
+
+def _spectrum_frame(layer: Layer, jacobian_batch: int):
+    """Every singular value of d s_{T-1} / d s_t for the first `jacobian_batch` sequences of one layer, one row each
+    (t, distance, sequence, rank, singular_value). Inside a stack, a layer's state reaches its own last state only
+    through its own recurrence, so the graph's Jacobian is the layer's own."""
+    import numpy as np
+    import pandas as pd
+
+    spectra = chained_spectra(layer, jacobian_batch).cpu().numpy()  # (T, n, D)
+    T, n, D = spectra.shape
+    t, b, r = np.meshgrid(np.arange(T), np.arange(n), np.arange(D), indexing="ij")
+    return pd.DataFrame({"t": t.ravel(), "distance": T - 1 - t.ravel(), "sequence": b.ravel(), "rank": r.ravel(), "singular_value": spectra.ravel()})
+
+
+def chained_spectra(layer: Layer, sequences: int | None = None, chunk: int = 64) -> torch.Tensor:
+    """(T, n, D) every singular value of d s_{T-1} / d s_t (float64, largest first) for the first n sequences, as
+    the product of the steps' own Jacobians d s_{t+1} / d s_t, each from one vectorised reverse pass over one
+    step (torch.func.jacrev under vmap), chained from the last step back: T small products instead of D
+    backward passes through the whole sequence. Equal to backpropagating every basis vector (spectra_from_taps)
+    to float rounding."""
+    module, index = layer.module, layer.index
+    B = layer.projected.shape[1]
+    n = B if sequences is None else min(sequences, B)
+    lstm = len(layer.initial) == 2
+    H = layer.initial[0].shape[-1]
+    before = [layer.initial] + layer.states[:-1]  # the state each step starts from
+    s_prev = torch.stack([torch.cat(parts, dim=-1)[:n] for parts in before])  # (T, n, D)
+    xw = layer.projected[:, :n]  # (T, n, G*H)
+
+    def step(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # one sequence: (D,), (G*H,) -> (D,)
+        h, c = (s[:H], s[H:]) if lstm else (s, None)
+        h2, c2 = _step(module, index, x[None], h[None], None if c is None else c[None])
+        return torch.cat([h2[0], c2[0]]) if lstm else h2[0]
+
+    local = torch.func.vmap(torch.func.jacrev(step))
+    flat_s, flat_x = s_prev[1:].reshape(-1, s_prev.shape[-1]), xw[1:].reshape(-1, xw.shape[-1])
+    with torch.no_grad():
+        pieces = [local(flat_s[i : i + chunk], flat_x[i : i + chunk]) for i in range(0, len(flat_s), chunk)]
+    T, D = s_prev.shape[0], s_prev.shape[-1]
+    steps = torch.cat(pieces).view(T - 1, n, D, D) if pieces else s_prev.new_zeros(0, n, D, D)  # steps[t - 1] = d s_t / d s_{t-1}
+    jac = torch.eye(D, dtype=s_prev.dtype, device=s_prev.device).expand(n, D, D)
+    out = [torch.linalg.svdvals(jac.double())]
+    for t in range(T - 2, -1, -1):  # d s_{T-1} / d s_t = d s_{T-1} / d s_{t+1} . d s_{t+1} / d s_t
+        jac = jac @ steps[t]
+        out.append(torch.linalg.svdvals(jac.double()))
+    return torch.stack(out[::-1])
 
 
 class Recorder:
-    """Records ||dL/dh_t|| (and the total ||dL/dc_t||) per layer from your own training loop's backward, every
-    `every`-th training call of each watched layer; see `watch`."""
+    """Records ||dL/dh_t|| (and the total ||dL/dc_t||; with gates=True each gate's ||dL/da_t|| and each step's part
+    of dL/dW_hh) per layer from your own training loop's backward, every `every`-th training step; see `watch`."""
 
-    def __init__(self, model: nn.Module, every: int = 100):
-        if every < 1:
-            raise ValueError(f"every must be >= 1 (record one call in every N), got {every}.")
-        self.every = every
-        self.modules = recurrent_modules(model)
-        self.seen = {name: 0 for name in self.modules}  # training calls (gradients enabled) so far
-        self.records: list[dict] = []  # per measured call: (module, step, layer, wrt, t, T) -> its norm, filled during backward
+    def __init__(self, model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple = ()):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a whole number >= 1 (record one training step in every N), got {every!r}.")
+        self.every, self.gates, self.sinks = every, gates, list(sinks)
+        self.skipped: dict[str, str] = {}  # layers it cannot measure, and why
+        self.modules = recurrent_modules(model, self.skipped)
+        self.seen = {name: 0 for name in self.modules}  # training calls (train mode, gradients enabled) so far
+        self.global_step: int | None = None  # the caller's own step (set_step), else each layer's training calls
+        self._step_of: dict[str, int] = {}
+        self.records: list[dict] = []  # per measured call: where, the taps' slots, filled during backward
+        self._warned = False
         self._context = _measured(self.modules, self._hooks, self._due)
         self._context.__enter__()
         self._open = True
 
-    def _due(self, name: str) -> bool:
-        self.seen[name] += 1
-        return (self.seen[name] - 1) % self.every == 0
+    def set_step(self, step: int) -> None:
+        """Your own global step (the optimiser's, with gradient accumulation or several calls per step): calls at
+        step s are measured when s % every == 0, each recorded with its call index within the step."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"set_step takes a whole number >= 0, got {step!r}.")
+        self.global_step = step
+
+    def _due(self, name: str, module: nn.RNNBase) -> bool:
+        """Whether this call is measured. A call in eval mode (a validation pass with gradients on) is not a
+        training call: neither counted nor measured."""
+        if not module.training:
+            return False
+        if self.global_step is None:
+            self.seen[name] += 1
+            step = self.seen[name] - 1
+        else:
+            step = self.global_step
+        self._step_of[name] = step
+        return step % self.every == 0
 
     def _hooks(self, name: str, layers: list[Layer]) -> None:
-        """One slot per tap of a measured call, and a hook on each that fills its slot with the norm when the
-        user's backward reaches it."""
-        step = self.seen[name] - 1
-        call: dict[tuple, torch.Tensor | None] = {}
+        """One slot per tap of a measured call, and a hook on each that fills its slot when the user's backward
+        reaches it; the first hook to fire queues the record's finishing for the end of that backward."""
+        step = self._step_of[name]
+        call = sum(1 for r in self.records if r["module"] == name and r["step"] == step)
+        record = {"module": name, "step": step, "call": call, "layers": layers, "taps": {}, "slots": {}, "done": False, "queued": False}
+        probes = ("hidden", "gates", "weights") if self.gates else ("hidden",)
         for li, layer in enumerate(layers):
-            for wrt, taps in layer.state_taps().items():
-                for t, tap in enumerate(taps):
-                    where = (name, step, li, wrt, t, len(taps))
-                    call[where] = None
-                    tap.register_hook(self._store(call, where))
-        self.records.append(call)
+            for probe, wrt, tap, t, T in _taps(layer, probes):
+                key = (li, probe, wrt, t, T)
+                record["taps"][key], record["slots"][key] = tap, None
+                tap.register_hook(self._store(record, key))
+        self.records.append(record)
 
-    @staticmethod
-    def _store(call: dict, where: tuple):
+    def _store(self, record: dict, key: tuple):
         def hook(grad: torch.Tensor) -> None:
-            call[where] = _rms_norms([grad.detach()])[0]
+            record["slots"][key] = grad.detach()
+            if not record["queued"]:
+                record["queued"] = True
+                torch.autograd.Variable._execution_engine.queue_callback(lambda: self._finish(record))
         return hook
 
+    def _finish(self, record: dict) -> None:
+        """At the end of the backward that reached the record: its rows (a tap the loss has no path to reads 0),
+        kept and handed to every sink; the taps and states are let go. An earlier call of the same layer that no
+        backward reached by now never will be: it is said, once, and let go."""
+        where = [(record["module"], record["call"], li, probe, wrt, t, T, record["layers"][li]) for li, probe, wrt, t, T in record["slots"]]
+        grads = [torch.zeros_like(record["taps"][key]) if g is None else g for key, g in record["slots"].items()]
+        record["rows"] = [r | {"step": record["step"]} for r in _rows(where, grads)]
+        record.update(done=True, layers=None, taps={}, slots={})
+        for earlier in self.records:
+            if earlier is record:
+                break
+            if earlier["module"] == record["module"] and not earlier["done"]:
+                self._unanswered(earlier)
+        for sink in self.sinks:
+            sink(record["rows"], self)
+
+    def _unanswered(self, record: dict) -> None:
+        """A measured call whose taps no backward reached (said once): torch.autograd.grad(loss, params) computes only the
+        gradients it is asked for, so it fills none of them. It is left out of the table."""
+        if record.get("unanswered"):
+            return
+        record.update(unanswered=True, layers=None, taps={}, slots={})
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"gradlab.flow: a measured call got no gradient at its taps ({record['module'] or 'the model'}, step {record['step']}): "
+                          "no backward reached it. torch.autograd.grad(loss, params) computes only the gradients it is asked for; "
+                          "use loss.backward() on the measured steps. Such calls are left out of the table.", stacklevel=4)
+
     def table(self):
-        """The records so far: module, step (the layer's training call, from 0), layer, probe, wrt, t, distance,
-        grad_norm (dL/dh_t and the total dL/dc_t). A call that has been through a backward gives every state: one
-        the loss has no path from reads 0; a call not yet through one is left out."""
-        rows = [{"module": m, "step": s, "layer": li, "probe": "hidden", "wrt": wrt, "t": t, "distance": T - 1 - t,
-                 "grad_norm": 0.0 if v is None else float(v)}
-                for call in self.records if any(v is not None for v in call.values())
-                for (m, s, li, wrt, t, T), v in call.items()]
+        """The records so far: module, step (the training step, yours with set_step, else the layer's training calls from
+        0), call (within the step), layer, probe (hidden; gates and weights with gates=True), wrt (h, c; the gate; W_hh),
+        t, distance, grad_norm (dL/dh_t and the total dL/dc_t; a gate's pre-activation; the norm of the step's part of
+        dL/dW_hh), share (weights: the part's projection on the whole gradient over its squared norm; it sums to 1).
+        A call no backward has reached is left out (and said once)."""
+        for record in self.records[:-1] if self._open else self.records:  # the last may still be before its backward
+            if not record["done"]:
+                self._unanswered(record)
+        rows = [row for record in self.records if record["done"] for row in record["rows"]]
         frame = _to_frame(rows)
-        return frame.sort_values(["module", "step", "layer", "wrt", "t"], ignore_index=True) if len(frame) else frame
+        if not len(frame):
+            return frame
+        frame = frame[["module", "step", "call", "layer", "probe", "wrt", "t", "distance", "grad_norm", *(["share"] if "share" in frame else [])]]
+        return frame.sort_values(["module", "step", "call", "layer", "probe", "wrt", "t"], ignore_index=True)
 
     def figure(self, path: str | Path | None = None):
-        """||dL/dh_t|| against distance from the loss, one line per recorded step (coloured by step), one
-        panel per module, layer and state part; saved to `path` (PNG, or SVG/PDF by suffix) when given."""
+        """||dL/dh_t|| (and dL/dc_t) against distance from the loss, one line per recorded step coloured along a
+        colour bar, one row of panels per module and layer, one column per state part; saved to `path` (PNG, or
+        SVG/PDF by suffix) when given."""
         from .report.figures import close, flow_over_training
 
         frame = self.table()
         if not len(frame):
             raise ValueError("nothing recorded yet: the watched layers have not been through a backward pass on a recorded step.")
-        fig = flow_over_training(frame)
+        fig = flow_over_training(frame[frame["probe"] == "hidden"])
+        if path is not None:
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            close(fig)
+        return fig
+
+    def figure_at_distances(self, distances: tuple[int, ...] = (0, 10, 50), path: str | Path | None = None):
+        """The norm at fixed distances from the loss against the training step: one panel per module, layer and state
+        part, one line per distance (a distance past a sequence's length is left out)."""
+        from .report.figures import close, flow_at_distances
+
+        frame = self.table()
+        if not len(frame):
+            raise ValueError("nothing recorded yet: the watched layers have not been through a backward pass on a recorded step.")
+        fig = flow_at_distances(frame[frame["probe"] == "hidden"], distances)
         if path is not None:
             fig.savefig(path, dpi=110, bbox_inches="tight")
             close(fig)
@@ -304,18 +522,60 @@ class Recorder:
         self.close()
 
 
-def watch(model: nn.Module, every: int = 100) -> Recorder:
-    """Record the gradient flow of every torch.nn RNN/GRU/LSTM inside `model` from your own training loop,
-    the way wandb.watch is used: the first training call and every `every`-th after it run step by step
-    (torch.nn's equations, the same outputs and parameter gradients to float rounding), and your own
-    backward fills in ||dL/dh_t|| for every layer and step. Calls without gradients (evaluation) are
-    neither counted nor measured. `recorder.table()`, `recorder.figure(path)`; `close()` (or a `with`
-    block) restores the fused forward.
+class TensorBoard:
+    """A sink for watch(): each record's ||dL/dh_t|| (and dL/dc_t) at chosen distances from the loss as TensorBoard
+    scalars (tag gradlab.flow/MODULE/layerL/dL_dWRT/distanceD, at the record's step), and every `figure_every`-th
+    record the recorder's figure as an image (tag gradlab.flow/figure). `writer`: a
+    torch.utils.tensorboard.SummaryWriter (needs the tensorboard package)."""
 
-        recorder = gradlab.flow.watch(model, every=50)
+    def __init__(self, writer, distances: tuple[int, ...] = (0, 10, 50), figure_every: int | None = None):
+        self.writer, self.distances, self.figure_every, self.count = writer, tuple(distances), figure_every, 0
+
+    def __call__(self, rows: list[dict], recorder: Recorder) -> None:
+        for r in rows:
+            if r["probe"] == "hidden" and r["distance"] in self.distances:
+                self.writer.add_scalar(f"gradlab.flow/{r['module'] or 'model'}/layer{r['layer']}/dL_d{r['wrt']}/distance{r['distance']}",
+                                       r["grad_norm"], r["step"])
+        self.count += 1
+        if self.figure_every and self.count % self.figure_every == 0 and rows:
+            from .report.figures import close
+
+            fig = recorder.figure()
+            self.writer.add_figure("gradlab.flow/figure", fig, rows[0]["step"], close=False)
+            close(fig)
+
+
+def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple = ()) -> Recorder:
+    """Record the gradient flow of every torch.nn RNN/GRU/LSTM inside `model` from your own training loop,
+    the way wandb.watch is used: the first training step and every `every`-th after it run step by step
+    (torch.nn's equations, the same outputs and parameter gradients to float rounding), and your own
+    backward fills in ||dL/dh_t|| and the total ||dL/dc_t|| for every layer and step (with gates=True also each
+    gate's ||dL/da_t|| and each step's part of dL/dW_hh). A training step is a call in train mode with gradients
+    enabled: a validation pass (eval mode, gradients on or off) is neither counted nor measured. Steps count
+    each layer's training calls, unless you pass your own with recorder.set_step(step) (gradient accumulation,
+    several calls per step: each is recorded with its call index). `sinks`: callables sink(rows, recorder) called
+    with each record's rows once its backward ends (gradlab.flow.TensorBoard(writer) logs them). A copy of the model
+    (copy.deepcopy) is a plain model. A layer it cannot measure (bidirectional) is left out with a warning
+    (recorder.skipped). `recorder.table()`, `recorder.figure(path)`, `recorder.figure_at_distances()`; `close()`
+    (or a `with` block) restores the fused forward.
+
+        writer = torch.utils.tensorboard.SummaryWriter("runs/flow")
+        recorder = gradlab.flow.watch(model, every=50, sinks=[gradlab.flow.TensorBoard(writer, figure_every=10)])
         for step, (x, y) in enumerate(batches):
+            recorder.set_step(step)
             loss = loss_fn(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
-            if step % 500 == 0:
-                recorder.figure("flow.png")
+        recorder.close()
     """
-    return Recorder(model, every)
+    return Recorder(model, every, gates, sinks)
+
+
+def figure(tables: dict, path: str | Path | None = None):
+    """gradient_flow's tables drawn: per module and layer, the state and input gradients against distance, and the
+    Jacobian's largest and median singular values where it was probed; saved to `path` when given."""
+    from .report.figures import close, gradient_flow_figure
+
+    fig = gradient_flow_figure(tables)
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        close(fig)
+    return fig

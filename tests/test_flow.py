@@ -163,14 +163,15 @@ def test_the_recorders_figure_draws_one_line_per_recorded_step(tmp_path):
 def test_clear_errors_for_what_it_cannot_measure():
     with pytest.raises(ValueError, match="no torch.nn.RNN, GRU or LSTM inside Linear"):
         flow.watch(nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ValueError, match="nothing gradlab.flow can measure: GRU .the model. is bidirectional"):
         flow.watch(nn.GRU(2, 3, bidirectional=True))
     with pytest.raises(ValueError, match="proj_size"):
         flow.watch(nn.LSTM(2, 3, proj_size=2))
-    with pytest.raises(ValueError, match="every must be >= 1"):
-        flow.watch(nn.GRU(2, 3), every=0)
+    for every in (0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="every must be a whole number >= 1"):
+            flow.watch(nn.GRU(2, 3), every=every)
     rnn = nn.RNN(2, 3)
-    with pytest.raises(ValueError, match="unknown probe 'hiden'.*hidden, input, jacobian"):
+    with pytest.raises(ValueError, match="unknown probe 'hiden'.*hidden, input, gates, weights, jacobian"):
         flow.gradient_flow(rnn, lambda: rnn(torch.zeros(2, 1, 2))[0].sum(), probes=("hiden",))
     with pytest.raises(ValueError, match="scalar tensor"):
         flow.gradient_flow(rnn, lambda: rnn(torch.zeros(2, 1, 2))[0])
@@ -178,3 +179,234 @@ def test_clear_errors_for_what_it_cannot_measure():
     with pytest.raises(TypeError, match="PackedSequence"):
         flow.gradient_flow(rnn, lambda: rnn(packed)[1].sum())
     assert "forward" not in rnn.__dict__
+
+
+
+def _train(model, recorder, x, y, steps, opt=None, validate=False, accumulate=1, set_step=False):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        if set_step:
+            recorder.set_step(step)
+        opt.zero_grad()
+        for _ in range(accumulate):
+            nn.functional.cross_entropy(model(x).reshape(-1, 2), y.reshape(-1)).backward()
+        opt.step()
+        if validate:  # a validation pass with gradients on (a gradient-based metric, say): not a training call
+            model.eval()
+            model(x).sum().backward()
+            model.train()
+
+
+def test_a_deep_copy_of_a_watched_model_is_a_plain_model():
+    """The 'keep the best model' / EMA pattern: the copy runs the fused kernel, records nothing into the original's
+    recorder, and the original's close() leaves both plain."""
+    import copy
+
+    torch.manual_seed(3)
+    model = Tagger("LSTM", layers=2).double()
+    x, y = torch.randn(4, 6, 3, dtype=torch.float64), torch.randint(0, 2, (4, 6))
+    recorder = flow.watch(model, every=1)
+    best = copy.deepcopy(model)
+    assert not flow.watched(best.encoder) and flow.watched(model.encoder)
+    assert "forward" not in type(best.encoder).__dict__ or best.encoder.forward.__func__ is type(best.encoder).forward
+    for _ in range(3):
+        best(x).sum().backward()
+    assert recorder.records == [] and recorder.seen["encoder"] == 0  # the copy's calls are not the original's
+    _train(model, recorder, x, y, 2)
+    assert sorted(recorder.table()["step"].unique()) == [0, 1]
+    twin = Tagger("LSTM", layers=2).double()
+    twin.load_state_dict(best.state_dict())
+    torch.testing.assert_close(best(x), twin(x), rtol=0, atol=0)  # the fused kernel, as a model never watched
+    recorder.close()
+    assert "forward" not in model.encoder.__dict__ and not flow.watched(best.encoder)
+
+
+def test_a_validation_pass_in_eval_mode_is_neither_counted_nor_measured():
+    torch.manual_seed(4)
+    model = Tagger("GRU").double()
+    x, y = torch.randn(3, 5, 3, dtype=torch.float64), torch.randint(0, 2, (3, 5))
+    with flow.watch(model, every=3) as recorder:
+        _train(model, recorder, x, y, 7, validate=True)
+    table = recorder.table()
+    assert sorted(table["step"].unique()) == [0, 3, 6] and recorder.seen["encoder"] == 7  # every third training step, none lost
+
+
+def test_your_own_step_with_gradient_accumulation_records_each_call_of_the_step():
+    torch.manual_seed(5)
+    model = Tagger("LSTM").double()
+    x, y = torch.randn(3, 5, 3, dtype=torch.float64), torch.randint(0, 2, (3, 5))
+    with flow.watch(model, every=2) as recorder:
+        _train(model, recorder, x, y, 5, accumulate=2, set_step=True)
+    table = recorder.table()
+    assert sorted(table["step"].unique()) == [0, 2, 4]
+    assert sorted(table["call"].unique()) == [0, 1] and len(table) == 3 * 2 * 2 * 5  # steps x calls x (h, c) x T
+    with pytest.raises(ValueError, match="set_step takes a whole number >= 0"):
+        recorder.set_step(-1)
+
+
+def test_a_second_watch_on_the_same_model_is_an_error_until_the_first_is_closed():
+    model = Tagger("RNN")
+    first = flow.watch(model)
+    with pytest.raises(ValueError, match="encoder is already watched by another gradlab.flow recorder"):
+        flow.watch(model)
+    with pytest.raises(ValueError, match="already watched"):
+        flow.gradient_flow(model, lambda: model(torch.zeros(1, 2, 3)).sum())
+    first.close()
+    flow.watch(model).close()
+
+
+def test_torch_autograd_grad_on_the_parameters_is_said_not_silently_lost():
+    torch.manual_seed(6)
+    model = Tagger("GRU").double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    recorder = flow.watch(model, every=1)
+    torch.autograd.grad(model(x).sum(), list(model.parameters()))  # fills no tap
+    with pytest.warns(UserWarning, match="got no gradient at its taps .*torch.autograd.grad"):
+        model(x).sum().backward()  # once the next call's backward ends, the first one never will have one
+    table = recorder.table()
+    assert sorted(table["step"].unique()) == [1]  # the call with a backward is recorded, the other left out, said
+    recorder.close()
+
+
+def test_a_model_with_a_layer_it_cannot_measure_is_measured_where_it_can_be():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.forward_lstm = nn.LSTM(3, 4, batch_first=True)
+            self.both_ways = nn.GRU(4, 2, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.both_ways(self.forward_lstm(x)[0])[0]
+
+    model = Mixed().double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="measures forward_lstm and leaves out GRU both_ways is bidirectional"):
+        tables = flow.gradient_flow(model, lambda: model(x).sum())
+    assert set(tables["results"]["module"]) == {"forward_lstm"} and list(tables["skipped"]["module"]) == ["both_ways"]
+    with pytest.warns(UserWarning, match="leaves out GRU both_ways"):
+        recorder = flow.watch(model, every=1)
+    model(x).sum().backward()
+    assert set(recorder.table()["module"]) == {"forward_lstm"} and "both_ways" in recorder.skipped
+    recorder.close()
+
+
+def _written_out(kind: str, module: nn.RNNBase, x: torch.Tensor, g_out: torch.Tensor) -> tuple[list, list, torch.Tensor]:
+    """One layer written out from torch.nn's documented equations: each gate's pre-activation kept with retain_grad,
+    h_{t-1} W_hh^T + b_hh kept too; returns the pre-activations per step, each step's h_{t-1}, and dL/dW_hh."""
+    w_ih, w_hh, b_ih, b_hh = (getattr(module, f"{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    B, H = x.shape[1], module.hidden_size
+    h = c = x.new_zeros(B, H)
+    pres, befores, hws = [], [], []
+    for t in range(x.shape[0]):
+        xw, hw = x[t] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        hw.retain_grad()
+        befores.append(h.detach())
+        hws.append(hw)
+        if kind == "LSTM":
+            pre = xw + hw
+            pre.retain_grad()
+            i, f, gg, o = pre.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            pres.append([pre])
+        elif kind == "GRU":
+            (xr, xz, xn), (hr, hz, hn) = xw.chunk(3, 1), hw.chunk(3, 1)
+            ar, az = xr + hr, xz + hz
+            r = torch.sigmoid(ar)
+            an = xn + r * hn
+            for a in (ar, az, an):
+                a.retain_grad()
+            h = (1 - torch.sigmoid(az)) * torch.tanh(an) + torch.sigmoid(az) * h
+            pres.append([ar, az, an])
+        else:
+            pre = xw + hw
+            pre.retain_grad()
+            h = torch.tanh(pre)
+            pres.append([pre])
+    (h * g_out).sum().backward()
+    grads = [torch.cat([a.grad for a in parts], 1) for parts in pres]
+    contributions = [hw.grad.T @ b for hw, b in zip(hws, befores)]
+    return grads, contributions, w_hh.grad
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_per_gate_flow_and_each_steps_share_of_the_recurrent_weights_gradient(kind):
+    torch.manual_seed(7)
+    layer = getattr(nn, kind)(3, 4).double()
+    x, g_out = torch.randn(6, 2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    holder = nn.Module()
+    holder.rnn = layer
+    tables = flow.gradient_flow(holder, lambda: (holder.rnn(x)[0][-1] * g_out).sum(), probes=("gates", "weights"))
+    res = tables["results"]
+    grads, parts, whole = _written_out(kind, layer, x, g_out)
+    gates = flow.GATES[kind]
+    for t, grad in enumerate(grads):
+        for k, gate in enumerate(gates):
+            want = grad[:, k * 4 : (k + 1) * 4].pow(2).sum(-1).mean().sqrt()
+            got = res.query("probe == 'gates' and wrt == @gate and t == @t")["grad_norm"].item()
+            assert got == pytest.approx(float(want), rel=1e-10, abs=1e-15), (gate, t)
+    weights = res[res.probe == "weights"].sort_values("t")
+    torch.testing.assert_close(sum(parts), whole, rtol=1e-12, atol=1e-14)  # the parts add up to autograd's dL/dW_hh
+    assert weights["grad_norm"].tolist() == pytest.approx([float(p.norm()) for p in parts], rel=1e-10)
+    assert weights["share"].sum() == pytest.approx(1.0, abs=1e-12)
+    assert weights["share"].tolist() == pytest.approx([float((p * whole).sum() / whole.pow(2).sum()) for p in parts], rel=1e-9, abs=1e-14)
+
+
+def test_sinks_get_every_record_and_tensorboard_logs_scalars_and_the_figure(tmp_path):
+    tensorboard = pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(8)
+    model = Tagger("LSTM").double()
+    x, y = torch.randn(3, 6, 3, dtype=torch.float64), torch.randint(0, 2, (3, 6))
+    seen = []
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    with flow.watch(model, every=2, sinks=[lambda rows, rec: seen.append(rows), flow.TensorBoard(writer, distances=(0, 3), figure_every=2)]) as recorder:
+        _train(model, recorder, x, y, 5)
+    writer.close()
+    assert [rows[0]["step"] for rows in seen] == [0, 2, 4] and all(len(rows) == 2 * 6 for rows in seen)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    table = recorder.table()
+    for wrt in ("h", "c"):
+        for d in (0, 3):
+            logged = events.Scalars(f"gradlab.flow/encoder/layer0/dL_d{wrt}/distance{d}")
+            want = table.query("wrt == @wrt and distance == @d").sort_values("step")
+            assert [e.step for e in logged] == [0, 2, 4]
+            assert [e.value for e in logged] == pytest.approx(want["grad_norm"].tolist(), rel=1e-6)
+    assert [e.step for e in events.Images("gradlab.flow/figure")] == [2]
+
+
+def test_the_flow_figures_a_colour_bar_a_layer_by_state_grid_fixed_distances_and_gradient_flows_own(tmp_path):
+    torch.manual_seed(9)
+    model = Tagger("LSTM", layers=2).double()
+    x, y = torch.randn(3, 8, 3, dtype=torch.float64), torch.randint(0, 2, (3, 8))
+    with flow.watch(model, every=1) as recorder:
+        _train(model, recorder, x, y, 12)
+    fig = recorder.figure()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["encoder layer 0, dL/dh", "encoder layer 0, dL/dc", "encoder layer 1, dL/dh", "encoder layer 1, dL/dc"]
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.axes) == 5  # 4 panels and a colour bar, no 12-entry legend
+    fig = recorder.figure_at_distances((0, 4))
+    assert len([ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) == 12]) == 2 * 2 * 2
+    tables = flow.gradient_flow(model, lambda: model(x).sum(), probes=("hidden", "input", "jacobian"))
+    flow.figure(tables, tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_the_chained_jacobian_equals_backpropagating_every_basis_vector(kind):
+    """The spectra from the steps' own Jacobians chained (gradlab.flow.chained_spectra) against the ones from
+    D backward passes through the whole sequence (probes.spectra_from_taps, the way it was computed before)."""
+    from gradlab.probes import spectra_from_taps
+
+    torch.manual_seed(10)
+    model = getattr(nn, kind)(3, 5, num_layers=2).double()
+    x = torch.randn(12, 3, 3, dtype=torch.float64)
+    calls = []
+    with flow._measured({"": model}, lambda name, layers: calls.append(layers)):
+        model(x)
+    for layer in calls[0]:
+        parts = layer.handed_taps()
+        before = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(12)], 2)
+        torch.testing.assert_close(flow.chained_spectra(layer, 2), before, rtol=1e-9, atol=1e-12)

@@ -474,11 +474,91 @@ def steps_to_solve(df: pd.DataFrame, panel: str, title: str, model_order: list) 
     return fig
 
 
+def _flow_grid(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The rows (module and layer) and columns (state parts, h before c) of a flow figure's grid."""
+    rows = list(dict.fromkeys(df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str)))
+    cols = [w for w in ("h", "c") if w in set(df["wrt"])] + sorted(set(df["wrt"]) - {"h", "c"})
+    return rows, cols
+
+
 def flow_over_training(df: pd.DataFrame) -> plt.Figure:
-    """gradlab.flow's records: ||dL/dh_t|| against distance from the loss, one line per recorded training
-    step (a sequential colour: early dark, late light), one panel per module, layer and state part."""
-    df = df.sort_values(["module", "layer", "wrt"], key=lambda c: c.map({"h": 0, "c": 1}) if c.name == "wrt" else c)
+    """gradlab.flow's records: ||dL/ds_t|| against distance from the loss, one line per recorded training step
+    coloured along a colour bar (early dark, late light: no legend however many steps), a grid of panels with one
+    row per module and layer and one column per state part (dL/dh, the total dL/dc)."""
+    df = df.assign(where=df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str))
+    rows, cols = _flow_grid(df)
+    fig, axes = subplots(len(rows), len(cols), figsize=(min(PAGE_IN, 3.4 * len(cols) + 1.2), 2.5 * len(rows) + 0.9), squeeze=False, sharex=True)
+    steps = sorted(df["step"].unique())
+    cmap = plt.get_cmap("viridis")
+    norm = matplotlib.colors.Normalize(vmin=min(steps), vmax=max(steps) if max(steps) > min(steps) else min(steps) + 1)
+    for i, where in enumerate(rows):
+        for j, wrt in enumerate(cols):
+            ax = axes[i, j]
+            g = df[(df["where"] == where) & (df["wrt"] == wrt)]
+            for step, line in g.groupby("step"):
+                line = line.groupby("distance")["grad_norm"].mean()  # several calls in a step: their mean
+                positive = line[line > 0]
+                ax.plot(positive.index, positive.to_numpy(), color=cmap(norm(step)), lw=1.1)
+            ax.set_yscale("log")
+            ax.set_title(f"{where}, dL/d{wrt}", fontsize=9)
+            ax.set_xlabel("steps before the last (T-1-t)")
+            if j == 0:
+                ax.set_ylabel("||dL/ds_t|| (RMS over the batch)")
+    fig.suptitle("Gradient flow while learning (gradlab.flow.watch)", fontsize=10)
+    fig.tight_layout()
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, orientation="horizontal", fraction=0.05, pad=0.18,
+                       aspect=40)
+    bar.set_label("training step")
+    return fig
+
+
+def flow_at_distances(df: pd.DataFrame, distances: tuple[int, ...]) -> plt.Figure:
+    """gradlab.flow's records: ||dL/ds_t|| at fixed distances from the loss against the training step, one line per
+    distance (a sequential colour), one panel per module, layer and state part."""
+    df = df[df["distance"].isin(distances)]
     where = df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str) + ", dL/d" + df["wrt"].astype(str)
-    return panels_of_lines(df.assign(recorded=where), x="distance", y="grad_norm", panel="recorded", hue="step",
-                           title="Gradient flow while learning (gradlab.flow.watch)", xlabel="steps before the last (T-1-t)",
-                           ylabel="||dL/ds_t|| (RMS over the batch)", col_wrap=3, panel_order=list(dict.fromkeys(where)))
+    df = df.assign(recorded=where).groupby(["recorded", "distance", "step"], as_index=False, sort=False)["grad_norm"].mean()
+    return panels_of_lines(df, x="step", y="grad_norm", panel="recorded", hue="distance", col_wrap=3, panel_order=list(dict.fromkeys(where)),
+                           title="Gradient at fixed distances from the loss while learning (gradlab.flow.watch)", xlabel="training step",
+                           ylabel="||dL/ds_t|| (RMS over the batch)")
+
+
+def gradient_flow_figure(tables: dict) -> plt.Figure:
+    """gradlab.flow.gradient_flow's tables at a glance: per module and layer, ||dL/dh_t|| (and the total dL/dc_t) and
+    ||dL/dx_t|| against distance from the last step, and, where the Jacobian was probed, its largest and median
+    singular values (median over the sequences)."""
+    res = tables["results"]
+    spec = tables.get("spectrum")
+    res = res[res["probe"].isin(["hidden", "input"])]
+    res = res.assign(where=res["module"].replace("", "model").astype(str) + " layer " + res["layer"].astype(str),
+                     quantity=np.where(res["probe"] == "input", "dL/dx", "dL/d" + res["wrt"].astype(str)))
+    rows = list(dict.fromkeys(res["where"]))
+    n_cols = 2 if spec is not None and len(spec) else 1
+    fig, axes = subplots(len(rows), n_cols, figsize=(min(PAGE_IN, 4.2 * n_cols + 1), 2.6 * len(rows) + 0.9), squeeze=False)
+    colours = {"dL/dh": "#4c72b0", "dL/dc": "#55a868", "dL/dx": "#c44e52"}
+    for i, where in enumerate(rows):
+        ax = axes[i, 0]
+        for quantity, g in res[res["where"] == where].groupby("quantity", sort=False):
+            line = g.groupby("distance")["grad_norm"].mean()
+            line = line[line > 0]
+            ax.plot(line.index, line.to_numpy(), label=quantity, color=colours.get(quantity), lw=1.3)
+        ax.set_yscale("log")
+        ax.set_title(f"{where}: gradients", fontsize=9)
+        ax.set_xlabel("steps before the last (T-1-t)")
+        ax.set_ylabel("norm (RMS over the batch)")
+        ax.legend(fontsize=7)
+        if n_cols == 2:
+            ax = axes[i, 1]
+            s = spec[(spec["module"].replace("", "model").astype(str) + " layer " + spec["layer"].astype(str)) == where]
+            top = s[s["rank"] == 0].groupby("distance")["singular_value"].median()
+            mid = s.groupby(["distance", "sequence"])["singular_value"].median().groupby("distance").median()
+            for values, label in ((top, "largest"), (mid, "median")):
+                values = values[values > 0]
+                ax.plot(values.index, values.to_numpy(), label=label, lw=1.3)
+            ax.set_yscale("log")
+            ax.set_title(f"{where}: singular values of ds_T-1/ds_t", fontsize=9)
+            ax.set_xlabel("steps before the last (T-1-t)")
+            ax.legend(fontsize=7)
+    fig.suptitle("Gradient flow (gradlab.flow.gradient_flow)", fontsize=10)
+    fig.tight_layout()
+    return fig
