@@ -106,7 +106,7 @@ def stream_losses(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Te
     with torch.no_grad():
         for i in range(0, int(positions.max()), chunk):
             x = ids[i : min(i + chunk, int(positions.max()))]
-            hidden, state = model.cell(x[:, None].to(next(model.parameters()).device), state)  # (c, 1, H)
+            hidden, state = model.cell(model.cell_inputs(x[:, None].to(next(model.parameters()).device)), state)  # (c, 1, H)
             sel = wanted[i : i + len(x)]
             if bool(sel.any()):
                 logits = model.readout(hidden[sel.to(hidden.device)])[:, 0]  # (n, V): the output layer only where scored

@@ -46,6 +46,7 @@ MEASURES: dict[str, str] = {
 OPTIMIZERS: dict[str, str] = {
     "sgd": "plain SGD, no momentum: the book's scratch trainer",
     "adam": "Adam, betas (0.9, 0.999), eps 1e-8 (Kingma and Ba 2015; the book's concise trainer)",
+    "adamw": "AdamW: Adam with decoupled weight decay (Loshchilov and Hutter 2019)",
     "rmsprop": "RMSProp, decay alpha 0.9, eps 1e-8, no momentum (Arjovsky et al. 2016's set-up)",
 }
 CLIPS: dict[str, str] = {

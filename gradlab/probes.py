@@ -129,7 +129,7 @@ def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
     from .tasks.base import loss_of
 
     cell = model.cell
-    x = batch.x.to(model.W_hq.dtype) if batch.x.is_floating_point() else batch.x  # a task's float32 vectors into a float64 model
+    x = model.cell_inputs(batch.x)  # a task's float32 vectors cast for a float64 model; token ids embedded where the model embeds them
     states, taps = run_steps(cell, x, total_c=True)
     hidden = torch.stack([hidden_of(s) for s in states])  # (T, B, H)
     if batch.mask is not None:
@@ -151,7 +151,7 @@ def input_grads_at_last_step(model, x: torch.Tensor, loss_of_last) -> torch.Tens
     from .cells import convert
 
     cell = convert(model.cell, "scratch") if model.cell.impl != "scratch" else model.cell
-    projected = cell.project(x).detach().requires_grad_()  # (T, B, G*H)
+    projected = cell.project(model.cell_inputs(x)).detach().requires_grad_()  # (T, B, G*H)
     state = cell.init_state(x.shape[1])
     weights = cell.recurrent()
     for inp in cell.per_step(projected):

@@ -68,8 +68,18 @@ def test_rmsprop_uses_decay_0_9():
     g = torch.tensor([0.5, 4.0], dtype=torch.float64)
     want = torch.tensor([1.0, -2.0], dtype=torch.float64) - 0.01 * g / ((0.1 * g**2).sqrt() + 1e-8)
     torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=0)
-    with pytest.raises(ValueError, match="Unknown optimizer 'adamw'.*Did you mean 'adam'"):
-        make_optimizer("adamw", [p], 0.01)
+    with pytest.raises(ValueError, match="Unknown optimizer 'adan'.*Did you mean 'adam'"):
+        make_optimizer("adan", [p], 0.01)
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient_step():
+    """AdamW's first step: p -= lr (g / (|g| + eps) + wd p): the decay is not fed through the moments (Adam's L2 would be)."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    p.grad = torch.tensor([0.5, 4.0], dtype=torch.float64)
+    make_optimizer("adamw", [p], 0.01, weight_decay=0.1).step()
+    g, p0 = torch.tensor([0.5, 4.0], dtype=torch.float64), torch.tensor([1.0, -2.0], dtype=torch.float64)
+    want = p0 * (1 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-10, atol=0)
 
 
 def _lyrics(**params) -> Lyrics:

@@ -31,6 +31,7 @@ class ScratchCell(nn.Module):
         for name, value in params.items():
             self.register_parameter(name, nn.Parameter(value.clone()))
         self.last_backend = "python-loop"
+        self.weight_drop = 0.0  # DropConnect on the recurrent weights in training mode (Merity et al. 2018's weight drop); 0: off
 
     # --- the step protocol shared with the fused cell (probes drive it one step at a time) ---
 
@@ -48,10 +49,13 @@ class ScratchCell(nn.Module):
         return torch.addmm(b, x.reshape(-1, x.shape[-1]), w_x).view(*x.shape[:-1], -1)  # (T, B, I)
 
     def recurrent(self) -> tuple[torch.Tensor, ...]:
-        """The recurrent weights as the step multiplies them."""
+        """The recurrent weights as the step multiplies them (in training mode with weight_drop, one DropConnect mask
+        for the whole sequence)."""
         if self.cell == "gru" and self.variant == "reset_before":  # W_hh multiplies r * h: its own product
             return torch.cat([self.W_hz, self.W_hr], dim=1), self.W_hh  # (H, 2H), (H, H)
         w_h = torch.cat([getattr(self, f"W_h{g}") for g in self.gates], dim=1)  # (H, G*H)
+        if self.weight_drop and self.training:
+            w_h = nn.functional.dropout(w_h, self.weight_drop)
         if self.cell == "gru":  # reset_after: b_hh sits inside r * (h W_hh + b_hh)
             return w_h, torch.cat([torch.zeros_like(self.b_hh).repeat(2), self.b_hh])  # (H, 3H), (3H,)
         return (w_h,)

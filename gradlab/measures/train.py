@@ -11,7 +11,13 @@ from . import COMMON_COLUMNS
 COLUMNS = COMMON_COLUMNS | {
     # settings
     "task": "what the model learns (gradlab list: tasks)",
-    "optimizer": "sgd, adam or rmsprop", "lr": "learning rate",
+    "optimizer": "sgd, adam, adamw or rmsprop", "lr": "learning rate (at the start, under a schedule)",
+    "lr_now": "the learning rate in force at the evaluation",
+    "embedding": "width of a learned embedding of token ids before the cell; 0: the cell's own projection of one-hot ids",
+    "tie": "the output layer's weights are the embedding's", "dropout_embedding": "locked dropout on the embedded inputs (one mask per sequence)",
+    "dropout_chars": "share of characters whose whole embedding is dropped, per batch", "dropout_output": "locked dropout on the cell's outputs",
+    "weight_drop": "DropConnect on the recurrent weights (scratch cells)", "weight_decay": "the optimiser's weight decay (decoupled for adamw)",
+    "lr_schedule": "constant, cosine (to 0 over the steps) or plateau (halved after 2 evaluations without a better held-out loss)",
     "clip": "clipping strategy: none, norm:THETA (global norm), value:THETA (element-wise)",
     "steps": "optimiser steps asked for", "eval_every": "steps between evaluations on the held-out set",
     "solve_fraction": "solved (adding, and a task judged by its loss): held-out loss below this fraction of the memoryless loss of the held-out data",

@@ -13,6 +13,9 @@ from ..tasks import Task, build, param_fields
 from .clipping import parse_clip
 
 
+LR_SCHEDULES = ("constant", "cosine", "plateau")
+
+
 @dataclass
 class TrainConfig:
     task: str = "adding"
@@ -24,6 +27,14 @@ class TrainConfig:
     init_scale: float | None = None  # spectral norm of each recurrent matrix; None keeps the init's own
     forget_bias: float = 0.0  # LSTM only; Jozefowicz et al. 2015 recommend 1
     dropout: float = 0.0  # on the cell's outputs while training (not the recurrence); 0 keeps the book's set-up
+    embedding: int = 0  # token tasks: a learned embedding of this width before the cell; 0: the cell's own projection of one-hot ids (the book's)
+    tie: bool = False  # the output layer's weights are the embedding's (needs embedding = hidden_size)
+    dropout_embedding: float = 0.0  # locked (variational) dropout on the embedded inputs, one mask per sequence
+    dropout_chars: float = 0.0  # a character's whole embedding dropped, per batch (embedding dropout)
+    dropout_output: float = 0.0  # locked dropout on the cell's outputs, one mask per sequence
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights (scratch cells)
+    weight_decay: float = 0.0  # the optimiser's (decoupled for adamw, L2 for the others)
+    lr_schedule: str = "constant"  # constant, cosine (to 0 over the steps), or plateau (halved after 2 evaluations without a better held-out loss)
     optimizer: str = "rmsprop"  # Arjovsky et al. 2016: RMSProp, lr 1e-3, decay 0.9
     lr: float = 1e-3
     clip: str = "norm:1"  # global-norm clipping at 1
@@ -63,8 +74,18 @@ class TrainConfig:
         for name in ("hidden_size", "seq_len", "batch_size", "steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1) (the share of the cell's outputs zeroed while training), got {self.dropout}.")
+        for name in ("dropout", "dropout_embedding", "dropout_chars", "dropout_output", "weight_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1) (a share zeroed while training), got {getattr(self, name)}.")
+        if self.embedding < 0 or self.weight_decay < 0:
+            raise ValueError(f"embedding (a width; 0: none) and weight_decay must be >= 0, got {self.embedding} and {self.weight_decay}.")
+        if self.tie and self.embedding != self.hidden_size:
+            raise ValueError(f"tie shares the embedding with the output layer, so embedding must equal hidden_size ({self.hidden_size}), got {self.embedding}.")
+        if (self.dropout_embedding or self.dropout_chars) and not self.embedding:
+            raise ValueError("dropout_embedding and dropout_chars act on a learned embedding: set embedding (its width) too.")
+        if self.weight_drop and self.impl != "scratch":
+            raise ValueError(f"weight_drop masks the recurrent weights of the scratch cells; impl {self.impl!r} runs torch.nn's own kernel.")
+        lookup({s: s for s in LR_SCHEDULES}, self.lr_schedule, "lr_schedule")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         check_init_scale(self.init_scale)
@@ -83,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")
         task = self.make_task()
         task.check(self.seq_len)
+        if self.embedding and task.spec.input != "tokens":
+            raise ValueError(f"embedding embeds token ids; task {self.task!r} reads vectors.")
         return task
 
 

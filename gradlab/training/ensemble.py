@@ -30,8 +30,10 @@ def solo_reason(cfg: TrainConfig) -> str | None:
     if sequence_function(cfg.cell, cfg.variant) is None:
         named = f"{cfg.cell!r}" + (f" ({cfg.variant})" if cfg.variant else "")
         return f"cell {named} runs step by step, with no written-out BPTT to batch"
-    if cfg.dropout:
+    if cfg.dropout or cfg.dropout_embedding or cfg.dropout_chars or cfg.dropout_output or cfg.weight_drop:
         return "dropout draws from the global random stream, which the members would share"
+    if cfg.embedding or cfg.weight_decay or cfg.lr_schedule != "constant":
+        return "an embedding, weight decay and learning-rate schedules are trained solo"
     if carries_state(cfg):
         return "consecutive text batches carry each model's state from batch to batch"
     return None

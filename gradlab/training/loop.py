@@ -25,7 +25,7 @@ from ..tasks.base import LEFT_BASELINE, loss_of
 from ..timing import sync
 from .clipping import global_norm, parse_clip
 from .config import TrainConfig
-from .model import SeqModel, build_model, evaluating
+from .model import Regularisation, SeqModel, build_model, evaluating
 from .optimizers import make_optimizer
 
 
@@ -113,9 +113,12 @@ class Run:
         self.model = build_model(
             task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=self.device,
             variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
+            embedding=cfg.embedding, tie=cfg.tie, regularisation=Regularisation(cfg.dropout_embedding, cfg.dropout_chars, cfg.dropout_output, cfg.weight_drop),
         )
         self.params = list(self.model.parameters())
-        self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr)
+        self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
+        self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.steps) if cfg.lr_schedule == "cosine" else
+                         torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=2) if cfg.lr_schedule == "plateau" else None)
         self.clipper = parse_clip(cfg.clip)
         self.per_epoch = task.steps_per_epoch(cfg.batch_size, cfg.seq_len)
         self.held_out = task.held_out(cfg.batch_size, cfg.seq_len, self.device)
@@ -155,6 +158,8 @@ class Run:
         finite = finite and self.diverged_reason is None
         if self.per_epoch:
             row["epoch"] = (step - 1) // self.per_epoch + 1
+        if self.schedule is not None and cfg.lr_schedule == "cosine":
+            self.schedule.step()
         self.result.steps.append(row)
         self.window.append(row)
         self.bar.update(1)
@@ -166,6 +171,9 @@ class Run:
             return True
         hist = _history_row(model, task, self.held_out, self.window, self.per_epoch, self.baseline, diverged=not finite)
         hist |= judge(task, cfg, hist)
+        if self.schedule is not None and cfg.lr_schedule == "plateau" and finite:
+            self.schedule.step(hist["val_loss"])
+        hist["lr_now"] = self.opt.param_groups[0]["lr"]  # under a schedule, the rate in force (the setting lr is the start)
         if hist["solved"] and self.solved_step is None:
             self.solved_step = step
         if hist["left_baseline"] and self.left_step is None:
