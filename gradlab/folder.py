@@ -274,19 +274,20 @@ def drawn(rel: str) -> bool:
     return rel == PAGE or rel.startswith(f"{FIGURES}/")
 
 
-def commit(out: Path, redrawn: bool = False) -> None:
+def commit(out: Path, redrawn: bool = False, keep_drawn: bool = False) -> None:
     """Swap the staged state in: the manifest (staged, or the folder's own when only the page and figures
     were `redrawn`: the tables stay) lists every file of the new state; the journal says what moves in and
     which files of the state before go (only those the folder's manifest lists as its own: another file, in
     the folder or beside it, is never touched); then it is applied. A file in the way that gradlab did not
     write is refused before anything moves. A crash after the journal is written is finished by `recover`;
-    one before it leaves the old state whole."""
+    one before it leaves the old state whole. keep_drawn: the figures of the state before that this one did not
+    redraw stay (a view that lacked an input never deletes what it could not redraw)."""
     out, stage = Path(out), Path(out) / STAGING
     before = owned(out)
     manifest = read_json(stage / MANIFEST) if (stage / MANIFEST).exists() else _manifest_of(out)
     if manifest is None:
         raise FolderError(f"{out} holds no gradlab manifest.json: there is no run state to commit.")
-    kept = {f for f in before if redrawn and not drawn(f) and f != MANIFEST}
+    kept = {f for f in before if (redrawn and not drawn(f) and f != MANIFEST) or (keep_drawn and f.startswith(f"{FIGURES}/") and f not in _staged(stage))}
     files = sorted(set(_staged(stage)) | {MANIFEST} | kept)
     write_json_atomic(manifest | {"files": files}, stage / MANIFEST)
     in_the_way = [f for f in files if f not in before and os.path.lexists(out / f)]

@@ -547,7 +547,7 @@ def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple
                          "writing them from its saved points")
                 manifest = collect(out, draw)
             else:
-                render(out)
+                render(out, echo)
                 manifest = read_json(out / "manifest.json")
     except FileNotFoundError:
         raise

@@ -43,11 +43,35 @@ def derive(tables: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, pd.
             derived["context_over_seeds"] = context_over_seeds(derived["effective_context"], columns)
     if "steps" in tables and len(tables["steps"]):
         derived["clipping"] = clipping(tables["steps"], columns)
+        derived["norm_histogram"] = norm_histogram(tables["steps"], columns)
     return derived
 
 
 SPIKE = 3.0  # a loss spike: above 3 x the median of the previous 50 steps' losses
 SPIKE_WINDOW = 50
+
+
+HISTOGRAM_BINS = 40
+
+
+def norm_histogram(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per run, how many of its steps had a gradient norm before clipping in each of 40 log-spaced bins shared by
+    every run of the table (from the smallest finite positive norm to the largest): the compact form of the
+    step rows that the clipping figures draw, kept with the run where the step rows are not (git ignores them)."""
+    norms = steps["grad_norm_pre"].astype(float)
+    finite = norms[np.isfinite(norms) & (norms > 0)]
+    if not len(finite):
+        return pd.DataFrame(columns=["point", "bin", "lo", "hi", "count"])
+    lo, hi = float(finite.min()), float(finite.max())
+    edges = np.logspace(np.log10(lo), np.log10(hi if hi > lo else lo * 10), HISTOGRAM_BINS + 1)
+    settings = [c for c in columns if c in steps and c != "point"]
+    rows = []
+    for point, g in steps.groupby("point", sort=False):
+        values = g["grad_norm_pre"].astype(float)
+        counts, _ = np.histogram(values[np.isfinite(values)], bins=edges)
+        base = g.iloc[0][settings].to_dict() | {"point": point}
+        rows += [base | {"bin": i, "lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(c)} for i, c in enumerate(counts)]
+    return pd.DataFrame(rows)
 
 
 def clipping(steps: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -83,21 +83,32 @@ def summary_of(out: Path) -> page.Section:
     return view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
 
 
-def render(out: Path) -> Path:
+def render(out: Path, echo=None) -> Path:
     """DIR's figures and report.html drawn anew from its tables and manifest, swapped in with the old
-    ones in one commit (a crash leaves the old page and figures, never half of each); returns the page."""
+    ones in one commit (a crash leaves the old page and figures, never half of each); returns the page.
+    A figure the view cannot redraw (an input it needs is not in the folder: a table git does not keep) is
+    kept as it was, never deleted, and `echo` hears which."""
     from ..folder import commit, staging
 
     out = Path(out)
     check_finished(out)
-    draw(out, staging(out))
-    commit(out, redrawn=True)
+    missing = draw(out, staging(out)).missing
+    if missing and echo:
+        echo(f"note: some figures could not be drawn from what {out} holds, and the ones drawn before are kept: " + "; ".join(missing))
+    commit(out, redrawn=True, keep_drawn=bool(missing))
     return out / "report.html"
 
 
-def draw(out: Path, into: Path) -> Path:
+class Drawn(type(Path())):
+    """The page drawn (a path), with the figures its view could not draw (`missing`)."""
+
+    missing: list[str] = []
+
+
+def draw(out: Path, into: Path) -> Drawn:
     """Draw INTO/figures/*.png and INTO/report.html (INTO: a staging folder) from DIR's tables and
-    manifest; returns the page. Swapping them in is the caller's (folder.commit)."""
+    manifest; returns the page, with the figures its view could not draw (an input it needs is not in the
+    folder). Swapping them in is the caller's (folder.commit)."""
     out, into = Path(out), Path(into)
     manifest = check_finished(out)
     tables = load_tables(out, manifest)
@@ -106,6 +117,7 @@ def draw(out: Path, into: Path) -> Path:
     measure = manifest.get("measure", "")
     view = view_of(measure)
     section = view(tables, manifest) if view and len(tables.get("results", [])) else page.Section()
+    missing = list(section.missing)  # a view that lacks an input says which figures it could not draw
     blocks = []
     names: set[str] = set()
     for stem, caption, draw in section.figures:
@@ -132,6 +144,8 @@ def draw(out: Path, into: Path) -> Path:
     note = unfinished_note(manifest)
     if note:
         body.append(f"<p class='failed'>{html.escape(note)}</p>")
+    if missing:
+        body.append("<p class='cap'>Not redrawn here (the figures drawn before are kept in figures/): " + html.escape("; ".join(missing)) + ".</p>")
     grouped = ensemble_note(manifest)
     if grouped:
         body.append(f"<p class='run'>{html.escape(grouped)}</p>")
@@ -160,6 +174,7 @@ def draw(out: Path, into: Path) -> Path:
             pd.DataFrame({"column": list(columns), "unit and meaning": list(columns.values())}))))
     body.append(page.details("Manifest (study, resolved settings, versions, device, points)",
                              f"<pre>{html.escape(json.dumps(manifest, indent=1, ensure_ascii=False, default=str))}</pre>"))
-    path = into / "report.html"
+    path = Drawn(into / "report.html")
     write_text_atomic(page.page(title, "".join(body)), path)
+    path.missing = missing
     return path

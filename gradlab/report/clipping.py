@@ -17,16 +17,15 @@ from .views import fixed_settings, group_by_others
 DRAWN = {"clip", "point", "seed", "lr"}
 
 
-def norms_and_thresholds(steps: pd.DataFrame, thresholds: pd.DataFrame, title: str) -> plt.Figure:
-    """One panel per clipping strategy: the histogram of pre-clip gradient norms (log x), the median
-    threshold in force as a dashed line, the share of steps clipped in the corner."""
+def norms_and_thresholds(histogram: pd.DataFrame, thresholds: pd.DataFrame, title: str) -> plt.Figure:
+    """One panel per clipping strategy: the histogram of pre-clip gradient norms (log x; the derived table
+    norm_histogram), the median threshold in force as a dashed line, the share of steps clipped in the corner."""
     order = list(dict.fromkeys(thresholds["clip"]))
     fig, axes = figures.panel_grid(len(order), 3, height=2.2, sharex=True)
-    finite = steps["grad_norm_pre"][np.isfinite(steps["grad_norm_pre"]) & (steps["grad_norm_pre"] > 0)]
-    bins = np.logspace(np.log10(finite.min()), np.log10(finite.max()), 40) if len(finite) else 10
     for ax, clip in zip(axes.flat, order):
-        g = steps[steps["clip"] == clip]
-        ax.hist(g["grad_norm_pre"][np.isfinite(g["grad_norm_pre"])], bins=bins, color="0.55")
+        g = histogram[histogram["clip"] == clip].groupby("bin").agg(lo=("lo", "first"), hi=("hi", "first"), count=("count", "sum"))
+        if len(g):
+            ax.stairs(g["count"].to_numpy(), np.append(g["lo"].to_numpy(), g["hi"].iloc[-1]), fill=True, color="0.55")
         row = thresholds[thresholds["clip"] == clip].iloc[0]
         if np.isfinite(row["median_threshold"]):
             ax.axvline(row["median_threshold"], color="#c0392b", ls="--", lw=1.2)
@@ -77,8 +76,8 @@ def final_over_lr_and_clip(final: pd.DataFrame, value: str, title: str) -> plt.F
 
 
 def add(sec: Section, t: dict, settings: list[str], lyrics: bool, task: str | None = None) -> None:
-    runs, steps, final = t.get("clipping"), t.get("steps"), t.get("final")
-    if runs is None or steps is None or not len(runs) or runs["clip"].nunique() < 2:
+    runs, histogram, final = t.get("clipping"), t.get("norm_histogram"), t.get("final")
+    if runs is None or not len(runs) or runs["clip"].nunique() < 2:
         return
     named = f"{task}: " if task else ""
     clipped = runs[runs["fraction_clipped"] > 0]
@@ -92,10 +91,12 @@ def add(sec: Section, t: dict, settings: list[str], lyrics: bool, task: str | No
     if said:
         sec.key_points.append(named + "Clipping's direction, measured: " + "; ".join(said) + ".")
     for extra, g in group_by_others(runs, settings, DRAWN):
-        st = steps[steps["point"].isin(g["point"])]
         stem = f"{task or ''}{extra}".replace(" ", "").replace(",", "-").replace(":", "")
         for lr, gl in g.groupby("lr", sort=True):
-            sl = st[st["point"].isin(gl["point"])]
+            if histogram is None:  # a folder from before the histogram was derived, without its step rows
+                sec.missing.append(f"norms-{stem}-lr{lr:g} (needs the derived table norm_histogram)")
+                continue
+            sl = histogram[histogram["point"].isin(gl["point"])]
             sec.figures.append((f"norms-{stem}-lr{lr:g}",
                                 "Gradient norms before clipping, every step of each run (log axis), with the median threshold in "
                                 "force (dashed) and the share of steps clipped.",

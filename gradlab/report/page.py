@@ -31,6 +31,7 @@ class Section:
     figures: list[tuple[str, str, Callable]] = field(default_factory=list)  # (file stem, caption, draw() -> a figure)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     folded: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # long tables, shown on request
+    missing: list[str] = field(default_factory=list)  # figures the view could not draw, each with the input it lacks
 
 
 def fmt(value: object) -> str:
