@@ -308,7 +308,14 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     table, differing = compare_runs(run_a, run_b)
     for key, (va, vb) in differing.items():
         click.echo(f"{key}: {va} in A, {vb} in B")
-    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if len(table) and not (table["in"] == "both").any():  # no row of A has a row of B at the same settings
+        keys = [c for c in table.columns if not c.endswith((" A", " B", " B-A")) and c != "in"]
+        held = {side: {k: sorted(set(table.loc[table["in"] == f"{side} only", k].dropna().map(str))) for k in keys}
+                for side in ("A", "B")}
+        click.echo(f"A and B have no row at the same settings: nothing to subtract (every B - A is empty). A holds "
+                   + "; ".join(f"{k} {', '.join(v)}" for k, v in held["A"].items() if v) + ". B holds "
+                   + "; ".join(f"{k} {', '.join(v)}" for k, v in held["B"].items() if v) + ".", err=True)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 4 significant digits: what a timing or a loss can say
     if out is not None:
         table.to_csv(out, index=False)
         click.echo(f"wrote {out}")

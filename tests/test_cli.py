@@ -211,3 +211,12 @@ def test_compare_puts_two_runs_side_by_side(tmp_path):
     linear = table[table["cell"] == "linear"]
     assert (linear["factor_per_step B-A"].abs() < 1e-12).all()  # exactly rho per step, whatever the seed
     assert (table[table["cell"] == "rnn"]["factor_per_step B-A"].abs() > 0).any()
+
+
+def test_compare_of_two_runs_with_no_row_in_common_says_so_and_names_what_each_holds(tmp_path):
+    invoke(*_quick_args(tmp_path / "a", "--set", "init_scale=0.8,1.0"))
+    invoke(*_quick_args(tmp_path / "b", "--set", "init_scale=1.2,1.5"))
+    r = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert r.exit_code == 0
+    assert "A and B have no row at the same settings: nothing to subtract" in r.output
+    assert "init_scale 0.8, 1.0" in r.output and "init_scale 1.2, 1.5" in r.output

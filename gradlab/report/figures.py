@@ -92,8 +92,11 @@ def palette(values, ordered_values: bool = False, hue: str | None = None) -> dic
                 c = tuple(x * 0.75 for x in c)
             seen[v] = c
         return seen
-    many = ordered_values and len(values) > 4
-    return dict(zip(values, sns.color_palette("viridis" if many else "deep", len(values))))
+    if ordered_values:  # steps, scales, lags: a sequential map, never the colours the cells own
+        return dict(zip(values, sns.color_palette("viridis", len(values))))
+    spare = [c for c in sns.color_palette("deep", 10) if matplotlib.colors.to_hex(c) not in {*CELL_COLOURS.values(), *IMPL_COLOURS.values()}]
+    spare += [c for c in sns.color_palette("dark", 10) if c not in spare]
+    return {v: spare[i % len(spare)] for i, v in enumerate(values)}
 
 
 def legend_below(fig: plt.Figure, handles: dict, fontsize: float = 8, facecolor: str | None = None) -> None:
@@ -142,12 +145,15 @@ def fixed_title(title: str, fixed: dict, width: int = 120) -> str:
 def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, title: str, xlabel: str, ylabel: str,
                     panel_order: list | None = None, zeros_at_floor: bool = True, baseline: float | None = None,
                     style: str | None = None, col_wrap: int = 3, log: bool = True, logx: bool = False,
-                    cap: float | None = None) -> plt.Figure:
+                    cap: float | None = None, sharey: bool = True, runs: str | None = "point") -> plt.Figure:
     """One panel per value of `panel`, lines of y against x on a log axis coloured by `hue` (one colour per
     value across panels). Exact zeros cannot sit on a log axis: they are marked at the panel's floor as
     'x', and the legend says so. `baseline` draws a dashed horizontal line (e.g. 1 for loss / baseline).
     A run that diverged (its row's `diverged` true, or y infinite) is drawn up to its divergence and marked
-    there at the top of the axis ('X'); a line of three points or fewer carries markers, so that it shows."""
+    there at the top of the axis ('X'); a line of three points or fewer carries markers, so that it shows.
+    Several runs at each x (seeds, each a `runs` value): their median and middle half, ended where fewer than
+    half of them are still there (runs that solved and stopped would otherwise leave a median of the rest).
+    sharey False: each panel its own y range (two panels of very different scales)."""
     df = df.assign(**{c: named_missing(df[c]) for c in {panel, hue, style} - {None}})
     broke = ~np.isfinite(df[y].astype(float)) & df[y].notna()
     if "diverged" in df:
@@ -159,7 +165,7 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
         df = df.assign(**{y: df[y].clip(upper=cap)})
     order = panel_order or ordered(df[panel].unique())
     n = len(order)
-    fig, axes = panel_grid(n, col_wrap, sharex=True, sharey=True)
+    fig, axes = panel_grid(n, col_wrap, sharex=True, sharey=sharey)
     cols = axes.shape[1]
     colours = palette(df[hue].unique(), ordered_values=hue in ("step", "init_scale", "seq_len"), hue=hue)
     styles = {v: ls for v, ls in zip(ordered(df[style].unique()), ("-", "--", ":", "-."))} if style else {None: "-"}
@@ -178,6 +184,9 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
             marker = "o" if pos[x].nunique() <= 3 else None  # too few points for a line to be seen
             if pos[x].duplicated().any():  # several runs (seeds) at each x: their median, and a band over their middle half
                 banded = True
+                if runs in line:  # the median only while at least half of the runs are still there
+                    present = line.groupby(x)[runs].nunique()
+                    pos = pos[pos[x].isin(present.index[present * 2 >= line[runs].nunique()])]
                 sns.lineplot(data=pos, x=x, y=y, estimator="median", errorbar=("pi", 50), color=colours[h], ls=ls, lw=1.4,
                              label=label, ax=ax, legend=False, marker=marker, ms=4)
             else:
@@ -217,7 +226,7 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
     if baseline is not None:
         seen["baseline"] = plt.Line2D([], [], ls="--", color="0.3")
     if banded:
-        seen["median of the seeds; band: their middle 50%"] = plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.35)
+        seen["median of the seeds, while at least half run; band: their middle 50%"] = plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.35)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     legend_below(fig, seen)

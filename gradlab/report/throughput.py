@@ -52,7 +52,11 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
     for row_cells, row_axes in zip(rows, axes_rows):
         for ax, cell in zip(row_axes, row_cells):
             g = df[df["cell"] == cell]
-            sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours, saturation=1)
+            if log:  # a bar's length on a log axis means nothing: points
+                sns.pointplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours,
+                              linestyle="none", dodge=0.4, markers="o", markersize=6)
+            else:
+                sns.barplot(data=g, x="shape", y=value, hue="impl", ax=ax, errorbar=None, order=shapes[cell], hue_order=impls, palette=colours, saturation=1)
             if line is not None:
                 ax.axhline(line, color="0.3", ls="--", lw=1)
             if log:
@@ -127,7 +131,7 @@ def view(t: Tables, manifest: dict) -> Section:
         sec.key_points.append(f"{len(above)} timings run above the matmul peak ({', '.join(sorted(above['impl'].unique()))}, up to "
                               f"{above['peak_fraction'].max():.2f}): the peak is a full-precision {above['dtype'].iloc[0]} matmul"
                               + (", and cuDNN runs float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest)." if tf32 else "."))
-    sec.figures.append(("tokens", "Tokens (steps x batch) per second, per impl, cell and shape (log axis).",
+    sec.figures.append(("tokens", "Tokens (steps x batch) per second, per impl, cell and shape (log axis: points, not bars).",
                         partial(bars_by_shape, res, "tokens_per_s", "tokens per second", figures.fixed_title("throughput", fixed), log=True)))
     sec.figures.append(("peak", "Share of the matmul peak measured in the same point: the achieved matmul FLOP rate (the FLOP count "
                         "of timing.layer_flops) over an n x n matmul's.",

@@ -339,7 +339,7 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
                             "relative to its reference on the same targets ((loss - reference) / reference; 0: k is enough), one panel per "
                             "text, log x axis. Several seeds: their median and middle half.",
                             partial(figures.panels_of_lines, g, "k", "increase", panel="split", hue="model", style="probe",
-                                    xlabel="inputs of context k", ylabel="relative loss increase", log=False, logx=True, baseline=0.0,
+                                    xlabel="inputs of context k", ylabel="relative loss increase", log=False, logx=True, baseline=0.0, sharey=False,
                                     title=figures.fixed_title(f"loss by available context{extra}", fixed_settings(g, settings, DRAWN)))))
     if grads is not None and len(grads):
         g = label_models(grads)
