@@ -198,3 +198,35 @@ def test_task_loss_probe_matches_autograd_on_each_step(cell_name, impl, task_nam
     assert set(got) == set(want)
     for name, grads in want.items():
         torch.testing.assert_close(got[name], torch.stack([_rms(v) for v in grads]), rtol=1e-10, atol=1e-15)
+
+
+def test_the_decay_measure_sets_cudnns_precision_for_its_run_and_restores_it(monkeypatch):
+    """tf32 off by default: on a GPU the fused curves are float32's own (torch's default TF32 moved the LSTM with
+    forget bias 3 by a median 13% against scratch); the flags come back after the run."""
+    import gradlab.measures.gradient_decay as gd
+
+    seen = []
+    monkeypatch.setattr(gd, "_run", lambda cfg: seen.append(torch.backends.cudnn.allow_tf32) or {"results": []})
+    before = torch.backends.cudnn.allow_tf32
+    gd.run(Config(tf32=False))
+    gd.run(Config(tf32=True))
+    assert seen == [False, True] and torch.backends.cudnn.allow_tf32 == before
+
+
+def test_impl_agreement_tells_the_underflow_floor_from_ordinary_magnitudes():
+    from gradlab.derived.gradient_decay import impl_agreement
+    from gradlab.report.gradient_decay import _disagreement
+
+    rows = []
+    for cell, gap in (("rnn", 0.0), ("lstm", 0.13)):
+        for t in range(6):
+            norm = 10.0 ** (-8 * t)  # down to 1e-40: the last steps at float32's floor
+            for impl, value in (("scratch", norm), ("cudnn", norm * (1 + gap) if norm > 1e-30 else norm * 3)):
+                rows.append({"cell": cell, "impl": impl, "seed": 0, "probe": "hidden", "wrt": "h", "dtype": "float32", "t": t, "grad_norm": value})
+    agree = impl_agreement(pd.DataFrame(rows), ["cell", "impl", "seed"])
+    by_cell = agree.set_index("cell")
+    assert by_cell.loc["rnn", "median_rel_ordinary"] == 0 and by_cell.loc["rnn", "max_rel_diff"] > 0.5
+    assert by_cell.loc["lstm", "median_rel_ordinary"] == pytest.approx(0.13 / 1.13)
+    text = _disagreement(agree, {"environment": {"cudnn_allow_tf32": True, "cudnn_rnn_fp32_precision": "tf32"}})
+    assert "1 curve(s) differ only where the norms sit at the dtype's underflow floor" in text
+    assert "at ordinary magnitudes: cell lstm (median gap h 12%)" in text and "TF32" in text

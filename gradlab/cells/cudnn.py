@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -114,3 +117,20 @@ def scratch_layout(module: FusedCell, grad: bool = False) -> dict[str, torch.Ten
     if module.cell == "gru":
         out["b_hh"] = b_hh[2]
     return out
+
+
+@contextlib.contextmanager
+def cudnn_precision(tf32: bool) -> Iterator[None]:
+    """cuDNN's float32 recurrent layers in TF32 (a 10-bit mantissa in their matmuls: torch's default) or in full float32
+    for the block, then as they were. No effect on a CPU."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)  # torch >= 2.9 has a per-backend switch
+    before = (torch.backends.cudnn.allow_tf32, getattr(rnn, "fp32_precision", None))
+    torch.backends.cudnn.allow_tf32 = tf32
+    if before[1] is not None:
+        rnn.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        if before[1] is not None:
+            rnn.fp32_precision = before[1]

@@ -36,17 +36,23 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
+UNDERFLOW = {"float32": 1e-30, "float64": 1e-290, "bfloat16": 1e-30, "float16": 1e-4}  # norms below: at the dtype's underflow floor
+
+
 def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per probe, wrt and dtype: how far scratch and cudnn are apart on the same norms (same settings, t).
-    The relative difference is taken where both norms are above 0; a norm that underflowed to 0 in one impl
-    only is counted apart (zeros_apart)."""
-    out_columns = ["probe", "wrt", "dtype", "pairs", "max_abs_diff", "max_rel_diff", "zeros_apart"]
+    """Per curve (every setting but the impl, the seed and t) and probe, wrt and dtype: how far scratch and cudnn
+    are apart on the same norms. The relative difference is taken where both norms are above 0 (max_rel_diff),
+    and apart where both are of ordinary size, above the dtype's underflow floor (median_rel_ordinary,
+    max_rel_ordinary: a gap only at the floor is float arithmetic running out, not two functions); a norm that
+    underflowed to 0 in one impl only is counted apart (zeros_apart)."""
+    curve = [c for c in columns if c not in ("impl", "point", "seed", "dtype") and c in results and results[c].map(repr).nunique() > 1]
+    out_columns = ["probe", "wrt", "dtype", *curve, "pairs", "max_abs_diff", "max_rel_diff", "median_rel_ordinary", "max_rel_ordinary", "zeros_apart"]
     if results["impl"].nunique() < 2:
         return pd.DataFrame(columns=out_columns)
     keys = [c for c in columns if c not in ("impl", "point") and c in results] + ["wrt", "t"]
     key = pd.Series(["|".join(parts) for parts in zip(*(results[c].map(repr) for c in keys))], index=results.index)  # None, NaN match as text
     rows = []
-    for (probe, wrt, dtype), idx in results.groupby(["probe", "wrt", "dtype"], sort=False).groups.items():
+    for group, idx in results.groupby(["probe", "wrt", "dtype", *curve], sort=False, dropna=False).groups.items():
         g = results.loc[idx]
         a = g[g["impl"] == "scratch"].set_index(key[idx][g["impl"] == "scratch"])["grad_norm"]
         b = g[g["impl"] == "cudnn"].set_index(key[idx][g["impl"] == "cudnn"])["grad_norm"]
@@ -54,9 +60,13 @@ def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if not len(a):
             continue
         both = (a > 0) & (b > 0)
-        rel = ((a - b).abs() / np.maximum(a.abs(), b.abs()))[both]
-        rows.append({"probe": probe, "wrt": wrt, "dtype": dtype, "pairs": len(a), "max_abs_diff": float((a - b).abs().max()),
-                     "max_rel_diff": float(rel.max()) if len(rel) else 0.0, "zeros_apart": int(((a > 0) != (b > 0)).sum())})
+        rel = ((a - b).abs() / np.maximum(a.abs(), b.abs()))
+        floor = UNDERFLOW.get(str(group[2]), 0.0)
+        ordinary = rel[(a > floor) & (b > floor)]
+        rows.append(dict(zip(["probe", "wrt", "dtype", *curve], group)) | {
+            "pairs": len(a), "max_abs_diff": float((a - b).abs().max()), "max_rel_diff": float(rel[both].max()) if both.any() else 0.0,
+            "median_rel_ordinary": float(ordinary.median()) if len(ordinary) else float("nan"),
+            "max_rel_ordinary": float(ordinary.max()) if len(ordinary) else float("nan"), "zeros_apart": int(((a > 0) != (b > 0)).sum())})
     return pd.DataFrame(rows, columns=out_columns)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cells import check, check_device, check_fits, check_init_scale, create, family
+from ..cells.cudnn import cudnn_precision
 from ..names import DTYPES, INITS, PROBES, lookup
 from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
 from . import COMMON_COLUMNS
@@ -16,6 +17,9 @@ COLUMNS = COMMON_COLUMNS | {
     "probe": "hidden (||dL/dh_t||, and the LSTM's total ||dL/dc_t||), input (||dL/dx_t||) or jacobian (every singular value of ds_{T-1}/ds_t, s the state handed on)",
     "input_size": "input width I",
     "input_std": "standard deviation of the Gaussian inputs",
+    "tf32": "cuDNN's float32 recurrent layers in TF32 (torch's default on a GPU) or in full float32",
+    "median_rel_ordinary": "median |scratch - cudnn| / norm where both norms are above the dtype's underflow floor",
+    "max_rel_ordinary": "the largest such difference", "zeros_apart": "norms 0 in one impl only (underflow)",
     "jacobian_batch": "sequences whose full Jacobians the jacobian probe forms",
     "wrt": "what the gradient is taken with respect to: h, c (LSTM cell state), x, or the full state h,c",
     "t": "step index, 0 .. T-1",
@@ -61,6 +65,7 @@ class Config:
     batch_size: int = 16
     input_std: float = 1.0
     jacobian_batch: int = 2  # a Jacobian costs D backward passes and T*B*D*D memory: a few sequences do
+    tf32: bool = False  # cuDNN's float32 RNNs in TF32 (torch's default on a GPU): off, the fused curves are float32's own
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -87,7 +92,13 @@ class Config:
 
 
 def run(cfg: Config, progress: bool = False) -> dict[str, list[dict]]:
-    """One backward pass (hidden, input) or D batched ones (jacobian) on a fresh cell; rows per (t, wrt)."""
+    """One backward pass (hidden, input) or D batched ones (jacobian) on a fresh cell; rows per (t, wrt); cuDNN in TF32
+    only when cfg.tf32 says so."""
+    with cudnn_precision(cfg.tf32):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict[str, list[dict]]:
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     cell = create(
         cfg.cell, cfg.impl, cfg.input_size, cfg.hidden_size, variant=cfg.variant, init=cfg.init,
