@@ -394,6 +394,7 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
     executor_name = (executor or default_executor(workers, scheduler)) if own_executor else type(executor).__name__
     base = {
         "study": study.name, "description": study.description, "source": study.source, "measure": study.measure,
+        "profile_description": study.profiles.get(resolved.profile, {}).get("description", ""),
         "profile": resolved.profile, "argv": argv, "overrides": list(overrides),
         "resolved": {k: v for k, v in resolved.values.items()}, "axes": resolved.axes,
         "exclude": [str(r) for r in resolved.exclude], "dropped": p.describe_drops(),

@@ -134,7 +134,10 @@ def draw(out: Path, into: Path) -> Drawn:
     failed = int(manifest.get("failed", 0))
     git = manifest.get("code") or manifest.get("environment", {}).get("git", {})  # the code that computed the points
     commit = (git.get("commit") or "unknown commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    body = [f"<h1>{html.escape(title)}</h1><p class='lede'>{html.escape(manifest.get('description', ''))}</p>",
+    profile = manifest.get("profile_description", "")  # what this profile runs, first; the study's question after it
+    lede = (f"<p class='lede'><b>{html.escape(str(manifest.get('profile', '')))}</b>: {html.escape(profile)}</p>" if profile else "") \
+        + f"<p class='lede'>{html.escape(manifest.get('description', ''))}</p>"
+    body = [f"<h1>{html.escape(title)}</h1>{lede}",
             f"<p class='run'>{manifest.get('row_count', 0):,} rows from {len(manifest.get('points', []))} points"
             + (f", <span class='failed'>{failed} failed</span>" if failed else "")
             + f"; {html.escape(' '.join(manifest.get('argv') or []))}; gradlab {html.escape(str(manifest.get('environment', {}).get('gradlab')))}"

@@ -63,6 +63,8 @@ def view(t: Tables, manifest: dict) -> Section:
             sec.key_points[before:] = [prefix + " ".join(said)]
     language_model = "val_ppl" in t["results"] and t["results"]["val_ppl"].notna().all()
     if not language_model:  # a language model is never 'solved': its page leads with perplexities against baselines
+        init_effect(sec, t.get("final"), settings)
+        longest(sec, t.get("longest_lag"), settings)  # all tasks at once: the table the study exists for, first
         success(sec, t.get("by_setting"), settings, t.get("final"))
     left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
@@ -80,6 +82,39 @@ def left_out(sec: Section, skipped: pd.DataFrame | None, ladder: dict | None) ->
     sec.key_points.append(f"The ladder left {len(s)} point{'s' * (len(s) != 1)} of {len(rows)} setting{'s' * (len(rows) != 1)} out: once every {ladder.get('over', 'seed')} of a setting had "
                           f"failed at {ladder['stop_after']} {axis} values in a row, its longer ones were not run (table 'Not run').")
     sec.tables.append((f"Not run: {axis} values the ladder left out, per setting, and why", rows))
+
+
+def init_effect(sec: Section, final: pd.DataFrame | None, settings: list[str]) -> None:
+    """Where the init varies (the critical init against torch.nn's): per setting, whether it solved more seeds or in
+    fewer steps (the median over seeds, unsolved ones beyond the budget), said in one sentence."""
+    if final is None or "init" not in final or final["init"].nunique() < 2 or "solved" not in final:
+        return
+    from ..derived.train import censored_median
+
+    others = [c for c in _varying(final, settings) if c not in ("init", "seed", "init_scale")]
+    inits = list(dict.fromkeys(final["init"]))
+    better, worse, same, said = 0, 0, 0, []
+    for key, g in final.groupby(others, sort=False, dropna=False) if others else [((), final)]:
+        per = {i: (g.loc[g["init"] == i, "solved"].astype(bool).mean(), censored_median(g.loc[g["init"] == i, "steps_to_solve"], g.loc[g["init"] == i, "solved"]),
+                   g.loc[g["init"] == i, "loss_over_baseline"].median()) for i in inits if (g["init"] == i).any()}
+        if len(per) < 2:
+            continue
+        (a, ra), (b, rb) = list(per.items())[:2]
+        score = lambda r: (-r[0], r[1], r[2])  # noqa: E731  (more solved, then fewer steps, then a lower final loss)
+        if score(rb) < score(ra):
+            better += 1
+        elif score(rb) > score(ra):
+            worse += 1
+        else:
+            same += 1
+        where = ", ".join(f"{c} {v}" for c, v in zip(others, key if isinstance(key, tuple) else (key,)))
+        said.append(f"{where}: {a} " + (f"{ra[1]:,.0f} steps" if ra[1] != float("inf") else f"not solved ({ra[2]:.2f} x the baseline)")
+                    + f", {b} " + (f"{rb[1]:,.0f} steps" if rb[1] != float("inf") else f"not solved ({rb[2]:.2f} x the baseline)"))
+    if better + worse + same:
+        a, b = inits[:2]
+        sec.key_points.insert(0, f"Did the {b} init help against {a}? Better in {better}, worse in {worse}, no different in {same} of "
+                              f"{better + worse + same} settings (more seeds solved, else fewer steps to solve, else a lower final loss): "
+                              + "; ".join(said) + ".")
 
 
 def _budget(df: pd.DataFrame) -> str:
@@ -156,7 +191,8 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                                             ["step", "final_val_loss", "baseline", "baseline_theory", "loss_over_baseline", "error_rate",
                                              "left_baseline", "steps_to_leave", "solved", "steps_to_solve"])
         cols += [c for c in ("diverged_step",) if c in final and final[c].notna().any()]
-        sec.summaries.append((f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]]))
+        per_run = (f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]])
+        (sec.folded if len(final) > 12 else sec.summaries).append(per_run)  # many runs: the per-setting tables lead, these are folded
         diverged = final[final["diverged"].astype(bool)] if "diverged" in final else final.iloc[:0]
         if len(diverged):
             sec.key_points.append(f"{named}{len(diverged)} run(s) diverged (a non-finite loss or gradient, or a median loss over 50 steps "
@@ -197,16 +233,44 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
                                     ylabel="seconds per epoch", order=model_order(f["model"]))))
     clipping.add(sec, t, settings, lyrics, task)
     accuracy(sec, curves, settings, x, xlabel, lyrics)
-    longest(sec, t.get("longest_lag"), settings)
     flow(sec, t.get("flow"), settings)
     context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings, t.get("context_over_seeds"))
     tested(sec, final, runs, named)
+    if lyrics:
+        book(sec, res, final, runs, named)
     samples = t.get("samples")
     if samples is not None and len(samples):
         last = samples[samples["epoch"] == samples["epoch"].max()]
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy; Chinese: a browser without a CJK font, "
                            "such as Debian's fonts-wqy-zenhei or fonts-noto-cjk, draws it as boxes)", last[list(dict.fromkeys(cols))]))
+
+
+def book(sec: Section, res: pd.DataFrame, final: pd.DataFrame | None, runs: pd.DataFrame | None, named: str) -> None:
+    """The book's chapter, reproduced: a scratch run at the book's settings (its 10,000 characters, consecutive batches)
+    against the book's printed training perplexity at epochs 40, 80, 120 and 160, and what the held-out text says."""
+    from ..published import BOOK_TRAINING_PERPLEXITY
+
+    if "setting" not in res or final is None or runs is None or "vocab_size" not in runs:
+        return
+    book_text = res["setting"].fillna("book") == "book"  # unset: the lyrics task's default, the book's 10,000 characters
+    sampling = res["sampling"].fillna("consecutive") if "sampling" in res else "consecutive"
+    mine = res[book_text & (res["impl"] == "scratch") & (sampling == "consecutive")]
+    said = []
+    for cell, published in BOOK_TRAINING_PERPLEXITY.items():
+        g = mine[mine["cell"] == cell]
+        at = {int(e): float(v) for e, v in zip(g["epoch"], g["train_ppl"]) if int(e) in published and e == int(e)}
+        if len(at) == len(published):
+            said.append(f"{cell} " + " / ".join(f"{at[e]:.3g}" for e in published) + " (the book: " + " / ".join(f"{v:g}" for v in published.values()) + ")")
+    if not said:
+        return
+    held = final[(final["setting"].fillna("book") == "book") & (final["impl"] == "scratch")]
+    vocab = int(runs["vocab_size"].iloc[0])
+    worse = held[held["val_ppl"] > vocab] if "val_ppl" in held else held.iloc[:0]
+    sec.key_points.insert(0, f"{named}The book's chapter, reproduced: training perplexity of the scratch models at epochs 40 / 80 / 120 / 160, "
+                          + "; ".join(said) + "." + (f" On held-out lines every one of them scores worse than a uniform guess over its {vocab:,} "
+                          f"characters (held-out perplexity {held['val_ppl'].min():,.0f} to {held['val_ppl'].max():,.0f}): at 160 epochs over "
+                          "10,000 characters it has memorised its text." if len(worse) == len(held) and len(held) else ""))
 
 
 def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, named: str) -> None:
@@ -251,8 +315,9 @@ def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None
     if lag is None or not len(lag) or lag["lags_tried"].str.contains(" ").sum() == 0:
         return
     lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
-    sec.tables.append((f"Longest lag solved (by most seeds) within {_budget(lag)} steps, per task and model: a limit of this budget, not of the cell",
-                       lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved", "longest_lag_solved"] if c in lag]]))
+    sec.summaries.insert(0, (f"Longest lag solved (by most seeds, every shorter lag tried solved too) within {_budget(lag)} steps, per task and model: "
+                             "a limit of this budget, not of the cell",
+                             lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved", "longest_lag_solved"] if c in lag]]))
     if len(lag) < 2:  # one bar: the table above says it
         return
     sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model; 0: none of the lags tried.",
