@@ -45,7 +45,7 @@ def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     and apart where both are of ordinary size, above the dtype's underflow floor (median_rel_ordinary,
     max_rel_ordinary: a gap only at the floor is float arithmetic running out, not two functions); a norm that
     underflowed to 0 in one impl only is counted apart (zeros_apart)."""
-    curve = [c for c in columns if c not in ("impl", "point", "seed", "dtype") and c in results and results[c].map(repr).nunique() > 1]
+    curve = [c for c in columns if c not in ("impl", "point", "seed", "dtype", "probe", "wrt", "t") and c in results and results[c].map(repr).nunique() > 1]
     out_columns = ["probe", "wrt", "dtype", *curve, "pairs", "max_abs_diff", "max_rel_diff", "median_rel_ordinary", "max_rel_ordinary", "zeros_apart"]
     if results["impl"].nunique() < 2:
         return pd.DataFrame(columns=out_columns)
