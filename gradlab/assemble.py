@@ -140,4 +140,18 @@ def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> di
     path = Path(out) / folder.MANIFEST
     before = read_json(path) if path.exists() else {}
     ended = before.get("ended") if before.get("plan_id") == plan.get("id") else None  # the run's own end, when it wrote one
-    return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report", "ended": ended}, render)
+    return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report", "ended": ended, **_described(plan)}, render)
+
+
+def _described(plan: dict) -> dict:
+    """The study's and the profile's descriptions as the study file says them now (prose, not numbers: a page
+    rebuilt later describes its run in today's words); nothing when the study cannot be read."""
+    from .study import StudyError, load_study
+
+    try:
+        study = load_study(plan["study"])
+    except (StudyError, OSError):
+        return {}
+    if study.measure != plan.get("measure"):
+        return {}
+    return {"description": study.description, "profile_description": study.profiles.get(plan.get("profile"), {}).get("description", "")}
