@@ -1,0 +1,493 @@
+"""The measured numbers of README.md and docs/, written from the committed runs under reports/: one source for every
+number. Each block between `<!-- numbers NAME -->` and `<!-- /numbers -->` is what BLOCKS[NAME] makes of its runs,
+with a line naming the run folders, their commands, commits and wall times.
+
+    python scripts/readme_numbers.py            # check: exit 1 naming every block that differs from its runs
+    python scripts/readme_numbers.py --write    # rewrite the blocks from the runs
+
+tests/test_readme.py runs the check: a quoted number that its run does not hold, or a block whose run is missing,
+fails it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/ensembles.md", "docs/library.md")
+BLOCK = re.compile(r"(<!-- numbers (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
+BLOCKS: dict[str, Callable[[Path], str]] = {}
+CELLS = ["linear", "rnn", "gru", "lstm"]
+
+
+class MissingRun(FileNotFoundError):
+    """A block names a run folder that is not there."""
+
+
+def block(name: str):
+    def register(fn):
+        BLOCKS[name] = fn
+        return fn
+    return register
+
+
+# --- reading runs -----------------------------------------------------------------------------------------------
+
+def manifest(root: Path, run: str) -> dict:
+    path = root / "reports" / run / "manifest.json"
+    if not path.exists():
+        raise MissingRun(f"reports/{run} is not there (no manifest.json): the README quotes it")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def table(root: Path, run: str, name: str) -> pd.DataFrame:
+    manifest(root, run)
+    path = root / "reports" / run / f"{name}.parquet"
+    if not path.exists():
+        raise MissingRun(f"reports/{run}/{name}.parquet is not there: the README quotes it")
+    return pd.read_parquet(path)
+
+
+def minutes(m: dict) -> float | None:
+    try:
+        return (datetime.fromisoformat(m["ended"]) - datetime.fromisoformat(m["started"])).total_seconds() / 60
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def source(root: Path, *runs: str) -> str:
+    """The line under a block: which runs, made by which command at which commit, in how long."""
+    said = []
+    for run in runs:
+        m = manifest(root, run)
+        took = minutes(m)
+        commit = (m.get("code") or {}).get("commit") or "unknown"
+        said.append(f"`reports/{run}`: `{' '.join(m.get('argv') or [])}` at {commit[:7]}"
+                    + (f", {took:.1f} min of wall time" if took is not None and took >= 0.05 else ""))
+    return "*From " + "; ".join(said) + ".*"
+
+
+def g(value: float, digits: int = 3) -> str:
+    """A number to `digits` significant digits, thousands separated; inf as 'beyond', NaN as nothing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if math.isinf(value):
+        return "beyond"
+    v = float(f"{float(value):.{digits}g}")
+    return f"{v:,.0f}" if v == int(v) else f"{v:,}"
+
+
+def models(df: pd.DataFrame) -> pd.Series:
+    """'lstm', 'lstm, forget bias 1', 'gru reset_before': the label every page uses."""
+    label = df["cell"].astype(str)
+    if "forget_bias" in df:
+        fb = df["forget_bias"].fillna(0).astype(float)
+        label = label.where(fb == 0, label + ", forget bias " + fb.map(lambda v: f"{v:g}"))
+    return label
+
+
+def markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join("" if (isinstance(v, float) and math.isnan(v)) else str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def span(values: pd.Series, digits: int = 3) -> str:
+    """'median (min-max)' over seeds, or the value alone."""
+    v = values.astype(float)
+    if len(v) == 1 or v.min() == v.max():
+        return g(float(v.iloc[0]), digits)
+    return f"{g(float(v.median()), digits)} ({g(float(v.min()), digits)}-{g(float(v.max()), digits)})"
+
+
+# --- blocks -----------------------------------------------------------------------------------------------------
+
+@block("decay-quick")
+def decay_quick(root: Path) -> str:
+    """Factor per step of ||dL/dh_t|| (h rows only) per model and init_scale, measured against predicted, a poor fit marked."""
+    run = "gradient-decay-quick"
+    rates = table(root, run, "decay_rates")
+    rates = rates[(rates["probe"] == "hidden") & (rates["wrt"] == "h") & (rates["impl"] == "scratch")]
+    theory = table(root, run, "theory") if (root / "reports" / run / "theory.parquet").exists() else None
+    rates = rates.assign(model=models(rates))
+    scales = sorted(rates["init_scale"].dropna().unique())
+    rows = []
+    for model, g_ in sorted(rates.groupby("model", sort=False), key=lambda kv: (CELLS.index(kv[0].split(",")[0]), kv[0])):
+        row = {"model": model}
+        for s in scales:
+            r = g_[g_["init_scale"] == s]
+            if not len(r):
+                continue
+            r = r.iloc[0]
+            text = f"{r['factor_per_step']:.3f}"
+            if "predicted_factor" in r and pd.notna(r.get("predicted_factor")):
+                text += f" / {r['predicted_factor']:.3f}"
+            if not bool(r.get("one_rate", True)):
+                text += " (not one rate)"
+            row[f"init_scale {s:g}"] = text
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return (markdown(out) + "\n\nmeasured / predicted by mean-field theory (where it predicts), orthogonal init; 'not one rate': the fit's "
+            "r2 is under 0.95 and the curve strays from the line by more than 12%.\n\n" + source(root, run))
+
+
+@block("long-range-quick")
+def long_range_quick(root: Path) -> str:
+    """Steps to solve, or the final loss over the baseline, per cell and init, T 100 and 200."""
+    quick, critical = table(root, "long-range-quick", "final"), table(root, "long-range-critical", "final")
+    both = pd.concat([quick, critical]).drop_duplicates(["cell", "forget_bias", "seq_len", "init"], keep="first")
+    both = both.assign(model=models(both), init_label=both["init"].map({"uniform": "torch.nn's init"}).fillna(both["init"] + " init"))
+    rows = []
+    for model, g_ in sorted(both.groupby("model", sort=False), key=lambda kv: (CELLS.index(kv[0].split(",")[0]), kv[0])):
+        row = {"model": model}
+        for (label, T), r in g_.groupby(["init_label", "seq_len"], sort=False):
+            r = r.iloc[0]
+            row[f"T {T}, {label}"] = (f"{g(r['steps_to_solve'], 4)}" if bool(r["solved"]) else f"{r['loss_over_baseline']:.2f} after {g(r['step'], 4)}")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = ["model"] + sorted([c for c in out.columns if c != "model"], key=lambda c: ("critical" in c, int(c.split()[1].rstrip(","))))
+    return (markdown(out[order]) + "\n\nsteps to solve (the task's rule: held-out MSE under 10% of the memoryless MSE of the held-out "
+            "sequences), or the final held-out loss over that baseline and the steps run.\n\n" + source(root, "long-range-quick", "long-range-critical"))
+
+
+@block("long-range-lags")
+def long_range_lags(root: Path) -> str:
+    """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
+    run = "long-range-lags"
+    by = table(root, run, "by_setting")
+    lag = table(root, run, "longest_lag")
+    by = by.assign(model=models(by))
+    lag = lag.assign(model=models(lag))
+    lags = sorted(by["seq_len"].unique())
+    budget = int(by["steps"].max()) if "steps" in by else None
+    rows = []
+    for (task, model), g_ in by.groupby(["task", "model"], sort=False):
+        row = {"task": task.replace("_", " "), "model": model}
+        longest = lag[(lag["task"] == task) & (lag["model"] == model)]["longest_lag_solved"]
+        best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
+        for T in lags:
+            r = g_[g_["seq_len"] == T]
+            if not len(r):
+                row[f"T {T}"] = ""
+                continue
+            r = r.iloc[0]
+            median = r["steps_to_solve_median"]
+            cell = r["seeds_solved_of"] + (f" ({g(median, 4)})" if np.isfinite(median) else "")
+            row[f"T {T}"] = f"**{cell}**" if best == T else cell
+        row["longest lag"] = f"**{best:g}**" if best else "none"
+        rows.append(row)
+    return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; in brackets the "
+            "median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most "
+            "solved); **bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder).\n\n"
+            + source(root, run))
+
+
+@block("lyrics-full")
+def lyrics_full(root: Path) -> str:
+    run = "lyrics-full"
+    final = table(root, run, "final")
+    final = final.assign(col=final["impl"] + ", " + final["sampling"].fillna("consecutive"))
+    cols = [c for c in ("scratch, consecutive", "cudnn, consecutive", "scratch, random", "cudnn, random") if c in set(final["col"])]
+    rows = []
+    for cell, g_ in final.groupby("cell", sort=False):
+        row = {"cell": cell}
+        for c in cols:
+            r = g_[g_["col"] == c]
+            row[c] = f"{g(r['train_ppl'].iloc[0])} / {g(r['val_ppl'].iloc[0], 4)}" if len(r) else ""
+        rows.append(row)
+    return markdown(pd.DataFrame(rows)) + "\n\nfinal training / held-out perplexity, 160 epochs at the book's settings.\n\n" + source(root, run)
+
+
+@block("lyrics-book")
+def lyrics_book(root: Path) -> str:
+    from gradlab.published import BOOK_TRAINING_PERPLEXITY
+
+    res = table(root, "lyrics-full", "results")
+    res = res[(res["impl"] == "scratch") & (res["sampling"].fillna("consecutive") == "consecutive")]
+    rows = []
+    for cell in ("gru", "lstm", "rnn"):
+        r = res[res["cell"] == cell].set_index("epoch")["train_ppl"]
+        published = BOOK_TRAINING_PERPLEXITY.get(cell, {})
+        rows.append({"scratch cell": cell, "measured, epochs 40 / 80 / 120 / 160": " / ".join(g(float(r.get(float(e), float("nan")))) for e in (40, 80, 120, 160)),
+                     "the book": " / ".join(f"{v:g}" for v in published.values()) if published else ""})
+    return markdown(pd.DataFrame(rows)) + "\n\ntraining perplexity of the book's scratch run.\n\n" + source(root, "lyrics-full")
+
+
+def _context_over_seeds(root: Path, run: str) -> pd.DataFrame:
+    over = table(root, run, "context_over_seeds")
+    return over.assign(model=models(over))
+
+
+@block("lyrics-generalise")
+def lyrics_generalise(root: Path) -> str:
+    return _language_models(root, "lyrics-generalise")
+
+
+@block("lyrics-counting")
+def lyrics_counting(root: Path) -> str:
+    return _language_models(root, "lyrics-counting")
+
+
+def _language_models(root: Path, run: str) -> str:
+    """Test perplexity per cell over seeds against the unigram and the Kneser-Ney n-grams; the context each uses."""
+    final, runs = table(root, run, "final"), table(root, run, "runs")
+    over = _context_over_seeds(root, run) if (root / "reports" / run / "context_over_seeds.parquet").exists() else None
+    rows = []
+    for cell, f in final.groupby("cell", sort=False):
+        row = {"model": cell, "test perplexity": span(f["test_ppl"], 3), "best validation perplexity": span(np.exp(f["best_val_loss"].astype(float)), 3),
+               "seeds": len(f)}
+        if over is not None and "replace_context_median" in over:
+            for split, name in (("held out", "context used, held out"), ("training", "context used, training text")):
+                o = over[(over["cell"] == cell) & (over["split"] == split)]
+                if len(o):
+                    o = o.iloc[0]
+                    row[name] = f"{g(o['replace_context_median'])} ({g(o['replace_context_min'])}-{g(o['replace_context_max'])})"
+            o = over[(over["cell"] == cell) & (over["split"] == "held out")]
+            if len(o):
+                row["best k, held out"] = g(float(o["best_k_median"].iloc[0]))
+        rows.append(row)
+    r = runs.iloc[0]
+    baselines = [{"model": "unigram (the memoryless baseline)", "test perplexity": g(math.exp(r["test_unigram_loss"]))}]
+    for n in (2, 3, 4, 5):
+        if f"test_mkn{n}_loss" in runs:
+            baselines.append({"model": f"Kneser-Ney {n}-gram (modified; one discount 0.75)",
+                              "test perplexity": f"{g(math.exp(r[f'test_mkn{n}_loss']))} ({g(math.exp(r[f'test_kn{n}_loss']))})",
+                              "best validation perplexity": f"{g(math.exp(r[f'val_mkn{n}_loss']))} ({g(math.exp(r[f'val_kn{n}_loss']))})"})
+    out = pd.DataFrame(rows + baselines)
+    return (markdown(out.fillna("")) + f"\n\nmedian (range) over seeds; {int(r['test_targets_scored']):,} test targets, "
+            f"{int(r['vocab_size']):,} characters in the vocabulary; context used: the fewest characters k from which no longer k "
+            "shows evidence (95% interval) of costing over 1% when the ones before are replaced by unrelated text.\n\n" + source(root, run))
+
+
+@block("lyrics-context")
+def lyrics_context(root: Path) -> str:
+    run = "lyrics-context"
+    over = _context_over_seeds(root, run)
+    rows = []
+    for (cell, split), o in over.groupby(["cell", "split"], sort=False):
+        o = o.iloc[0]
+        rows.append({"model": cell, "text": split, "context used": g(o["replace_context_median"]), "surely within by": g(o["replace_upper_median"]),
+                     "cut (Khandelwal et al.)": g(o["effective_context_median"]), "best k": g(o["best_k_median"]),
+                     "warm-up": f"{100 * o['warmup_median']:+.1f}%"})
+    return markdown(pd.DataFrame(rows)) + "\n\nthe book's runs (160 epochs on 10,000 characters), one seed each.\n\n" + source(root, run)
+
+
+@block("clipping-quick")
+def clipping_quick(root: Path) -> str:
+    run = "clipping-quick"
+    final, clip = table(root, run, "final"), table(root, run, "clipping")
+    rows = []
+    for (task, lr), g_ in final.groupby(["task", "lr"], sort=True):
+        for _, r in g_.iterrows():
+            c = clip[clip["point"] == r["point"]]
+            share = f", clipped {100 * c['fraction_clipped'].iloc[0]:.0f}% of steps" if len(c) else ""
+            value = (f"diverged at step {int(r['diverged_step'])}" if pd.notna(r.get("diverged_step")) else
+                     f"{g(r['train_ppl'])} / {g(r['val_ppl'])}" if task == "lyrics" else f"{r['loss_over_baseline']:.2f}")
+            rows.append({"task": task, "lr": f"{lr:g}", "clip": r["clip"], "result": value + share})
+    return (markdown(pd.DataFrame(rows)) + "\n\nlyrics: training / held-out perplexity; adding: final held-out loss over the memoryless "
+            "loss of the held-out sequences.\n\n" + source(root, run))
+
+
+@block("throughput-quick")
+def throughput_quick(root: Path) -> str:
+    run = "throughput-quick"
+    res = table(root, run, "results")
+    res = res[res["impl"] == "scratch"]
+    res = res.assign(shape=np.where(res["workload"] == "train_step", "one training step",
+                                    "T " + res["seq_len"].astype(str) + ", B " + res["batch_size"].astype(str) + ", H " + res["hidden_size"].astype(str)))
+    wide = res.pivot_table(index="shape", columns="cell", values="ratio_to_fused", aggfunc="first", sort=False)
+    wide = wide[[c for c in ("rnn", "gru", "lstm") if c in wide.columns]].map(lambda v: f"{v:.2f}").reset_index()
+    return markdown(wide) + "\n\nscratch time over the fused kernel's (below 1: faster), interleaved in each point.\n\n" + source(root, run)
+
+
+@block("benchmark-gates")
+def benchmark_gates(root: Path) -> str:
+    gates = tomllib.loads((root / "tests" / "benchmarks" / "gates.toml").read_text(encoding="utf-8"))
+    rows = [{"ratio": name, "goal": v.get("goal", ""), "recorded runs": ", ".join(f"{x:g}" for x in v.get("runs", [])),
+             "gate": f"{'>=' if v.get('minimum') else '<='} {v['threshold']:g}"} for name, v in gates.items() if isinstance(v, dict) and "threshold" in v]
+    return markdown(pd.DataFrame(rows)) + "\n\n*From `tests/benchmarks/gates.toml` (each gate with the runs it was set from).*"
+
+
+@block("decay-theory")
+def decay_theory(root: Path) -> str:
+    """The true and the fresh gradient's factor per step against the prediction, per cell and width."""
+    run = "gradient-decay-theory"
+    rates = table(root, run, "decay_rates")
+    rates = rates[(rates["init"] == "orthogonal") & (rates["wrt"].isin(["h", "h,c"]))]
+    rows = []
+    for cell in [c for c in CELLS if c in set(rates["cell"])]:
+        r = rates[rates["cell"] == cell]
+        for probe, name in (("hidden", "true gradient"), ("independent", "fresh gradient")):
+            q = r[r["probe"] == probe].sort_values("hidden_size")
+            if len(q):
+                rows.append({"cell": cell, "probe": name, **{f"H {int(h)}": f"{v:.4f}" for h, v in zip(q["hidden_size"], q["factor_per_step"])},
+                             "predicted": f"{q['predicted_factor'].iloc[0]:.4f}"})
+    crit = table(root, run, "decay_rates")
+    crit = crit[(crit["init"] == "critical") & (crit["probe"] == "hidden") & (crit["wrt"] == "h")]
+    said = "; ".join(f"{r['cell']} {r['factor_per_step']:.3f}" for _, r in crit.iterrows())
+    return (markdown(pd.DataFrame(rows).fillna("")) + f"\n\nfactor per step at init_scale 1, orthogonal init. The critical init, which puts "
+            f"the prediction at 1, gives the true gradient {said} per step (H 256).\n\n" + source(root, run))
+
+
+@block("lyrics-recipe-search")
+def lyrics_recipe_search(root: Path) -> str:
+    path = root / "reports" / "lyrics-recipe-search.csv"
+    if not path.exists():
+        raise MissingRun("reports/lyrics-recipe-search.csv is not there (python scripts/lyrics_recipe_search.py writes it)")
+    search = pd.read_csv(path)
+    rows = [{"recipe": r["recipe"], "cell": r["cell"], "best validation perplexity": g(r["best_val_ppl"]), "at step": f"{int(r['best_step']):,}",
+             "parameters": f"{int(r['parameters']):,}", "what it tries": r["what"]} for _, r in search.iterrows()]
+    kn = search["best_kn_val_ppl"].iloc[0]
+    return (markdown(pd.DataFrame(rows)) + f"\n\none seed each; the best Kneser-Ney n-gram scores {g(kn)} on the same validation text, the "
+            f"unigram {g(search['unigram_val_ppl'].iloc[0])}.\n\n*From `reports/lyrics-recipe-search.csv` (`python scripts/lyrics_recipe_search.py`).*")
+
+
+@block("throughput-book")
+def throughput_book(root: Path) -> str:
+    run = "throughput-book"
+    res = table(root, run, "results")
+    rows = []
+    for cell, g_ in res.groupby("cell", sort=False):
+        mine, book = g_[g_["impl"] == "gradlab"].iloc[0], g_[g_["impl"] == "book"].iloc[0]
+        rows.append({"cell": cell, "gradlab, ms per epoch": f"{mine['ms_median']:.0f}", "the book's code": f"{book['ms_median']:.0f}",
+                     "gradlab faster by": f"{book['ms_median'] / mine['ms_median']:.2f}x", "epoch over its own matmuls": f"{mine['epoch_over_matmuls']:.2f}x"})
+    return markdown(pd.DataFrame(rows)) + "\n\n" + source(root, run)
+
+
+@block("throughput-gpu")
+def throughput_gpu(root: Path) -> str:
+    run = "throughput-gpu"
+    res = table(root, run, "results")
+    res = res[(res["workload"] == "cell") & (res["impl"] != "cudnn")] if "workload" in res else res[res["impl"] != "cudnn"]
+    res = res.assign(shape="T " + res["seq_len"].astype(str) + ", B " + res["batch_size"].astype(str) + ", H " + res["hidden_size"].astype(str))
+    wide = res.pivot_table(index=["cell", "shape"], columns="impl", values="ratio_to_fused", aggfunc="first", sort=False).reset_index()
+    for c in wide.columns[2:]:
+        wide[c] = wide[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    m = manifest(root, run)
+    env = m.get("environment", {})
+    return (markdown(wide) + f"\n\ntime over cuDNN's ({env.get('device_name', 'GPU')}, torch {env.get('torch')}, cuDNN {env.get('cudnn')}; "
+            f"cuDNN ran float32 in TF32: {env.get('cudnn_allow_tf32')}); scratch-graph: the scratch cell replayed as a CUDA graph.\n\n" + source(root, run))
+
+
+@block("book-gru-bias")
+def book_gru_bias(root: Path) -> str:
+    path = root / "reports" / "book-gru-bias.txt"
+    if not path.exists():
+        raise MissingRun("reports/book-gru-bias.txt is not there (python scripts/book_gru_bias.py writes it)")
+    return "```\n" + path.read_text(encoding="utf-8").strip() + "\n```\n\n*From `reports/book-gru-bias.txt` (`python scripts/book_gru_bias.py`).*"
+
+
+STUDIES = [  # study, the question, its quick command, the committed run behind the time and the headline, the section
+    ("gradient-decay", "How fast does a gradient shrink or grow with distance, and does mean-field theory say why?",
+     "gradlab run gradient-decay", "gradient-decay-quick", "Gradient decay"),
+    ("long-range", "Which cell learns a dependency across how many steps, within a budget of updates?",
+     "gradlab run long-range --workers 2", "long-range-quick", "Long-range learning"),
+    ("lyrics", "Does the book's chapter reproduce, and what do its models learn?", "gradlab lyrics", "lyrics-full", "Lyrics"),
+    ("lyrics counting", "Can a character network beat counting on held-out lyrics, and how far back does it look?",
+     "gradlab run lyrics --profile counting --workers 2", "lyrics-counting", "Lyrics"),
+    ("clipping", "What does clipping do: how often does it fire, what does it save, what does it cost?",
+     "gradlab run clipping --workers 2", "clipping-quick", "Clipping and the cliff"),
+    ("throughput", "How fast is scratch against torch.nn's fused kernels?", "gradlab run throughput", "throughput-quick", "Throughput"),
+]
+
+
+def _headline(root: Path, run: str) -> str:
+    """The number a study's page leads with, read from its committed run."""
+    if run == "gradient-decay-quick":
+        r = table(root, run, "decay_rates")
+        r = r[(r["probe"] == "hidden") & (r["wrt"] == "h") & (r["impl"] == "scratch") & (r["cell"] == "rnn") & (r["init_scale"] == 1.0)].iloc[0]
+        return f"tanh RNN at init_scale 1: {r['factor_per_step']:.3f} per step (theory {r['predicted_factor']:.3f})"
+    if run == "long-range-quick":
+        f = table(root, run, "final")
+        f = f.assign(model=models(f))
+        said = [f"{r['model']} {g(r['steps_to_solve'], 4)} steps" if r["solved"] else f"{r['model']} not solved at T {r['seq_len']}" for _, r in f.iterrows()]
+        return "adding: " + "; ".join(said)
+    if run == "lyrics-full":
+        r = table(root, run, "final")
+        r = r[(r["cell"] == "gru") & (r["impl"] == "scratch") & (r["sampling"].fillna("consecutive") == "consecutive")].iloc[0]
+        return f"scratch GRU, epoch 160: training perplexity {g(r['train_ppl'])} (the book: 1.82)"
+    if run == "lyrics-counting":
+        f, runs = table(root, run, "final"), table(root, run, "runs")
+        best = min(math.exp(runs[f"test_mkn{n}_loss"].iloc[0]) for n in (2, 3, 4, 5))
+        return "test perplexity " + ", ".join(f"{c} {g(v['test_ppl'].median())}" for c, v in f.groupby("cell", sort=False)) + f"; best n-gram {g(best)}"
+    if run == "clipping-quick":
+        c = table(root, run, "clipping")
+        return f"share of steps clipped: {g(100 * c['fraction_clipped'].min())}% to {g(100 * c['fraction_clipped'].max())}% across strategies"
+    if run == "throughput-quick":
+        r = table(root, run, "results")
+        r = r[(r["impl"] == "scratch") & (r["workload"] == "cell") & (r["seq_len"] == 35)]
+        return "scratch / fused at the lyrics shape: " + ", ".join(f"{x['cell']} {x['ratio_to_fused']:.2f}" for _, x in r.iterrows())
+    return ""
+
+
+@block("study-map")
+def study_map(root: Path) -> str:
+    rows = []
+    for study, question, command, run, section in STUDIES:
+        m = manifest(root, run)
+        took = minutes(m)
+        rows.append({"study": f"`{study}`", "question": question, "command": f"`{command}`",
+                     "time": (f"{took:.0f} min" if took >= 1 else f"{60 * took:.0f} s") if took is not None else "",
+                     "headline (the committed run)": _headline(root, run), "section": section})
+    return (markdown(pd.DataFrame(rows)) + "\n\ntime: the wall time of the committed run, on this project's 2-core machine (other runs may "
+            "have shared the cores: each page's manifest says how many workers it had). " + source(root, *[s[3] for s in STUDIES]))
+
+
+# --- the documents ----------------------------------------------------------------------------------------------
+
+def rewrite(text: str, root: Path) -> tuple[str, list[str]]:
+    """The text with every block made anew, and the names of the blocks that changed (or could not be made)."""
+    changed = []
+
+    def one(m: re.Match) -> str:
+        name = m["name"]
+        if name not in BLOCKS:
+            changed.append(f"{name}: no such block (scripts/readme_numbers.py knows {', '.join(BLOCKS)})")
+            return m.group(0)
+        try:
+            body = BLOCKS[name](root).rstrip("\n") + "\n"
+        except MissingRun as exc:
+            changed.append(f"{name}: {exc}")
+            return m.group(0)
+        if body != m["body"]:
+            changed.append(name)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(one, text), changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the blocks from the runs")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    bad = []
+    for doc in DOCUMENTS:
+        path = ROOT / doc
+        if not path.exists():
+            continue
+        new, changed = rewrite(path.read_text(encoding="utf-8"), ROOT)
+        if args.write:
+            path.write_text(new, encoding="utf-8")
+        bad += [f"{doc}: {c}" for c in changed]
+    if bad and not args.write:
+        print("blocks that differ from their runs:\n  " + "\n  ".join(bad))
+        return 1
+    print("\n".join(f"rewrote {b}" for b in bad) if bad else "every block matches its runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
