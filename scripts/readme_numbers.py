@@ -389,6 +389,22 @@ def book_gru_bias(root: Path) -> str:
     return "```\n" + path.read_text(encoding="utf-8").strip() + "\n```\n\n*From `reports/book-gru-bias.txt` (`python scripts/book_gru_bias.py`).*"
 
 
+@block("ensemble-speed")
+def ensemble_speed(root: Path) -> str:
+    path = root / "reports" / "ensemble-speed.csv"
+    if not path.exists():
+        raise MissingRun("reports/ensemble-speed.csv is not there (python scripts/ensemble_speed.py --csv reports/ensemble-speed.csv)")
+    r = pd.read_csv(path)
+    share = lambda v: "" if pd.isna(v) else f"{100 * v:.0f}%"  # noqa: E731
+    rows = [{"cell": x["cell"], "E": int(x["models"]), "ensemble": f"{x['ensemble_model_steps_per_s']:.1f}", "solo": f"{x['solo_model_steps_per_s']:.1f}",
+             "speedup": f"{x['speedup']:.2f}x", "matmul": share(x.get("share_matmul")), "element-wise": share(x.get("share_element_wise")),
+             "Python and dispatch": share(x.get("share_Python_and_dispatch"))} for _, x in r.iterrows()]
+    first = r.iloc[0]
+    return (markdown(pd.DataFrame(rows)) + f"\n\nmodel-steps per second, {first['device']}, {int(first['threads'])} threads, torch {first['torch']}; "
+            f"time shares of the ensemble step.\n\n*From `reports/ensemble-speed.csv` (`python scripts/ensemble_speed.py --csv "
+            f"reports/ensemble-speed.csv` at {str(first['commit'])[:7]}).*")
+
+
 STUDIES = [  # study, the question, its quick command, the committed run behind the time and the headline, the section
     ("gradient-decay", "How fast does a gradient shrink or grow with distance, and does mean-field theory say why?",
      "gradlab run gradient-decay", "gradient-decay-quick", "Gradient decay"),
