@@ -389,6 +389,9 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         said = ensemble_summary([pt for pt, st in zip(points, states) if st != "done"], module, mode) if todo else None
         if said:
             echo(f"  {said}")
+        busy = machine_busy()
+        if busy and todo:
+            echo(f"  note: {busy}: every time this run measures (timings, seconds per epoch, wall time) will be off")
     started = datetime.now(timezone.utc).isoformat()
     own_executor = not isinstance(executor, cf.Executor)  # a name (or None): this run makes and closes it
     executor_name = (executor or default_executor(workers, scheduler)) if own_executor else type(executor).__name__
@@ -523,6 +526,15 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
     report = Path(out) / "report.html" if render is not None else None
     return RunSummary(out, len(points), cached, len(todo) - manifest["points_skipped"], manifest["failed_points"], manifest["row_count"],
                       report, stale, corrupt, manifest["points_skipped"])
+
+
+def machine_busy() -> str | None:
+    """A sentence when the machine's load exceeds its cores (other work is running), else None."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except (OSError, AttributeError):
+        return None
+    return f"the machine is busy (load {load:.1f} on {cores} cores)" if load > cores else None
 
 
 def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple[Path, str | None]:
