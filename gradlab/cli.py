@@ -65,7 +65,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Change a setting of the book's run (cell=lstm, steps=..., corpus=PATH, ...); repeatable.")
-@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None, help="The run's folder (default runs/lyrics-book).")
+@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None, metavar="FOLDER", help="The run's folder (default runs/lyrics-book).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -80,7 +80,7 @@ def lyrics(ctx: click.Context, overrides: tuple[str, ...], out: Path | None, dev
 @click.argument("study")
 @click.option("--profile", "-p", default=None, help="A profile of the study file (quick, full, gpu, ...); default: the study's own.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V1,V2", help="Override an axis or setting; repeatable.")
-@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None,
+@click.option("--out", callback=lambda ctx, param, value: _out_folder(value), default=None, metavar="FOLDER",
               help="The run's folder (default runs/STUDY-PROFILE); rerunning resumes. A new or empty folder, or one a gradlab run made.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: the study's own setting, else auto.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Points run in parallel.")
