@@ -202,7 +202,8 @@ def links_in(out: Path) -> list[str]:
             found.append(name)
         elif name in (FIGURES, "points", STAGING) and path.is_dir():
             found += [p.relative_to(out).as_posix() for p in path.rglob("*") if p.is_symlink()]
-    found += [p.name for p in out.glob("*.parquet") if p.is_symlink() and p.name in owned(out)]
+    tables = {f for f in owned(out) if f.endswith(".parquet")}
+    found += [p.name for p in out.glob("*.parquet") if p.name in tables and p.is_symlink()]
     return sorted(found)
 
 
