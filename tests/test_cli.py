@@ -37,7 +37,7 @@ def test_list_names_everything():
         (("run", "gradient-decay", "--set", "cell=lstn"), "Did you mean 'lstm'"),
         (("lyrics", "--set", "cell=lstn"), "Did you mean 'lstm'"),
         (("lyrics", "--set", "cell=linear", "--set", "impl=cudnn"), "cudnn exists for"),
-        (("lyrics", "--set", "optimizer=adamw"), "Unknown optimizer 'adamw'. Known: adam, rmsprop, sgd. Did you mean 'adam'"),
+        (("lyrics", "--set", "optimizer=adamx"), "Unknown optimizer 'adamx'. Known: adam, adamw, rmsprop, sgd. Did you mean 'adam'"),
         (("lyrics", "--set", "clip=norm"), "norm needs a positive number, written 'norm:THETA'"),
         (("lyrics", "--set", "n_symbols=3"), "n_symbols does not apply to task 'lyrics'"),
         (("run", "gradient-decay", "--executor", "dsak"), "Invalid value for '--executor'"),
