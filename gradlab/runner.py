@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -78,12 +79,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute_point(measure_name: str, config: dict, threads: int | None = None, progress: bool = False) -> PointOutcome:
-    """Run one point (in this process or a worker). Its failure is returned, never raised."""
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` for the block and restored after: a point run inline must not leave
+    the calling process (a notebook, a test session, the benchmarks after it) on another thread count."""
     import torch
 
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def execute_point(measure_name: str, config: dict, threads: int | None = None, progress: bool = False) -> PointOutcome:
+    """Run one point (in this process or a worker) on `threads` torch threads. Its failure is returned, never raised."""
+    with torch_threads(threads):
+        return _execute_point(measure_name, config, progress)
+
+
+def _execute_point(measure_name: str, config: dict, progress: bool) -> PointOutcome:
+    import torch
+
     module = measures.load(measure_name)
     cfg = module.Config(**config)
     seed_everything(int(config.get("seed", 0)))
@@ -101,14 +121,17 @@ def execute_point(measure_name: str, config: dict, threads: int | None = None, p
 def execute_group(measure_name: str, configs: list[dict], threads: int | None = None, progress: bool = False,
                   solo_because: str | None = None) -> list[PointOutcome]:
     """Run points as one ensemble (or one point solo, saying why): an outcome per point, failures returned, never raised."""
+    with torch_threads(threads):
+        return _execute_group(measure_name, configs, progress, solo_because)
+
+
+def _execute_group(measure_name: str, configs: list[dict], progress: bool, solo_because: str | None) -> list[PointOutcome]:
     import torch
 
     if len(configs) == 1:
-        outcome = execute_point(measure_name, configs[0], threads, progress)
+        outcome = _execute_point(measure_name, configs[0], progress)
         outcome.env["ensemble"] = {"size": 1, "solo": solo_because}
         return [outcome]
-    if threads:
-        torch.set_num_threads(threads)
     module = measures.load(measure_name)
     cfgs = [module.Config(**c) for c in configs]
     keys = [point_key(measure_name, c) for c in configs]

@@ -282,3 +282,23 @@ def test_the_code_behind_every_row_is_in_the_digest_and_measures_never_run_deriv
                 assert [a.name for a in node.names] == ["derive"], path
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "derive":
                 raise AssertionError(f"{path} calls derive(): its rows would depend on code outside the digest")
+
+
+def test_a_point_run_in_this_process_leaves_its_thread_count_as_it_found_it():
+    """A point run inline on fewer threads (a study with --workers on the inline executor, a notebook) sets torch's
+    thread count for itself only: the benchmarks timed after it in one test session ran on 1 thread otherwise."""
+    import torch
+
+    from gradlab.runner import execute_group, execute_point
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = {"cell": "rnn", "impl": "scratch", "seq_len": 4, "hidden_size": 3, "input_size": 2, "batch_size": 2}
+        outcome = execute_point("gradient_decay", config, threads=1)
+        assert outcome.error is None and outcome.env["torch_threads"] == 1  # it ran on the threads it was given
+        assert torch.get_num_threads() == 2
+        [outcome] = execute_group("gradient_decay", [config], threads=1)
+        assert outcome.error is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

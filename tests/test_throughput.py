@@ -86,7 +86,7 @@ def test_the_page_flags_noise_and_quotes_no_ratio_for_it():
     (dict(mode="backward"), "Unknown mode 'backward'"),
     (dict(workload="lyrics_epoch", cell="rnn"), "gru and lstm"),
     (dict(repeats=0), "repeats must be >= 1"),
-    (dict(workload="train_step", optimizer="adamw"), "Unknown optimizer 'adamw'"),
+    (dict(workload="train_step", optimizer="adamx"), "Unknown optimizer 'adamx'"),
     (dict(workload="train_step", clip="norm"), "clip"),
     (dict(workload="trainstep"), "Did you mean 'train_step'"),
 ])
