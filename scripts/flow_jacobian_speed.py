@@ -2,11 +2,16 @@
 against backpropagating every basis vector through the whole sequence (probes.spectra_from_taps, the way it was
 computed before), on the same layer and data, interleaved; and how far apart their spectra are.
 
-    python scripts/flow_jacobian_speed.py            # a 2 x 64 LSTM at T 100, and a 2 x 128 LSTM at T 200
+    python scripts/flow_jacobian_speed.py [--dtype float32] [--rounds 3] [--csv reports/flow-jacobian-speed.csv]
+
+Two shapes: a 2 x 64 LSTM at T 100 and a 2 x 128 LSTM at T 200 (issue 31's). --csv writes the rows the README quotes,
+with the commit, torch and threads that made them.
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import time
 
 import torch
@@ -16,34 +21,60 @@ from gradlab import flow
 from gradlab.probes import spectra_from_taps
 
 
-def layers_of(hidden: int, steps: int, seed: int = 0):
+def layers_of(hidden: int, steps: int, dtype: torch.dtype, seed: int = 0):
     torch.manual_seed(seed)
-    model = nn.LSTM(32, hidden, num_layers=2).double()
+    model = nn.LSTM(32, hidden, num_layers=2).to(dtype)
     calls = []
     with flow._measured({"": model}, lambda name, layers: calls.append(layers)):
-        model(torch.randn(steps, 1, 32, dtype=torch.float64))
+        model(torch.randn(steps, 1, 32, dtype=dtype))
     return calls[0]
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one sequence, float64, every layer of a 2-layer LSTM")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times both ways on every layer)")
+    ap.add_argument("--csv", default=None, help="also write the rows here")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one sequence, {args.dtype}, every layer of a 2-layer LSTM")
+    rows = []
     for hidden, steps in ((64, 100), (128, 200)):
-        layers = layers_of(hidden, steps)
+        layers = layers_of(hidden, steps, dtype)
         flow.chained_spectra(layers[0], 1)  # first use: torch.func's own set-up, not the probe's cost
         times = {"chained": [], "basis vectors": []}
-        for _ in range(2):  # interleaved
-            for layer in layers:
+        for _ in range(args.rounds):  # interleaved
+            for way in ("chained", "basis vectors"):
                 start = time.perf_counter()
-                new = flow.chained_spectra(layer, 1)
-                times["chained"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                parts = layer.handed_taps()
-                old = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(steps)], 1)
-                times["basis vectors"].append(time.perf_counter() - start)
-        gap = float(((new - old).abs() / old[..., :1]).max())  # against each Jacobian's largest singular value
-        per = {k: sum(v) / 2 for k, v in times.items()}  # both layers, per run
+                for layer in layers:
+                    if way == "chained":
+                        new = flow.chained_spectra(layer, 1)
+                    else:
+                        parts = layer.handed_taps()
+                        old = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(steps)], 1)
+                times[way].append(time.perf_counter() - start)
+        D = 2 * hidden  # the LSTM's handed-on state (h, c)
+        start = time.perf_counter()
+        for _ in layers:  # the floor both ways share: T singular value decompositions of D x D (float64) per layer
+            for _ in range(steps):
+                torch.linalg.svdvals(torch.randn(1, D, D, dtype=torch.float64))
+        svd_s = time.perf_counter() - start
+        gap = float(((new - old).abs() / old[..., :1]).max())  # against each Jacobian's largest singular value (last layer)
+        per = {k: statistics.median(v) for k, v in times.items()}  # seconds per sequence, both layers
         print(f"LSTM 2 x {hidden}, T {steps}: basis vectors {per['basis vectors']:.2f} s, chained {per['chained']:.2f} s per sequence "
-              f"({per['basis vectors'] / per['chained']:.1f}x faster); singular values apart by at most {gap:.1e} of the largest")
+              f"({per['basis vectors'] / per['chained']:.2f}x faster; the SVDs alone {svd_s:.2f} s); singular values apart by at most {gap:.1e} "
+              "of the largest")
+        rows.append({"layers": 2, "hidden_size": hidden, "seq_len": steps, "basis_vectors_s": per["basis vectors"], "chained_s": per["chained"],
+                     "speedup": per["basis vectors"] / per["chained"], "ratio_min": min(b / c for b, c in zip(times["basis vectors"], times["chained"])),
+                     "ratio_max": max(b / c for b, c in zip(times["basis vectors"], times["chained"])), "svd_s": svd_s, "max_gap": gap, "rounds": args.rounds})
+    if args.csv:
+        import pandas as pd
+
+        from gradlab.env import git_state
+
+        state = git_state()
+        pd.DataFrame(rows).assign(dtype=args.dtype, commit=state["commit"], dirty=state["dirty"], torch=torch.__version__,
+                                  threads=torch.get_num_threads()).to_csv(args.csv, index=False)
 
 
 if __name__ == "__main__":

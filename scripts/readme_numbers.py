@@ -406,6 +406,22 @@ def ensemble_speed(root: Path) -> str:
             f"reports/ensemble-speed.csv` at {str(first['commit'])[:7]}).*")
 
 
+@block("flow-jacobian-speed")
+def flow_jacobian_speed(root: Path) -> str:
+    path = root / "reports" / "flow-jacobian-speed.csv"
+    if not path.exists():
+        raise MissingRun("reports/flow-jacobian-speed.csv is not there (python scripts/flow_jacobian_speed.py --csv reports/flow-jacobian-speed.csv)")
+    r = pd.read_csv(path)
+    rows = [{"LSTM": f"{int(x['layers'])} x {int(x['hidden_size'])}, T {int(x['seq_len'])}", "every basis vector (s)": f"{x['basis_vectors_s']:.2f}",
+             "chained (s)": f"{x['chained_s']:.2f}", "faster": f"{x['speedup']:.2f}x ({x['ratio_min']:.2f}-{x['ratio_max']:.2f})",
+             "of which the SVDs (s)": f"{x['svd_s']:.2f}", "largest gap": f"{x['max_gap']:.0e}"} for _, x in r.iterrows()]
+    first = r.iloc[0]
+    return (markdown(pd.DataFrame(rows)) + f"\n\nSeconds per sequence (both layers; median of {int(first['rounds'])} interleaved rounds, the "
+            f"range of the rounds' ratios in brackets), {first['dtype']}, {int(first['threads'])} threads, torch {first['torch']}; the gap "
+            f"between the two ways' singular values is relative to each Jacobian's largest.\n\n*From `reports/flow-jacobian-speed.csv` "
+            f"(`python scripts/flow_jacobian_speed.py --csv reports/flow-jacobian-speed.csv` at {str(first['commit'])[:7]}).*")
+
+
 STUDIES = [  # study, the question, its quick command, the committed run behind the time and the headline, the section
     ("gradient-decay", "How fast does a gradient shrink or grow with distance, and does mean-field theory say why?",
      "gradlab run gradient-decay", "gradient-decay-quick", "Gradient decay"),
