@@ -52,3 +52,22 @@ def test_table_numbers_stay_short_however_large():
 
     assert [fmt(v) for v in (0.012345, 156.0, 5095.437, 123456.7, 2.372922e23, float("inf"), float("nan"))] == [
         "0.01235", "156", "5095", "123,457", "2.37e+23", "inf", ""]
+
+
+def test_the_longest_lag_table_names_every_setting_a_study_varies_beside_the_cell():
+    """long-range-critical varies the init: without it in each row's name, the table showed every cell twice."""
+    from gradlab.derived.train import longest_lag
+    from gradlab.report.page import Section
+    from gradlab.report.train import longest
+
+    final = pd.DataFrame([{"task": "adding", "cell": c, "impl": "scratch", "forget_bias": 0.0, "init": i, "steps": 6000, "seq_len": T, "seed": 0,
+                           "solved": c == "gru" or (i == "critical" and T == 100)}
+                          for c in ("rnn", "gru") for i in ("uniform", "critical") for T in (100, 200)])
+    settings = ["task", "cell", "impl", "forget_bias", "init", "steps", "seq_len", "seed"]
+    sec = Section()
+    longest(sec, longest_lag(final, settings), settings)
+    title, table = sec.summaries[0]
+    assert "6,000 steps" in title
+    assert table["model"].is_unique, table
+    assert dict(zip(table["model"], table["longest_lag_solved"].fillna(0))) == {
+        "rnn, init uniform": 0, "rnn, init critical": 100, "gru, init uniform": 200, "gru, init critical": 200}

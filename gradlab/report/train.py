@@ -315,6 +315,10 @@ def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None
     if lag is None or not len(lag) or lag["lags_tried"].str.contains(" ").sum() == 0:
         return
     lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
+    varied = [c for c in settings if c in lag and c not in ("task", "cell", "forget_bias", "variant", "impl", "seq_len", "seed", "point")
+              and lag[c].nunique(dropna=False) > 1]  # e.g. the init a study varies: part of each row's name, or rows repeat
+    for c in varied:
+        lag["model"] = lag["model"] + ", " + c.replace("_", " ") + " " + lag[c].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
     sec.summaries.insert(0, (f"Longest lag solved (by most seeds, every shorter lag tried solved too) within {_budget(lag)} steps, per task and model: "
                              "a limit of this budget, not of the cell",
                              lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved", "longest_lag_solved"] if c in lag]]))
