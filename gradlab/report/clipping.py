@@ -84,7 +84,9 @@ def add(sec: Section, t: dict, settings: list[str], lyrics: bool, task: str | No
     norm_like = clipped[~clipped["clip"].str.startswith("value")]
     said = []
     if len(norm_like):
-        said.append(f"norm-type clipping (norm, mean, adaptive) keeps it (cosine of clipped to unclipped gradient >= {norm_like['min_cosine'].min():.9f})")
+        gap = max(0.0, 1.0 - float(norm_like["min_cosine"].min()))  # 1 - cosine of clipped to unclipped gradient, the worst step
+        said.append("norm-type clipping (norm, mean, adaptive) keeps it (1 - cosine of clipped to unclipped gradient at most "
+                    + (f"{gap:.0e}: float rounding)" if gap < 1e-5 else f"{gap:.2g})"))
     value = clipped[clipped["clip"].str.startswith("value")]
     if len(value):
         said.append(f"value clipping turns it (cosines from {value['min_cosine'].min():.3f}, median {value['median_cosine'].median():.3f})")
