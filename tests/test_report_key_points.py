@@ -71,3 +71,19 @@ def test_the_longest_lag_table_names_every_setting_a_study_varies_beside_the_cel
     assert table["model"].is_unique, table
     assert dict(zip(table["model"], table["longest_lag_solved"].fillna(0))) == {
         "rnn, init uniform": 0, "rnn, init critical": 100, "gru, init uniform": 200, "gru, init critical": 200}
+
+
+def test_a_decay_run_older_than_the_total_cell_state_gradient_says_so_on_its_page():
+    """The GPU decay run (made before gradlab measured the total dL/dc_t) says its c rows are the carried part only;
+    a run made since does not."""
+    from pathlib import Path
+
+    from gradlab.report import check_finished, load_tables, view_of
+
+    def points(name):
+        out = Path(__file__).resolve().parent.parent / "reports" / name
+        manifest = check_finished(out)
+        return " ".join(view_of("gradient_decay")(load_tables(out, manifest), manifest).key_points)
+
+    assert "older than gradlab's total dL/dc_t" in points("gradient-decay-gpu")
+    assert "older than" not in points("gradient-decay-quick")

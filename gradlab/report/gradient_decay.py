@@ -66,6 +66,13 @@ def view(t: Tables, manifest: dict) -> Section:
         "Each number is the factor by which the gradient norm shrinks (< 1) or grows (> 1) per step of distance from the "
         "loss, fitted on a log axis. The loss sits on the last step only, so every gradient is the long-range part; a norm "
         "is the RMS over the batch of the per-sequence L2 norm.")
+    if "tf32" not in res and ((res["wrt"] == "c") & (res["probe"] == "hidden")).any():
+        # Runs made before gradlab measured the LSTM's total dL/dc_t: the tf32 column came with the same release, so a run
+        # without it tapped c_t after h_t was computed from it.
+        sec.key_points.append(
+            "This run is older than gradlab's total dL/dc_t: its LSTM rows for c hold only the part of the gradient carried on "
+            "through c_{t+1} (0 at the last step), not the total derivative with the path through h_t; its h and x rows are "
+            "unaffected. Rerun it for the total.")
     if agree is not None and len(agree):
         worst = agree.loc[agree["max_rel_diff"].idxmax()]
         if one_curve:
