@@ -87,3 +87,13 @@ def test_a_decay_run_older_than_the_total_cell_state_gradient_says_so_on_its_pag
 
     assert "older than gradlab's total dL/dc_t" in points("gradient-decay-gpu")
     assert "older than" not in points("gradient-decay-quick")
+
+
+def test_a_figures_title_names_a_feature_off_by_default_only_when_it_is_on():
+    from gradlab.report.views import fixed_settings
+
+    off = pd.DataFrame([{"cell": "gru", "embedding": 0, "tie": False, "weight_drop": 0.0, "lr_schedule": "constant", "lr": 0.003}])
+    assert fixed_settings(off, list(off.columns), set()) == {"cell": "gru", "lr": "0.003"}
+    on = off.assign(embedding=256, tie=True, weight_drop=0.3, lr_schedule="plateau")
+    assert fixed_settings(on, list(on.columns), set()) == {"cell": "gru", "embedding": 256, "tie": True, "weight_drop": "0.3",
+                                                           "lr_schedule": "plateau", "lr": "0.003"}

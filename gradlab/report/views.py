@@ -11,6 +11,12 @@ from .figures import CELL_ORDER
 Tables = dict[str, pd.DataFrame]
 QUIET = {"point", "device", "corpus", "prefixes", "pred_len", "sample_temperature", "eval_seed", "eval_size", "eval_every",  # not worth a title
          "solve_fraction", "stop_when_solved", "probe_steps", "probe_size", "context_lengths", "context_positions"}
+OFF = {"embedding": 0, "tie": False, "dropout_embedding": 0.0, "dropout_chars": 0.0, "dropout_output": 0.0, "weight_drop": 0.0,
+       "weight_decay": 0.0, "lr_schedule": "constant", "tf32": False}  # features off by default: named in a title only when on
+
+
+def _off(setting: str, value) -> bool:
+    return setting in OFF and value == OFF[setting]
 
 
 def fixed_settings(df: pd.DataFrame, settings: list[str], drawn: set[str]) -> dict:
@@ -19,7 +25,7 @@ def fixed_settings(df: pd.DataFrame, settings: list[str], drawn: set[str]) -> di
     for c in settings:
         if c in df and c not in drawn and c not in QUIET and df[c].map(repr).nunique() == 1:
             v = df[c].iloc[0]
-            if v is not None and not (isinstance(v, float) and pd.isna(v)):
+            if v is not None and not (isinstance(v, float) and pd.isna(v)) and not _off(c, v):
                 out[c] = f"{v:g}" if isinstance(v, float) else v
     return out
 
