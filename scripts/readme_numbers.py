@@ -418,7 +418,8 @@ def flow_jacobian_speed(root: Path) -> str:
              "largest gap": f"{x['max_gap']:.0e}"} for _, x in r.iterrows()]
     first = r.iloc[0]
     return (markdown(pd.DataFrame(rows)) + f"\n\nSeconds per sequence (both layers; median of {int(first['rounds'])} interleaved rounds, the "
-            f"range of the rounds' ratios in brackets), {first['dtype']}, {int(first['threads'])} threads, torch {first['torch']}; the gap "
+            f"range of the rounds' ratios in brackets), {first['dtype']}, {int(first['threads'])} threads, torch {first['torch']}; without the SVDs: the "
+            f"same work with each decomposition replaced by reading a diagonal (the SVDs are the floor both ways share); the gap "
             f"between the two ways' singular values is relative to each Jacobian's largest.\n\n*From `reports/flow-jacobian-speed.csv` "
             f"(`python scripts/flow_jacobian_speed.py --csv reports/flow-jacobian-speed.csv` at {str(first['commit'])[:7]}).*")
 
