@@ -129,7 +129,7 @@ def _execute_group(measure_name: str, configs: list[dict], progress: bool, solo_
     import torch
 
     if len(configs) == 1:
-        outcome = _execute_point(measure_name, configs[0], progress)
+        outcome = execute_point(measure_name, configs[0], None, progress)  # on the threads set above
         outcome.env["ensemble"] = {"size": 1, "solo": solo_because}
         return [outcome]
     module = measures.load(measure_name)
