@@ -290,7 +290,7 @@ def commit(out: Path, redrawn: bool = False, keep_drawn: bool = False) -> None:
         raise FolderError(f"{out} holds no gradlab manifest.json: there is no run state to commit.")
     kept = {f for f in before if (redrawn and not drawn(f) and f != MANIFEST) or (keep_drawn and f.startswith(f"{FIGURES}/") and f not in _staged(stage))}
     if redrawn:  # the tables stay as they are: so does the list of them, a file git does not keep (steps.parquet) included
-        listed = (_manifest_of(out) or {}).get("files")
+        listed = manifest.get("files")  # a redraw stages no manifest: this is the folder's own, read above
         kept |= {f for f in listed if isinstance(f, str) and state_name(f) and not drawn(f) and f != MANIFEST} if isinstance(listed, list) else set()
     files = sorted(set(_staged(stage)) | {MANIFEST} | kept)
     write_json_atomic(manifest | {"files": files}, stage / MANIFEST)

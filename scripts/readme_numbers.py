@@ -59,6 +59,14 @@ def table(root: Path, run: str, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def report_file(root: Path, name: str, made_by: str) -> Path:
+    """reports/NAME, a file a script writes (not a run folder), or MissingRun saying which command writes it."""
+    path = root / "reports" / name
+    if not path.exists():
+        raise MissingRun(f"reports/{name} is not there ({made_by} writes it)")
+    return path
+
+
 def minutes(m: dict) -> float | None:
     try:
         return (datetime.fromisoformat(m["ended"]) - datetime.fromisoformat(m["started"])).total_seconds() / 60
@@ -344,9 +352,7 @@ def decay_theory(root: Path) -> str:
 
 @block("lyrics-recipe-search")
 def lyrics_recipe_search(root: Path) -> str:
-    path = root / "reports" / "lyrics-recipe-search.csv"
-    if not path.exists():
-        raise MissingRun("reports/lyrics-recipe-search.csv is not there (python scripts/lyrics_recipe_search.py writes it)")
+    path = report_file(root, "lyrics-recipe-search.csv", "python scripts/lyrics_recipe_search.py")
     search = pd.read_csv(path)
     rows = [{"recipe": r["recipe"], "cell": r["cell"], "best validation perplexity": g(r["best_val_ppl"]), "at step": f"{int(r['best_step']):,}",
              "parameters": f"{int(r['parameters']):,}", "what it tries": r["what"]} for _, r in search.iterrows()]
@@ -384,17 +390,13 @@ def throughput_gpu(root: Path) -> str:
 
 @block("book-gru-bias")
 def book_gru_bias(root: Path) -> str:
-    path = root / "reports" / "book-gru-bias.txt"
-    if not path.exists():
-        raise MissingRun("reports/book-gru-bias.txt is not there (python scripts/book_gru_bias.py writes it)")
+    path = report_file(root, "book-gru-bias.txt", "python scripts/book_gru_bias.py")
     return "```\n" + path.read_text(encoding="utf-8").strip() + "\n```\n\n*From `reports/book-gru-bias.txt` (`python scripts/book_gru_bias.py`).*"
 
 
 @block("ensemble-speed")
 def ensemble_speed(root: Path) -> str:
-    path = root / "reports" / "ensemble-speed.csv"
-    if not path.exists():
-        raise MissingRun("reports/ensemble-speed.csv is not there (python scripts/ensemble_speed.py --csv reports/ensemble-speed.csv)")
+    path = report_file(root, "ensemble-speed.csv", "python scripts/ensemble_speed.py --csv reports/ensemble-speed.csv")
     r = pd.read_csv(path)
     share = lambda v: "" if pd.isna(v) else f"{100 * v:.0f}%"  # noqa: E731
     rows = [{"cell": x["cell"], "E": int(x["models"]), "ensemble": f"{x['ensemble_model_steps_per_s']:.1f}", "solo": f"{x['solo_model_steps_per_s']:.1f}",
@@ -408,9 +410,7 @@ def ensemble_speed(root: Path) -> str:
 
 @block("flow-jacobian-speed")
 def flow_jacobian_speed(root: Path) -> str:
-    path = root / "reports" / "flow-jacobian-speed.csv"
-    if not path.exists():
-        raise MissingRun("reports/flow-jacobian-speed.csv is not there (python scripts/flow_jacobian_speed.py --csv reports/flow-jacobian-speed.csv)")
+    path = report_file(root, "flow-jacobian-speed.csv", "python scripts/flow_jacobian_speed.py --csv reports/flow-jacobian-speed.csv")
     r = pd.read_csv(path)
     rows = [{"LSTM": f"{int(x['layers'])} x {int(x['hidden_size'])}, T {int(x['seq_len'])}", "every basis vector (s)": f"{x['basis_vectors_s']:.2f}",
              "chained (s)": f"{x['chained_s']:.2f}", "faster": f"{x['speedup']:.2f}x ({x['ratio_min']:.2f}-{x['ratio_max']:.2f})",
