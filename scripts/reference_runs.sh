@@ -12,6 +12,7 @@ run gradient-decay-theory run gradient-decay --profile theory --workers 2
 run lyrics-context run lyrics --profile context --workers 2
 run lyrics-full run lyrics --profile full --workers 2
 run lyrics-generalise run lyrics --profile generalise --workers 2
+run lyrics-counting run lyrics --profile counting --workers 2
 run long-range-quick run long-range --workers 2
 run long-range-lags run long-range --profile lags --workers 2
 run long-range-critical run long-range --profile critical --workers 2

@@ -64,7 +64,7 @@ def test_none_of_it_is_in_the_books_runs():
     from gradlab.study import expand, load_study, resolve
 
     off = {"embedding": 0, "tie": False, "dropout_embedding": 0.0, "dropout_chars": 0.0, "dropout_output": 0.0, "weight_drop": 0.0,
-           "weight_decay": 0.0, "lr_schedule": "constant"}
+           "weight_decay": 0.0, "lr_schedule": "constant", "label_smoothing": 0.0}
     study = load_study("lyrics")
     for profile in ("book", "context", "full", "generalise"):
         points, _ = expand(resolve(study, Config, profile), Config)
@@ -77,9 +77,36 @@ def test_none_of_it_is_in_the_books_runs():
     ({"weight_drop": 0.2, "impl": "cudnn"}, "weight_drop masks the recurrent weights of the scratch cells"),
     ({"lr_schedule": "cosin"}, "Did you mean 'cosine'"),
     ({"embedding": 8, "task": "adding"}, "embedding embeds token ids"),
+    ({"label_smoothing": 0.1, "task": "adding"}, "label_smoothing smooths class targets"),
+    ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
 ])
 def test_settings_that_cannot_work_together_are_refused(bad, said):
     from gradlab.measures.train import Config
 
     with pytest.raises(ValueError, match=said):
         Config(**({"task": "copy", "hidden_size": 16} | bad)).validate()
+
+
+def test_label_smoothing_is_the_training_objective_only_and_the_loss_reported_stays_plain():
+    """The gradient is that of (1 - e) x cross-entropy + e x the mean over classes of -log p, written out here
+    over the scored targets (an IGNORE target left out); the loss the step returns is plain cross-entropy."""
+    from gradlab.tasks.base import IGNORE, Batch
+    from gradlab.training.clipping import parse_clip
+    from gradlab.training.loop import train_step
+
+    e = 0.2
+    x = torch.randint(0, V, (7, 3), generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, V, (7, 3), generator=torch.Generator().manual_seed(6))
+    y[2, 1] = IGNORE
+    model = build_model(SPEC, "gru", "scratch", H, seed=1, dtype=torch.float64, embedding=H, tie=True)
+    twin = build_model(SPEC, "gru", "scratch", H, seed=1, dtype=torch.float64, embedding=H, tie=True)
+    logp = torch.log_softmax(twin(x)[0], -1)[y != IGNORE]  # (n, V)
+    kept = y[y != IGNORE]
+    nll = -logp.gather(1, kept[:, None]).squeeze(1)
+    want = ((1 - e) * nll - e * logp.mean(1)).mean()
+    want.backward()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the gradients are compared as left
+    loss, *_ = train_step(model, SPEC, Batch(x, y), None, sgd, parse_clip("none"), list(model.parameters()), label_smoothing=e)
+    assert loss == pytest.approx(float(nll.mean()), rel=1e-12)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-13, msg=name)

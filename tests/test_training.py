@@ -178,11 +178,12 @@ def test_untrained_perplexity_is_near_uniform():
 OOV_TEXT = "\n".join(["abcd efgh abcd efgh"] * 40 + ["efgh xefgh abcd", "abcd ab zz", "hgfe dcba q"])  # x, z, q unseen
 
 
-@pytest.mark.parametrize("batch_size,length", [(4, 8), (3, 5), (1, 7), (16, 3)])
-def test_evaluation_scores_every_held_out_target_once(batch_size, length):
+@pytest.mark.parametrize("batch_size,length,eval_streams", [(4, 8, 0), (3, 5, 0), (1, 7, 0), (16, 3, 0), (16, 3, 1), (4, 3, 2)])
+def test_evaluation_scores_every_held_out_target_once(batch_size, length, eval_streams):
     """Held-out perplexity by an independent oracle: one stream, one character at a time, state carried,
-    each in-vocabulary target scored once and out-of-vocabulary characters read as the zero input."""
-    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1)
+    each in-vocabulary target scored once and out-of-vocabulary characters read as the zero input. The text is
+    cut into batch_size streams (eval_streams 0) or eval_streams (1: the whole text read from its start)."""
+    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1, eval_streams=eval_streams)
     ids, vocab = task.data.val_ids, task.vocab
     assert (ids == vocab.unknown_id).sum() == 4 and task.stats()["val_targets_oov"] == 4
     batches = task.held_out(batch_size, length, "cpu")
@@ -191,7 +192,8 @@ def test_evaluation_scores_every_held_out_target_once(batch_size, length):
     model = build_model(task.spec, "gru", "scratch", 8, seed=1, init="xavier", dtype=torch.float64)
     got = evaluate(model, task, batches)["val_loss"]
     p = {n: q.detach() for n, q in model.cell.named_parameters()}
-    streams = max(1, min(batch_size, (len(ids) - 1) // length))
+    streams = max(1, min(eval_streams or batch_size, (len(ids) - 1) // length))
+    assert len(batches[0].x.T) == streams
     per = -(-(len(ids) - 1) // streams)
     total, count = 0.0, 0
     for s in range(streams):  # stream s reads ids[s*per : (s+1)*per] from a zero state
@@ -500,3 +502,24 @@ def test_every_probe_and_measure_of_a_training_runs_in_both_precisions_solo_and_
         assert all(math.isfinite(r["state_grad_norm"]) for r in flow) and a.tables["context"]
         assert [r["state_grad_norm"] for r in flow] == pytest.approx([r["state_grad_norm"] for r in b.tables["flow"]], rel=1e-5)
         assert [r["val_loss"] for r in a.history] == pytest.approx([r["val_loss"] for r in b.history], rel=1e-5)
+
+
+def test_by_frequency_bands_add_up_to_the_one_stream_loss_and_the_ngram_loss():
+    """The bands cover every scored target once: their shares sum to 1, share-weighted losses give the network's
+    loss on the held-out text read as one stream (evaluate with eval_streams 1) and the modified 5-gram's loss
+    the data reports (val_mkn5_loss), and the gap parts add up to the difference."""
+    task = Lyrics.from_text(OOV_TEXT, setting="full", val_fraction=0.1, eval_streams=1)
+    model = build_model(task.spec, "gru", "scratch", 8, seed=1, init="xavier", dtype=torch.float64)
+    rows = task.by_frequency(model)
+    assert {r["split"] for r in rows} == {"validation"} and sum(r["targets"] for r in rows) == task.stats()["val_targets_scored"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, rel=1e-12)
+    net = sum(r["share"] * r["net_loss"] for r in rows if r["targets"])
+    gram = sum(r["share"] * r["ngram_loss"] for r in rows if r["targets"])
+    assert net == pytest.approx(evaluate(model, task, task.held_out(4, 5, "cpu"))["val_loss"], rel=1e-9)
+    assert gram == pytest.approx(task.stats()["val_mkn5_loss"], rel=1e-12)
+    assert sum(r["gap_part"] for r in rows) == pytest.approx(net - gram, rel=1e-9)
+    counts = {c: task.data.train_text.count(c) for c in set(task.data.train_text)}
+    seen = [counts[task.vocab.idx_to_char[i]] for i in task.data.val_ids.tolist()[1:] if i != task.vocab.unknown_id]
+    lows = [r["count_from"] for r in rows] + [float("inf")]
+    assert [r["targets"] for r in rows] == [sum(lo <= c < hi for c in seen) for lo, hi in zip(lows, lows[1:])]
+    assert sum(r["targets"] > 0 for r in rows) >= 2  # the text spans bands

@@ -16,6 +16,9 @@ from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
 
+FREQUENCY_BANDS = ((1, 3), (3, 10), (10, 30), (30, 100), (100, 300), (300, 0))  # [lo, hi) training counts; 0: no top
+
+
 @dataclass
 class Lyrics(Task):
     """Next-character prediction on the lyrics corpus. Each step reads seq_len characters per stream
@@ -43,6 +46,7 @@ class Lyrics(Task):
     val_fraction: float = 0.1  # the last 10% of the corpus's lines are held out
     text_split: str = "tail"  # the book's regime; 'blocks': held-out blocks from the whole corpus, validation and test
     block_lines: int = 40  # split 'blocks': lines per block (a song's worth: the corpus has no song marks)
+    eval_streams: int = 0  # held-out texts scored as this many parallel streams, each from a zero state (0: batch_size); 1: one stream from the start, as the n-grams read it
     corpus: str | None = None  # the zip or its folder; else $GRADLAB_DATA, the user cache, a download
     prefixes: tuple[str, ...] = ("分开", "不分开")  # the book's
     pred_len: int = 50  # the book's: characters generated from each prefix
@@ -81,6 +85,8 @@ class Lyrics(Task):
         lookup(TEXT_SPLITS, self.text_split, "text_split")
         if self.block_lines < 1:
             raise ValueError(f"block_lines must be >= 1, got {self.block_lines}.")
+        if self.eval_streams < 0:
+            raise ValueError(f"eval_streams must be >= 0 (streams the held-out text is scored as; 0: batch_size, 1: one stream), got {self.eval_streams}.")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         empty = [i for i, prefix in enumerate(self.prefixes) if not prefix]
@@ -119,7 +125,7 @@ class Lyrics(Task):
                 yield Batch(x, y, carry=carry and k > 0)
 
     def held_out(self, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
-        """The held-out (validation) text as `batch_size` consecutive streams (fewer for a short text),
+        """The held-out (validation) text as `batch_size` (or eval_streams) consecutive streams (fewer for a short text),
         state carried, covering every target exactly once: the last batch is shorter, and the padding that
         evens the streams out, like a target outside the vocabulary, is never scored (IGNORE)."""
         return self._streams(self.data.val_ids, batch_size, length, device)
@@ -131,7 +137,7 @@ class Lyrics(Task):
 
     def _streams(self, ids: torch.Tensor, batch_size: int, length: int, device: str | torch.device) -> list[Batch]:
         n = len(ids) - 1  # next-character targets
-        streams = max(1, min(batch_size, n // length))
+        streams = max(1, min(self.eval_streams or batch_size, n // length))
         per_stream = -(-n // streams)  # ceil: the last stream is padded
         pad = streams * per_stream - n
         x = torch.cat([ids[:-1], ids.new_zeros(pad)]).view(streams, per_stream).T  # (L, B)
@@ -182,7 +188,38 @@ class Lyrics(Task):
         norms = torch.stack([  # (chunks, K): sequences scored in chunks (the graph holds K x chunk x G*H)
             input_grads_at_last_step(model, windows[:, i : i + 125], lambda out, y=targets[i : i + 125]: F.cross_entropy(out, y, reduction="sum")).pow(2)
             * min(125, len(pos) - i) for i in range(0, len(pos), 125)]).sum(0).div(len(pos)).sqrt()
-        return {"context_grads": [{"distance": longest - t, "input_grad_norm": float(v)} for t, v in enumerate(norms.tolist())]}
+        return {"context_grads": [{"distance": longest - t, "input_grad_norm": float(v)} for t, v in enumerate(norms.tolist())],
+                "by_frequency": self.by_frequency(model)}
+
+    def by_frequency(self, model: torch.nn.Module, order: int = 5) -> list[dict]:
+        """Where the network wins or loses against counting: every scored target of the held-out text (the test
+        blocks where there are some), the whole text read as one stream from its start, as the n-gram reads it;
+        per band of the target's count in the training text, the share of targets, the network's mean loss, the
+        modified Kneser-Ney `order`-gram's, and the band's part of the mean gap (network - n-gram)."""
+        from ..baselines.ngram import KneserNey
+        from ..context import stream_losses
+
+        held, split = (self.data.test_ids, "test") if self.data.test_ids is not None else (self.data.val_ids, "validation")
+        if held is None or len(held) < 2:
+            return []
+        unknown = self.vocab.unknown_id
+        positions = torch.arange(1, len(held))
+        positions = positions[held[positions] != unknown]
+        if not len(positions):
+            return []
+        net = stream_losses(model, held, positions).double()
+        train = self.data.train_ids.tolist()
+        gram = torch.tensor(KneserNey(order, len(self.vocab), "modified").fit(train).losses(held.tolist(), unknown), dtype=torch.float64)
+        counts = torch.bincount(self.data.train_ids, minlength=len(self.vocab) + 1)[held[positions]]
+        rows = []
+        for lo, hi in FREQUENCY_BANDS:
+            band = (counts >= lo) & (counts < hi) if hi else counts >= lo
+            n = int(band.sum())
+            rows.append({"split": split, "band": f"{lo}+" if not hi else f"{lo}-{hi - 1}", "count_from": lo, "targets": n,
+                         "share": n / len(positions), "net_loss": float(net[band].mean()) if n else float("nan"),
+                         "ngram_loss": float(gram[band].mean()) if n else float("nan"), "ngram_order": order,
+                         "gap_part": float((net[band] - gram[band]).sum()) / len(positions)})
+        return rows
 
     def _positions(self, ids: torch.Tensor, longest: int, count: int) -> torch.Tensor:
         """Target positions with `longest` characters before them and a target in the vocabulary: a fixed draw."""

@@ -34,6 +34,7 @@ class TrainConfig:
     dropout_output: float = 0.0  # locked dropout on the cell's outputs, one mask per sequence
     weight_drop: float = 0.0  # DropConnect on the recurrent weights (scratch cells)
     weight_decay: float = 0.0  # the optimiser's (decoupled for adamw, L2 for the others)
+    label_smoothing: float = 0.0  # class targets: the training objective's target puts this share on the uniform distribution (Szegedy et al. 2016); held-out losses stay plain
     lr_schedule: str = "constant"  # constant, cosine (to 0 over the steps), or plateau (halved after 2 evaluations without a better held-out loss)
     optimizer: str = "rmsprop"  # Arjovsky et al. 2016: RMSProp, lr 1e-3, decay 0.9
     lr: float = 1e-3
@@ -77,6 +78,8 @@ class TrainConfig:
         for name in ("dropout", "dropout_embedding", "dropout_chars", "dropout_output", "weight_drop"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1) (a share zeroed while training), got {getattr(self, name)}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1) (the share of the target put on the uniform distribution), got {self.label_smoothing}.")
         if self.embedding < 0 or self.weight_decay < 0:
             raise ValueError(f"embedding (a width; 0: none) and weight_decay must be >= 0, got {self.embedding} and {self.weight_decay}.")
         if self.tie and self.embedding != self.hidden_size:
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")
         task = self.make_task()
         task.check(self.seq_len)
+        if self.label_smoothing and task.spec.loss != "cross_entropy":
+            raise ValueError(f"label_smoothing smooths class targets; task {self.task!r} is scored by {task.spec.loss}.")
         if self.embedding and task.spec.input != "tokens":
             raise ValueError(f"embedding embeds token ids; task {self.task!r} reads vectors.")
         return task

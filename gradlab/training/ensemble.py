@@ -32,8 +32,8 @@ def solo_reason(cfg: TrainConfig) -> str | None:
         return f"cell {named} runs step by step, with no written-out BPTT to batch"
     if cfg.dropout or cfg.dropout_embedding or cfg.dropout_chars or cfg.dropout_output or cfg.weight_drop:
         return "dropout draws from the global random stream, which the members would share"
-    if cfg.embedding or cfg.weight_decay or cfg.lr_schedule != "constant":
-        return "an embedding, weight decay and learning-rate schedules are trained solo"
+    if cfg.embedding or cfg.weight_decay or cfg.label_smoothing or cfg.lr_schedule != "constant":
+        return "an embedding, weight decay, label smoothing and learning-rate schedules are trained solo"
     if carries_state(cfg):
         return "consecutive text batches carry each model's state from batch to batch"
     return None

@@ -15,13 +15,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cells import detach
 from ..context import PROBES, profile
 from ..probes import task_loss_grad_norms
 from ..tasks import Batch, Task
-from ..tasks.base import LEFT_BASELINE, loss_of
+from ..tasks.base import IGNORE, LEFT_BASELINE, loss_of
 from ..timing import sync
 from .clipping import global_norm, parse_clip
 from .config import TrainConfig
@@ -70,17 +71,25 @@ def divergence(recent_losses: deque[float], guess: float) -> str | None:
 
 
 def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, clipper, params: list,
-               measure_update: bool = False) -> tuple:
+               measure_update: bool = False, label_smoothing: float = 0.0) -> tuple:
     """Forward, the task's loss on the scored steps, backward, clip, and the optimiser's step unless the
     loss or the gradient is not finite. Returns (loss, ClipResult, state, finite, update norm ||delta theta||
-    (NaN unless measured: it copies the parameters))."""
+    (NaN unless measured: it copies the parameters)). With label_smoothing the gradient is the smoothed
+    objective's and the loss returned is still the plain one (a training perplexity stays a perplexity)."""
     outputs, state = model(batch.x, state, batch.mask)  # (S, B, O)
     loss = loss_of(spec, outputs, batch.targets())
+    objective = loss if not label_smoothing else smoothed_loss(outputs, batch.targets(), label_smoothing)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    objective.backward()
     loss_value = loss.item()
     report, finite, update = clip_and_step(loss_value, opt, clipper, params, measure_update)
     return loss_value, report, state, finite, update
+
+
+def smoothed_loss(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy against (1 - smoothing) x the target + smoothing x the uniform distribution over the classes,
+    on the scored targets (IGNORE ones left out)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, label_smoothing=smoothing)
 
 
 def clip_and_step(loss_value: float, opt: torch.optim.Optimizer, clipper, params: list, measure_update: bool) -> tuple:
@@ -233,7 +242,7 @@ def train(cfg: TrainConfig, task: Task | None = None, progress: bool = False) ->
         batch = run.next_batch()
         start = time.perf_counter()
         loss_value, report, run.state, finite, update = train_step(run.model, run.task.spec, batch, run.state, run.opt, run.clipper,
-                                                                   run.params, measure_update=True)
+                                                                   run.params, measure_update=True, label_smoothing=run.cfg.label_smoothing)
         sync(run.device)
         run.record(loss_value, report, finite, update, time.perf_counter() - start)
     return run.finish()
