@@ -46,6 +46,7 @@ RECIPES = {  # name -> overrides of BASE, and what the recipe tries
     "wide-smooth": (STRONGER + SMOOTH + ["hidden_size=512", "embedding=512"], "the stronger recipe with label smoothing 0.1 at 512 units"),
     "strongest-smooth-longer": (["dropout_output=0.7", "dropout_embedding=0.5", "dropout_chars=0.4", "weight_drop=0.7", "weight_decay=0.5"] + SMOOTH + LONGER,
                                 "more again: dropout 0.7 out / 0.5 in, characters 0.4, weight drop 0.7, wd 0.5, label smoothing 0.1, 256 characters per step"),
+    "stronger-smooth2-longer": (STRONGER + ["label_smoothing=0.2"] + LONGER, "the counting profile's recipe with label smoothing 0.2"),
     "wide-smooth-longer": (STRONGER + SMOOTH + LONGER + ["hidden_size=512", "embedding=512"], "the counting profile's recipe at 512 units"),
 }
 SEARCH = Path("runs/recipe-search")

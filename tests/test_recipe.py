@@ -79,6 +79,7 @@ def test_none_of_it_is_in_the_books_runs():
     ({"embedding": 8, "task": "adding"}, "embedding embeds token ids"),
     ({"label_smoothing": 0.1, "task": "adding"}, "label_smoothing smooths class targets"),
     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+    ({"task": "lyrics", "eval_streams": -1, "seq_len": 35}, "eval_streams must be >= 0"),
 ])
 def test_settings_that_cannot_work_together_are_refused(bad, said):
     from gradlab.measures.train import Config

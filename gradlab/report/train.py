@@ -236,6 +236,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     flow(sec, t.get("flow"), settings)
     context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings, t.get("context_over_seeds"))
     tested(sec, final, runs, named)
+    frequency(sec, t.get("by_frequency"), named)
     if lyrics:
         book(sec, res, final, runs, named)
     samples = t.get("samples")
@@ -244,6 +245,41 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy; Chinese: a browser without a CJK font, "
                            "such as Debian's fonts-wqy-zenhei or fonts-noto-cjk, draws it as boxes)", last[list(dict.fromkeys(cols))]))
+
+
+def frequency(sec: Section, bands: pd.DataFrame | None, named: str) -> None:
+    """Where a network wins or loses against the Kneser-Ney n-gram: per band of the target's training count, the
+    mean loss of each (median over seeds) and the band's part of the gap."""
+    if bands is None or not len(bands) or "gap_part" not in bands:
+        return
+    b = label_models(bands)
+    if "impl" in b and b["impl"].nunique() > 1:
+        b["model"] = b["model"] + " " + b["impl"].astype(str)
+    b = b.assign(gap=b["net_loss"] - b["ngram_loss"])
+    order = list(dict.fromkeys(b.sort_values("count_from")["band"]))
+    per = b.groupby(["model", "band"], sort=False).agg(
+        count_from=("count_from", "first"), share=("share", "first"), net_loss=("net_loss", "median"), ngram_loss=("ngram_loss", "first"),
+        gap=("gap", "median"), gap_part=("gap_part", "median"), seeds=("seed", "nunique") if "seed" in b else ("share", "size")).reset_index()
+    rank = {m: i for i, m in enumerate(model_order(per["model"]))}
+    per = per.assign(_rank=per["model"].map(rank)).sort_values(["_rank", "count_from"]).drop(columns="_rank")
+    gram, split = int(b["ngram_order"].iloc[0]), str(b["split"].iloc[0])
+    sec.figures.append(("by-frequency", f"Network loss minus the modified Kneser-Ney {gram}-gram's on the {split} text, per band of how often the "
+                        "target character occurs in the training text (median over seeds; below 0: the network predicts those characters "
+                        "better). The band's share of the targets is in the table.",
+                        partial(figures.bars, b.groupby(["model", "band"], sort=False)["gap"].median().reset_index(), "band", "gap", hue="model",
+                                title=f"{named}network - {gram}-gram loss per band of training count", ylabel="loss gap (nats)", order=order)))
+    totals = (b.groupby(["model", "seed"], sort=False)["gap_part"].sum().groupby("model", sort=False).median() if "seed" in b
+              else b.groupby("model", sort=False)["gap_part"].sum())  # each seed's whole gap, then the median
+    worst = per.loc[per["gap_part"].idxmax()]
+    sec.key_points.append(f"{named}Where the gap to the {gram}-gram lies ({split} text, read as one stream): "
+                          + "; ".join(f"{m} {v:+.3f} nats in all" for m, v in totals.items()) + " (median over seeds)"
+                          + f". The largest part, {worst['gap_part']:+.3f} nats ({worst['model']}), comes from characters seen "
+                          f"{worst['band']} times in training ({100 * worst['share']:.0f}% of the targets); on the characters seen 300 times "
+                          "or more the networks " + ("do better" if (per[per["band"] == "300+"]["gap"] < 0).all() else "do not all do better")
+                          + " (table: where the gap lies).")
+    sec.tables.append((f"{named}Where the gap to the {gram}-gram lies: per band of the target's training count, its share of the "
+                       f"{split} targets, the mean losses (network: median over seeds) and the band's part of the mean gap",
+                       per[["model", "band", "share", "net_loss", "ngram_loss", "gap", "gap_part", "seeds"]]))
 
 
 def book(sec: Section, res: pd.DataFrame, final: pd.DataFrame | None, runs: pd.DataFrame | None, named: str) -> None:
@@ -288,7 +324,9 @@ def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, 
     grams = {n: math.exp(float(runs[f"test_mkn{n}_loss"].iloc[0])) for n in range(2, 6) if f"test_mkn{n}_loss" in runs}
     if grams:
         best = min(grams, key=grams.get)
-        counting = (" Counting does better: Kneser-Ney n-grams fitted on the training text (modified discounts) score "
+        beaten = [m for m, g in f.groupby("model", sort=False) if (g["test_ppl"].astype(float) < grams[best]).all()]
+        verdict = (f"every seed of {', '.join(beaten)} beats counting" if beaten else "Counting does better")
+        counting = (f" {verdict[0].upper() + verdict[1:]}: Kneser-Ney n-grams fitted on the training text (modified discounts) score "
                     + ", ".join(f"{grams[n]:.0f} ({n}-gram)" for n in grams) + f"; the best, the {best}-gram at {grams[best]:.0f}, is the bar a "
                     "network has to clear.")
     sec.key_points.insert(0, f"{named}Test perplexity of the kept (best-validation) model, median (range) over seeds: " + "; ".join(parts)
