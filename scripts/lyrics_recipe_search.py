@@ -68,7 +68,7 @@ def summarise() -> pd.DataFrame:
                          "parameters": int(runs["parameters"]), "train_seconds": round(float(final["train_seconds"])), "what": what,
                          "val_streams": int(runs.get("eval_streams", 0) or runs["batch_size"]),  # streams the validation text was scored as
                          "best_kn_val_ppl": min(grams.values()), "unigram_val_ppl": math.exp(runs["val_unigram_loss"]),
-                         "commit": (manifest.get("code") or {}).get("commit", "")[:7]})
+                         "commit": (manifest.get("code") or {}).get("commit", "")[:7] + ("+" if (manifest.get("code") or {}).get("dirty") else "")})
     return pd.DataFrame(rows)
 
 

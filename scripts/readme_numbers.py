@@ -381,7 +381,9 @@ def lyrics_recipe_search(root: Path) -> str:
     return (markdown(pd.DataFrame(rows)) + f"\n\none seed (0) each; the best Kneser-Ney n-gram (the modified 5-gram) scores {g(kn)} on the same "
             f"validation text, the unigram {g(search['unigram_val_ppl'].iloc[0])}; the validation text scored as "
             f"{' or '.join(str(v) for v in sorted(set(search['val_streams'].dropna().astype(int))))} parallel streams, each from a zero state.\n\n"
-            f"*From `reports/lyrics-recipe-search.csv` (`python scripts/lyrics_recipe_search.py`, runs at {commits}).*")
+            f"*From `reports/lyrics-recipe-search.csv` (`python scripts/lyrics_recipe_search.py`, runs at {commits}"
+            + ("; +: the tree held changes not yet committed: at 93a14fa the label smoothing and eval_streams committed in 490673f, at "
+               "490673f page and README code" if "+" in commits else "") + ").*")
 
 
 @block("throughput-book")
