@@ -325,8 +325,8 @@ def tested(sec: Section, final: pd.DataFrame | None, runs: pd.DataFrame | None, 
     if grams:
         best = min(grams, key=grams.get)
         beaten = [m for m, g in f.groupby("model", sort=False) if (g["test_ppl"].astype(float) < grams[best]).all()]
-        verdict = (f"every seed of {', '.join(beaten)} beats counting" if beaten else "Counting does better")
-        counting = (f" {verdict[0].upper() + verdict[1:]}: Kneser-Ney n-grams fitted on the training text (modified discounts) score "
+        verdict = f"Every seed of {', '.join(beaten)} beats counting" if beaten else "Counting does better"
+        counting = (f" {verdict}: Kneser-Ney n-grams fitted on the training text (modified discounts) score "
                     + ", ".join(f"{grams[n]:.0f} ({n}-gram)" for n in grams) + f"; the best, the {best}-gram at {grams[best]:.0f}, is the bar a "
                     "network has to clear.")
     sec.key_points.insert(0, f"{named}Test perplexity of the kept (best-validation) model, median (range) over seeds: " + "; ".join(parts)

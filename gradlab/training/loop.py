@@ -77,8 +77,10 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
     (NaN unless measured: it copies the parameters)). With label_smoothing the gradient is the smoothed
     objective's and the loss returned is still the plain one (a training perplexity stays a perplexity)."""
     outputs, state = model(batch.x, state, batch.mask)  # (S, B, O)
-    loss = loss_of(spec, outputs, batch.targets())
-    objective = loss if not label_smoothing else smoothed_loss(outputs, batch.targets(), label_smoothing)
+    if label_smoothing:
+        loss, objective = smoothed_loss(outputs, batch.targets(), label_smoothing)
+    else:
+        loss = objective = loss_of(spec, outputs, batch.targets())
     opt.zero_grad(set_to_none=True)
     objective.backward()
     loss_value = loss.item()
@@ -86,10 +88,15 @@ def train_step(model: SeqModel, spec, batch, state, opt: torch.optim.Optimizer, 
     return loss_value, report, state, finite, update
 
 
-def smoothed_loss(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Cross-entropy against (1 - smoothing) x the target + smoothing x the uniform distribution over the classes,
-    on the scored targets (IGNORE ones left out)."""
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, label_smoothing=smoothing)
+def smoothed_loss(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plain cross-entropy, the smoothed objective: cross-entropy against (1 - smoothing) x the target + smoothing x
+    the uniform distribution over the classes) over the scored targets (IGNORE ones left out), from one log-softmax."""
+    logp = F.log_softmax(outputs.reshape(-1, outputs.shape[-1]), -1)
+    targets = targets.reshape(-1)
+    scored = targets != IGNORE
+    plain = F.nll_loss(logp, targets, ignore_index=IGNORE)
+    uniform = -(logp.mean(1) * scored).sum() / scored.sum()
+    return plain, (1 - smoothing) * plain + smoothing * uniform
 
 
 def clip_and_step(loss_value: float, opt: torch.optim.Optimizer, clipper, params: list, measure_update: bool) -> tuple:
