@@ -299,6 +299,81 @@ def lyrics_counting_gap(root: Path) -> str:
             + ", ".join(f"{c} {v:+.3f}" for c, v in totals.items()) + " nats.\n\n" + source(root, "lyrics-counting"))
 
 
+def _by_cell(df: pd.DataFrame, col: str) -> dict[str, float]:
+    return {c: float(v[col].median()) for c, v in df.groupby("cell", sort=False)}
+
+
+@block("lyrics-counting-finding")
+def lyrics_counting_finding(root: Path) -> str:
+    """The reference run's verdict against the n-grams, what it gained over the generalise recipe, and how far back
+    its networks look, in words."""
+    run = "lyrics-counting"
+    final, runs, over = table(root, run, "final"), table(root, run, "runs"), _context_over_seeds(root, run)
+    r = runs.iloc[0]
+    grams = {n: math.exp(r[f"test_mkn{n}_loss"]) for n in (2, 3, 4, 5)}
+    top = min(grams, key=grams.get)
+    test = _by_cell(final, "test_ppl")
+    before = _by_cell(table(root, "lyrics-generalise", "final"), "test_ppl")
+    best = min(test, key=test.get)
+    beaten = [c for c, f in final.groupby("cell", sort=False) if (f["test_ppl"].astype(float) < grams[top]).all()]
+    held, trained = over[over["split"] == "held out"].set_index("cell"), over[over["split"] == "training"].set_index("cell")
+    used, order = held["replace_context_median"].max(), held["shuffle_context_median"].max()
+    longer = {c: v for c, v in held["effective_context_median"].items() if v > used}
+    verdict = (f"**Every seed of {', '.join(beaten)} beats counting.**" if beaten else
+               "**No network beats counting.** Every seed of every cell loses on the test text:")
+    others = [c for c in test if c != best]
+    return (f"{verdict} the {best.upper()}, the best, at {span(final[final['cell'] == best]['test_ppl'])} against the "
+            f"modified {top}-gram's {g(grams[top])}, {100 * (test[best] / grams[top] - 1):.0f}% above it (the bigram: {g(grams[2])}); "
+            + ", ".join(f"{c} {g(test[c])}" for c in others) + ". Against the generalise recipe: "
+            + ", ".join(f"{c} {g(before[c])} -> {g(test[c])}" for c in test if c in before)
+            + f". On held-out text no k beyond {g(used)} characters shows evidence of costing over 1% when the text before is "
+            f"replaced by unrelated text, and the order of the characters beyond {g(order)} does not matter either (shuffle "
+            "probe); on training text " + ", ".join(f"{c} {g(v)}" for c, v in trained["replace_context_median"].items())
+            + ". Cutting the context to a zero state reads longer (" + ", ".join(f"{c} {g(v)}" for c, v in longer.items())
+            + ") because a zero state costs in itself (" + ", ".join(f"{c} {100 * held.loc[c, 'warmup_median']:.1f}%" for c in longer)
+            + f", the warm-up column of the page): an offset, not content. Khandelwal et al. found about 200 tokens used: on "
+            f"{int(r['train_chars']):,} characters of training text these networks use a few.\n\n" + source(root, run, "lyrics-generalise"))
+
+
+@block("lyrics-counting-limits")
+def lyrics_counting_limits(root: Path) -> str:
+    """Where the gap lies, in words, and what the search and the reference run cannot tell."""
+    run = "lyrics-counting"
+    b = table(root, run, "by_frequency")
+    b = b.assign(gap=b["net_loss"] - b["ngram_loss"])
+    final, runs = table(root, run, "final"), table(root, run, "runs")
+    best = min(_by_cell(final, "test_ppl").items(), key=lambda kv: kv[1])[0]
+    gaps = b[b["cell"] == best].groupby("count_from")["gap"].median()
+    shares = b.groupby("count_from")["share"].first()
+    bands = b.groupby("count_from")["band"].first()
+    wins = [k for k in gaps.index if gaps[k] < 0]
+    worst = [k for k in gaps.index if gaps[k] >= 0.4]
+    search = pd.read_csv(report_file(root, "lyrics-recipe-search.csv", "python scripts/lyrics_recipe_search.py")).set_index("recipe")
+    chosen, wide = search.loc["stronger-smooth-longer"], search.loc["wide-smooth-longer"]
+    vals = np.exp(final[final["cell"] == best]["best_val_loss"].astype(float))
+    r = runs.iloc[0]
+    epochs = int(r["steps"]) * int(r["seq_len"]) * int(r["batch_size"]) / int(r["train_chars"])
+    return (f"The networks predict the frequent characters (seen {bands[wins[0]].rstrip('+')} times or more, "
+            f"{100 * shares[wins].sum():.0f}% of the test targets) better than the 5-gram, the {best.upper()} by {-gaps[wins].max():.2f} nats, "
+            + ("and lose in every rarer band" if wins == list(gaps.index[len(gaps) - len(wins):]) else "and lose in others")
+            + f", most on the characters seen {bands[worst[0]].split('-')[0]} to {bands[worst[-1]].split('-')[-1]} times "
+            f"({100 * shares[worst].sum():.0f}% of the targets, the {best.upper()} {gaps[worst].min():.2f} to {gaps[worst].max():.2f} nats worse). "
+            "There the n-gram has exact recall of the phrases it has seen and Kneser-Ney's smoothing towards characters that follow "
+            "many others; the networks put too little probability on the tail (label smoothing, a uniform floor on the training "
+            f"targets, was among the larger single gains of the search: stronger {g(search.loc['stronger', 'best_val_ppl'])} -> "
+            f"stronger-smooth {g(search.loc['stronger-smooth', 'best_val_ppl'])} on validation).\n\n"
+            f"What this cannot tell: the search is {len(search)} runs, one seed each, {int((search['cell'] == 'gru').sum())} of them on the GRU "
+            f"(the reference run's seeds spread by {100 * (vals.max() / vals.min() - 1):.0f}% in validation perplexity, {best.upper()} "
+            f"{g(vals.min())}-{g(vals.max())}, so a recipe within a few percent of another is not known to be better). The profile's recipe "
+            f"at 512 units, run after the reference run, scored {100 * (1 - wide['best_val_ppl'] / chosen['best_val_ppl']):.0f}% better on its "
+            f"one seed, within that spread, at {wide['parameters'] / chosen['parameters']:.1f} times the parameters. Training stops at "
+            f"{int(r['steps']):,} steps of {int(r['seq_len']) * int(r['batch_size']):,} characters (about {epochs:.0f} epochs) and at what 2 "
+            "cores train in minutes (no recipe with a model beyond 512 units, averaged weights or a cache of the recent text was run). "
+            "A network that beats the n-gram may exist; none of these gets within "
+            f"{100 * (search['best_val_ppl'] / search['best_kn_val_ppl']).min() - 100:.0f}% of it on validation text.\n\n"
+            + source(root, run) + " *And `reports/lyrics-recipe-search.csv`.*")
+
+
 @block("lyrics-context")
 def lyrics_context(root: Path) -> str:
     run = "lyrics-context"
