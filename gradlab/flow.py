@@ -185,7 +185,9 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
 class _Forward:
     """A watched layer's forward: step by step with taps on the calls `when` accepts, the fused kernel on the
     rest. A copy of the model (copy.deepcopy: keeping the best model, an EMA) gets the class's plain forward,
-    not this one: it is not instrumented and records nothing into this recorder."""
+    not this one: it is not instrumented and records nothing into this recorder. So does a pickled one
+    (torch.save(model)): it is saved as the class's forward, the recorder is not saved, and torch.load gives a
+    plain model (gradlab is not needed to load it)."""
 
     def __init__(self, module: nn.RNNBase, name: str, on_call, when):
         self.module, self.name, self.on_call, self.when = module, name, on_call, when
@@ -202,6 +204,12 @@ class _Forward:
     def __deepcopy__(self, memo):
         twin = memo.get(id(self.module), self.module)  # the copy of the module this forward belongs to
         return types.MethodType(type(self.module).forward, twin)
+
+    def __reduce__(self):
+        # Pickled as getattr(module, "forward"): at load the module exists (pickle memoises it before its state) and
+        # has no instance attributes yet, so that is the class's forward bound to it; the recorder (its hooks, its
+        # context, its records) stays behind.
+        return getattr, (self.module, "forward")
 
 
 def watched(module: nn.RNNBase) -> bool:
@@ -555,7 +563,7 @@ def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple 
     each layer's training calls, unless you pass your own with recorder.set_step(step) (gradient accumulation,
     several calls per step: each is recorded with its call index). `sinks`: callables sink(rows, recorder) called
     with each record's rows once its backward ends (gradlab.flow.TensorBoard(writer) logs them). A copy of the model
-    (copy.deepcopy) is a plain model. A layer it cannot measure (bidirectional) is left out with a warning
+    (copy.deepcopy), or one saved with torch.save(model) and loaded back, is a plain model. A layer it cannot measure (bidirectional) is left out with a warning
     (recorder.skipped). `recorder.table()`, `recorder.figure(path)`, `recorder.figure_at_distances()`; `close()`
     (or a `with` block) restores the fused forward.
 

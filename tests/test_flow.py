@@ -221,6 +221,34 @@ def test_a_deep_copy_of_a_watched_model_is_a_plain_model():
     assert "forward" not in model.encoder.__dict__ and not flow.watched(best.encoder)
 
 
+def test_torch_save_of_a_watched_model_loads_as_a_plain_model_and_leaves_the_recording_alone():
+    """torch.save(model) in the middle of a watched run (a checkpoint): the file loads without the recorder into a
+    model whose forward is the fused kernel's and that can be watched again, and the original goes on recording."""
+    import io
+
+    torch.manual_seed(11)
+    model = Tagger("LSTM", layers=2).double()
+    x, y = torch.randn(4, 6, 3, dtype=torch.float64), torch.randint(0, 2, (4, 6))
+    recorder = flow.watch(model, every=1)
+    _train(model, recorder, x, y, 1)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert not flow.watched(loaded.encoder) and flow.watched(model.encoder)
+    twin = Tagger("LSTM", layers=2).double()
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(loaded(x), twin(x), rtol=0, atol=0)  # the fused kernel, as a model never watched
+    loaded(x).sum().backward()
+    assert recorder.seen["encoder"] == 1  # the loaded model's calls are not the original's
+    with flow.watch(loaded, every=1) as again:
+        _train(loaded, again, x, y, 1)
+    assert len(again.table()) == 2 * 2 * 6  # layers x (h, c) x T
+    _train(model, recorder, x, y, 1)
+    assert sorted(recorder.table()["step"].unique()) == [0, 1]
+    recorder.close()
+
+
 def test_a_validation_pass_in_eval_mode_is_neither_counted_nor_measured():
     torch.manual_seed(4)
     model = Tagger("GRU").double()
