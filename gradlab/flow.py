@@ -12,6 +12,7 @@ import contextlib
 import copy
 import types
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -124,8 +125,10 @@ def _step(module: nn.RNNBase, layer: int, xw: torch.Tensor, h: torch.Tensor, c: 
     return act(pre), None
 
 
-def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
-    """torch.nn's forward(input, hx) one step at a time with taps; appends one Layer per layer to `record`."""
+def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None, gate_taps: bool = True):
+    """torch.nn's forward(input, hx) one step at a time with taps; appends one Layer per layer to `record`.
+    gate_taps False: no taps on the gates' pre-activations and on h_{t-1} W_hh^T (Layer.pre and .hw stay empty;
+    the gates and weights probes need them), two (B, G*H) tensors less per step in the graph."""
     if isinstance(inputs, nn.utils.rnn.PackedSequence):
         raise TypeError("gradlab.flow cannot measure a PackedSequence: pass the padded tensor (T, B, I) and score only the real steps in your loss.")
     unbatched = inputs.dim() == 2
@@ -152,9 +155,11 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None):
         taps.initial = [h.detach()] + ([c.detach()] if lstm else [])
         for xw in projected.unbind(0):
             tap_total = torch.zeros_like(c, requires_grad=True) if lstm else None
-            tap_pre, tap_hw = torch.zeros_like(xw, requires_grad=True), torch.zeros_like(xw, requires_grad=True)
-            taps.pre.append(tap_pre)
-            taps.hw.append(tap_hw)
+            tap_pre = tap_hw = None
+            if gate_taps:
+                tap_pre, tap_hw = torch.zeros_like(xw, requires_grad=True), torch.zeros_like(xw, requires_grad=True)
+                taps.pre.append(tap_pre)
+                taps.hw.append(tap_hw)
             taps.h_before.append(h.detach())
             h, c = _step(module, layer, xw, h, c, tap_total, tap_pre, tap_hw)
             tap_h = torch.zeros_like(h, requires_grad=True)
@@ -189,14 +194,14 @@ class _Forward:
     (torch.save(model)): it is saved as the class's forward, the recorder is not saved, and torch.load gives a
     plain model (gradlab is not needed to load it)."""
 
-    def __init__(self, module: nn.RNNBase, name: str, on_call, when):
-        self.module, self.name, self.on_call, self.when = module, name, on_call, when
+    def __init__(self, module: nn.RNNBase, name: str, on_call, when, gate_taps: bool = True):
+        self.module, self.name, self.on_call, self.when, self.gate_taps = module, name, on_call, when, gate_taps
         self.fused = type(module).forward
 
     def __call__(self, inputs, hx=None):
         if torch.is_grad_enabled() and self.when(self.name, self.module):
             record: list[Layer] = []
-            out = _stepwise_forward(self.module, record, inputs, hx)
+            out = _stepwise_forward(self.module, record, inputs, hx, self.gate_taps)
             self.on_call(self.name, record)
             return out
         return self.fused(self.module, inputs, hx)
@@ -218,16 +223,17 @@ def watched(module: nn.RNNBase) -> bool:
 
 @contextlib.contextmanager
 def _measured(modules: dict[str, nn.RNNBase], on_call: Callable[[str, list[Layer]], None],
-              when: Callable[[str, nn.RNNBase], bool] = lambda name, module: True) -> Iterator[None]:
+              when: Callable[[str, nn.RNNBase], bool] = lambda name, module: True, gate_taps: bool = True) -> Iterator[None]:
     """Each module's forward replaced by the stepwise one on the calls with gradients that `when(name, module)`
     accepts (the fused one on the rest); on_call(name, layers) sees each measured call's taps before any
-    backward. The class's forward comes back on exit. A module already watched is an error."""
+    backward (gate_taps False: without the gates' and W_hh's taps). The class's forward comes back on exit. A
+    module already watched is an error."""
     busy = [name or "(the model)" for name, m in modules.items() if watched(m)]
     if busy:
         raise ValueError(f"{', '.join(busy)} {'is' if len(busy) == 1 else 'are'} already watched by another gradlab.flow recorder "
                          "(or inside gradient_flow): close() that one first; one recorder watches a layer at a time.")
     for name, module in modules.items():
-        module.forward = _Forward(module, name, on_call, when)
+        module.forward = _Forward(module, name, on_call, when, gate_taps)
     try:
         yield
     finally:
@@ -396,9 +402,12 @@ class Recorder:
         self.seen = {name: 0 for name in self.modules}  # training calls (train mode, gradients enabled) so far
         self.global_step: int | None = None  # the caller's own step (set_step), else each layer's training calls
         self._step_of: dict[str, int] = {}
-        self.records: list[dict] = []  # per measured call: where, the taps' slots, filled during backward
+        self.records: list[dict] = []  # per measured call: where, its slots (filled during backward), then its rows
+        self.unanswered = 0  # measured calls whose graph was let go before any backward reached them (left out)
+        self._calls: dict[tuple[str, int], int] = {}  # measured calls so far, per module and step
+        self._reached: list[dict] = []  # records the running backward has reached, finished at its end
         self._warned = False
-        self._context = _measured(self.modules, self._hooks, self._due)
+        self._context = _measured(self.modules, self._hooks, self._due, gate_taps=gates)
         self._context.__enter__()
         self._open = True
 
@@ -424,63 +433,80 @@ class Recorder:
 
     def _hooks(self, name: str, layers: list[Layer]) -> None:
         """One slot per tap of a measured call, and a hook on each that fills its slot when the user's backward
-        reaches it; the first hook to fire queues the record's finishing for the end of that backward."""
+        reaches it. The record keeps no tap and nothing of the graph (only, with gates=True, the states h_{t-1}
+        the graph saves anyway): the graph is the user's, it keeps the taps and their hooks alive, and when it is
+        let go before any backward reached the call, the record goes with it (_let_go). So the recorder holds no
+        more memory than the calls' graphs the user holds, whatever the loop does (torch.autograd.grad, forwards
+        without backward)."""
         step = self._step_of[name]
-        call = sum(1 for r in self.records if r["module"] == name and r["step"] == step)
-        record = {"module": name, "step": step, "call": call, "layers": layers, "taps": {}, "slots": {}, "done": False, "queued": False}
+        call = self._calls.get((name, step), 0)
+        self._calls[(name, step)] = call + 1
+        record = {"module": name, "step": step, "call": call, "layers": [], "slots": {}, "zeros": {}, "done": False, "queued": False}
         probes = ("hidden", "gates", "weights") if self.gates else ("hidden",)
         for li, layer in enumerate(layers):
+            record["layers"].append(Layer(gates=layer.gates, h_before=layer.h_before if self.gates else []))
             for probe, wrt, tap, t, T in _taps(layer, probes):
                 key = (li, probe, wrt, t, T)
-                record["taps"][key], record["slots"][key] = tap, None
+                record["slots"][key], record["zeros"][key] = None, (tap.shape, tap.dtype, tap.device)
                 tap.register_hook(self._store(record, key))
         self.records.append(record)
+        # The first layer's input tap: every output of the call depends on it, so it lives exactly as long as the graph.
+        weakref.finalize(layers[0].x, self._let_go, record).atexit = False
 
     def _store(self, record: dict, key: tuple):
         def hook(grad: torch.Tensor) -> None:
             record["slots"][key] = grad.detach()
             if not record["queued"]:
                 record["queued"] = True
-                torch.autograd.Variable._execution_engine.queue_callback(lambda: self._finish(record))
+                self._reached.append(record)
+                torch.autograd.Variable._execution_engine.queue_callback(self._finish_reached)
         return hook
 
-    def _finish(self, record: dict) -> None:
-        """At the end of the backward that reached the record: its rows (a tap the loss has no path to reads 0),
-        kept and handed to every sink; the taps and states are let go. An earlier call of the same layer that no
-        backward reached by now never will be: it is said, once, and let go."""
-        where = [(record["module"], record["call"], li, probe, wrt, t, T, record["layers"][li]) for li, probe, wrt, t, T in record["slots"]]
-        grads = [torch.zeros_like(record["taps"][key]) if g is None else g for key, g in record["slots"].items()]
-        record["rows"] = [r | {"step": record["step"]} for r in _rows(where, grads)]
-        record.update(done=True, layers=None, taps={}, slots={})
-        for earlier in self.records:
-            if earlier is record:
-                break
-            if earlier["module"] == record["module"] and not earlier["done"]:
-                self._unanswered(earlier)
-        for sink in self.sinks:
-            sink(record["rows"], self)
+    def _finish_reached(self) -> None:
+        """At the end of a backward: every record it reached finished, then handed to the sinks (so that a sink sees
+        all of that backward's records, of every watched module, in the table)."""
+        reached, self._reached = self._reached, []
+        for record in reached:
+            self._finish(record)
+        for record in reached:
+            for sink in self.sinks:
+                sink(record["rows"], self)
 
-    def _unanswered(self, record: dict) -> None:
-        """A measured call whose taps no backward reached (said once): torch.autograd.grad(loss, params) computes only the
-        gradients it is asked for, so it fills none of them. It is left out of the table."""
-        if record.get("unanswered"):
+    def _finish(self, record: dict) -> None:
+        """The record's rows (a tap the loss has no path to reads 0), kept; its slots and states are let go."""
+        where = [(record["module"], record["call"], li, probe, wrt, t, T, record["layers"][li]) for li, probe, wrt, t, T in record["slots"]]
+        grads = [g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
+                 for g, (shape, dtype, device) in zip(record["slots"].values(), record["zeros"].values())]
+        record["rows"] = [r | {"step": record["step"]} for r in _rows(where, grads)]
+        record.update(done=True, layers=None, slots={}, zeros={})
+
+    def _let_go(self, record: dict) -> None:
+        """The call's graph is gone. If no backward reached it, none ever will (torch.autograd.grad(loss, params)
+        computes only the gradients it is asked for; a forward that no backward follows has none): the record is
+        let go, counted in `unanswered` and said once."""
+        if record["queued"] or record["done"]:
             return
-        record.update(unanswered=True, layers=None, taps={}, slots={})
+        record.update(layers=None, slots={}, zeros={})
+        for i in range(len(self.records) - 1, -1, -1):  # by identity, from the end: it is usually among the last
+            if self.records[i] is record:
+                del self.records[i]
+                break
+        self.unanswered += 1
         if not self._warned:
             self._warned = True
-            warnings.warn(f"gradlab.flow: a measured call got no gradient at its taps ({record['module'] or 'the model'}, step {record['step']}): "
-                          "no backward reached it. torch.autograd.grad(loss, params) computes only the gradients it is asked for; "
-                          "use loss.backward() on the measured steps. Such calls are left out of the table.", stacklevel=4)
+            warnings.warn(f"gradlab.flow: a measured call got no gradient at its taps ({record['module'] or 'the model'}, step {record['step']}, "
+                          f"call {record['call']}): its graph was let go before any backward reached it. torch.autograd.grad(loss, params) "
+                          "computes only the gradients it is asked for, and a training-mode forward with gradients on that no backward "
+                          "follows has none; use loss.backward() on the measured steps, and model.eval() or torch.no_grad() for passes "
+                          "that are not training. Such calls are left out of the table (recorder.unanswered counts them).", stacklevel=2)
 
     def table(self):
         """The records so far: module, step (the training step, yours with set_step, else the layer's training calls from
         0), call (within the step), layer, probe (hidden; gates and weights with gates=True), wrt (h, c; the gate; W_hh),
         t, distance, grad_norm (dL/dh_t and the total dL/dc_t; a gate's pre-activation; the norm of the step's part of
         dL/dW_hh), share (weights: the part's projection on the whole gradient over its squared norm; it sums to 1).
-        A call no backward has reached is left out (and said once)."""
-        for record in self.records[:-1] if self._open else self.records:  # the last may still be before its backward
-            if not record["done"]:
-                self._unanswered(record)
+        A call is in it once the backward that reached it has ended; one whose graph was let go with no backward
+        having reached it is left out (said once, counted in `unanswered`)."""
         rows = [row for record in self.records if record["done"] for row in record["rows"]]
         frame = _to_frame(rows)
         if not len(frame):
@@ -562,7 +588,10 @@ def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple 
     enabled: a validation pass (eval mode, gradients on or off) is neither counted nor measured. Steps count
     each layer's training calls, unless you pass your own with recorder.set_step(step) (gradient accumulation,
     several calls per step: each is recorded with its call index). `sinks`: callables sink(rows, recorder) called
-    with each record's rows once its backward ends (gradlab.flow.TensorBoard(writer) logs them). A copy of the model
+    with each record's rows once its backward ends (gradlab.flow.TensorBoard(writer) logs them). The recorder keeps
+    nothing of a measured call's graph: a call no backward reaches (torch.autograd.grad(loss, params), a forward
+    with no backward) holds memory only while you hold its graph, and is said once and counted in
+    recorder.unanswered when you let it go. A copy of the model
     (copy.deepcopy), or one saved with torch.save(model) and loaded back, is a plain model. A layer it cannot measure (bidirectional) is left out with a warning
     (recorder.skipped). `recorder.table()`, `recorder.figure(path)`, `recorder.figure_at_distances()`; `close()`
     (or a `with` block) restores the fused forward.

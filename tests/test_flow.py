@@ -4,9 +4,14 @@ that leaves training alone."""
 
 from __future__ import annotations
 
+import gc
+import warnings
+import weakref
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradlab import flow, probes
 from gradlab.cells import convert, create
@@ -288,11 +293,62 @@ def test_torch_autograd_grad_on_the_parameters_is_said_not_silently_lost():
     model = Tagger("GRU").double()
     x = torch.randn(2, 4, 3, dtype=torch.float64)
     recorder = flow.watch(model, every=1)
-    torch.autograd.grad(model(x).sum(), list(model.parameters()))  # fills no tap
     with pytest.warns(UserWarning, match="got no gradient at its taps .*torch.autograd.grad"):
-        model(x).sum().backward()  # once the next call's backward ends, the first one never will have one
+        torch.autograd.grad(model(x).sum(), list(model.parameters()))  # fills no tap; its graph is let go right after
+    model(x).sum().backward()
     table = recorder.table()
     assert sorted(table["step"].unique()) == [1]  # the call with a backward is recorded, the other left out, said
+    assert recorder.unanswered == 1 and [r["step"] for r in recorder.records] == [1]
+    recorder.close()
+
+
+class _Created(TorchDispatchMode):
+    """Every tensor the operations under it create, by weak reference: live_bytes() is the memory of those still
+    alive (each storage once), wherever they are held: by Python, or inside an autograd graph (saved tensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.refs += [weakref.ref(t) for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+        return out
+
+    def live_bytes(self) -> int:
+        gc.collect()
+        storages = {s.data_ptr(): s.nbytes() for s in (r().untyped_storage() for r in self.refs if r() is not None)}
+        return sum(storages.values())
+
+
+@pytest.mark.parametrize("loop", ["forward without backward", "torch.autograd.grad, gates"])
+def test_measured_calls_no_backward_reaches_hold_no_memory_once_their_graph_is_let_go(loop):
+    """15 measured calls of a 2 x 256 LSTM (T 16, batch 64) in a loop that never backpropagates to the taps: the loop
+    keeps only its last output, and so does the recorder (it held every call's taps, states and graph: ~0.7 GB)."""
+    torch.manual_seed(12)
+    model = nn.LSTM(16, 256, num_layers=2, batch_first=True)
+    x, params = torch.randn(64, 16, 16), list(model.parameters())
+    recorder = flow.watch(model, every=1, gates=loop.endswith("gates"))
+    created, one = _Created(), _Created()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for i in range(16):
+            with one if i == 0 else created:  # what the forward creates (the backward's tensors are let go by it)
+                out = model(x)[0]
+            if loop.startswith("torch.autograd.grad"):
+                torch.autograd.grad(out.sum(), params)
+            if i == 0:
+                one_call = one.live_bytes()  # one call's output and what is left of its graph, as the loop holds it
+    held = created.live_bytes()  # after the first call, 15 more
+    assert held < 150 * 2**20 and held <= 1.1 * one_call, f"{held / 2**20:.0f} MB held, one call {one_call / 2**20:.0f} MB"  # the last call's
+    said = [str(w.message) for w in said if "gradlab.flow" in str(w.message)]
+    assert len(said) == 1 and "its graph was let go before any backward reached it" in said[0]  # said once
+    assert recorder.unanswered == 15 and len(recorder.records) == 1  # left out and counted; the last one's graph is alive
+    del out
+    assert created.live_bytes() == 0 and recorder.unanswered == 16 and recorder.records == []
+    recorder.set_step(100)  # two calls before one backward (a siamese pass): both are answered
+    (model(x)[0].sum() + model(x)[0].pow(2).sum()).backward()
+    assert recorder.table().groupby("call")["step"].unique().to_dict() == {0: [100], 1: [100]}
     recorder.close()
 
 
