@@ -557,21 +557,47 @@ class Recorder:
 
 
 class TensorBoard:
-    """A sink for watch(): each record's ||dL/dh_t|| (and dL/dc_t) at chosen distances from the loss as TensorBoard
-    scalars (tag gradlab.flow/MODULE/layerL/dL_dWRT/distanceD, at the record's step), and every `figure_every`-th
-    record the recorder's figure as an image (tag gradlab.flow/figure). `writer`: a
+    """A sink for watch(): each record's numbers at chosen distances from the loss as TensorBoard scalars at the
+    record's step, one tag per module, layer, call within the step, quantity and distance:
+
+        gradlab.flow/MODULE/layerL/callK/dL_dh/distanceD   ||dL/dh_t|| (LSTM: also dL_dc, the total ||dL/dc_t||)
+        gradlab.flow/MODULE/layerL/callK/dL_da_GATE/distanceD   with watch(gates=True): each gate's pre-activation
+            (torch.nn's names: i, f, g, o; r, z, n; h for the RNN)
+        gradlab.flow/MODULE/layerL/callK/dL_dW_hh_part/distanceD and .../W_hh_share/distanceD   with gates=True:
+            that step's part of the call's dL/dW_hh, its norm and its share of the call's own dL/dW_hh
+
+    K is the call's index within its step (always 0 unless several calls of a layer are recorded at one step:
+    set_step with gradient accumulation), so two calls never write the same tag and step. `figure_every`: None
+    (no image), or N >= 1: the recorder's figure as an image (tag gradlab.flow/figure) at the first recorded
+    step and at every N-th recorded step after it. It counts recorded steps, the steps watch measures (one in
+    `every` training steps): watch(every=50) with figure_every=10 draws it at steps 0, 500, 1000, ... The image
+    is drawn when that step's first backward ends, from everything recorded so far. `writer`: a
     torch.utils.tensorboard.SummaryWriter (needs the tensorboard package)."""
 
     def __init__(self, writer, distances: tuple[int, ...] = (0, 10, 50), figure_every: int | None = None):
-        self.writer, self.distances, self.figure_every, self.count = writer, tuple(distances), figure_every, 0
+        if figure_every is not None and (not isinstance(figure_every, int) or isinstance(figure_every, bool) or figure_every < 1):
+            raise ValueError(f"figure_every must be None (no image) or a whole number >= 1 (an image at the first recorded step "
+                             f"and every N-th recorded step after it), got {figure_every!r}.")
+        self.writer, self.distances, self.figure_every = writer, tuple(distances), figure_every
+        self.recorded_steps, self._last_step = 0, None  # distinct recorded steps seen so far, and the latest
 
     def __call__(self, rows: list[dict], recorder: Recorder) -> None:
         for r in rows:
-            if r["probe"] == "hidden" and r["distance"] in self.distances:
-                self.writer.add_scalar(f"gradlab.flow/{r['module'] or 'model'}/layer{r['layer']}/dL_d{r['wrt']}/distance{r['distance']}",
-                                       r["grad_norm"], r["step"])
-        self.count += 1
-        if self.figure_every and self.count % self.figure_every == 0 and rows:
+            if r["distance"] not in self.distances:
+                continue
+            where = f"gradlab.flow/{r['module'] or 'model'}/layer{r['layer']}/call{r['call']}"
+            if r["probe"] == "hidden":
+                self.writer.add_scalar(f"{where}/dL_d{r['wrt']}/distance{r['distance']}", r["grad_norm"], r["step"])
+            elif r["probe"] == "gates":
+                self.writer.add_scalar(f"{where}/dL_da_{r['wrt']}/distance{r['distance']}", r["grad_norm"], r["step"])
+            elif r["probe"] == "weights":
+                self.writer.add_scalar(f"{where}/dL_dW_hh_part/distance{r['distance']}", r["grad_norm"], r["step"])
+                self.writer.add_scalar(f"{where}/W_hh_share/distance{r['distance']}", r["share"], r["step"])
+        if not rows or rows[0]["step"] == self._last_step:
+            return
+        self._last_step = rows[0]["step"]
+        self.recorded_steps += 1
+        if self.figure_every and (self.recorded_steps - 1) % self.figure_every == 0:
             from .report.figures import close
 
             fig = recorder.figure()
@@ -597,7 +623,7 @@ def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple 
     (or a `with` block) restores the fused forward.
 
         writer = torch.utils.tensorboard.SummaryWriter("runs/flow")
-        recorder = gradlab.flow.watch(model, every=50, sinks=[gradlab.flow.TensorBoard(writer, figure_every=10)])
+        recorder = gradlab.flow.watch(model, every=50, sinks=[gradlab.flow.TensorBoard(writer, figure_every=10)])  # images at 0, 500, ...
         for step, (x, y) in enumerate(batches):
             recorder.set_step(step)
             loss = loss_fn(model(x), y); loss.backward(); opt.step(); opt.zero_grad()

@@ -436,8 +436,11 @@ def test_per_gate_flow_and_each_steps_share_of_the_recurrent_weights_gradient(ki
     assert weights["share"].tolist() == pytest.approx([float((p * whole).sum() / whole.pow(2).sum()) for p in parts], rel=1e-9, abs=1e-14)
 
 
-def test_sinks_get_every_record_and_tensorboard_logs_scalars_and_the_figure(tmp_path):
-    tensorboard = pytest.importorskip("tensorboard")
+def test_sinks_get_every_record_and_tensorboard_logs_every_call_the_gates_and_the_figure_from_the_first_step(tmp_path):
+    """Two calls per step (gradient accumulation, set_step), gates=True, every=2 over 5 steps: each call's scalars
+    under its own tag, the gates' and W_hh's too, each equal to the table; figure_every=2 counts recorded steps
+    (0, 2, 4): an image at the first one and at the third."""
+    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
@@ -446,19 +449,31 @@ def test_sinks_get_every_record_and_tensorboard_logs_scalars_and_the_figure(tmp_
     x, y = torch.randn(3, 6, 3, dtype=torch.float64), torch.randint(0, 2, (3, 6))
     seen = []
     writer = SummaryWriter(str(tmp_path / "tb"))
-    with flow.watch(model, every=2, sinks=[lambda rows, rec: seen.append(rows), flow.TensorBoard(writer, distances=(0, 3), figure_every=2)]) as recorder:
-        _train(model, recorder, x, y, 5)
+    board = flow.TensorBoard(writer, distances=(0, 3), figure_every=2)
+    with flow.watch(model, every=2, gates=True, sinks=[lambda rows, rec: seen.append(rows), board]) as recorder:
+        _train(model, recorder, x, y, 5, accumulate=2, set_step=True)
     writer.close()
-    assert [rows[0]["step"] for rows in seen] == [0, 2, 4] and all(len(rows) == 2 * 6 for rows in seen)
+    assert [(rows[0]["step"], rows[0]["call"]) for rows in seen] == [(0, 0), (0, 1), (2, 0), (2, 1), (4, 0), (4, 1)]
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
     table = recorder.table()
-    for wrt in ("h", "c"):
+    logged = 0
+    for call in (0, 1):
         for d in (0, 3):
-            logged = events.Scalars(f"gradlab.flow/encoder/layer0/dL_d{wrt}/distance{d}")
-            want = table.query("wrt == @wrt and distance == @d").sort_values("step")
-            assert [e.step for e in logged] == [0, 2, 4]
-            assert [e.value for e in logged] == pytest.approx(want["grad_norm"].tolist(), rel=1e-6)
-    assert [e.step for e in events.Images("gradlab.flow/figure")] == [2]
+            at = table.query("call == @call and distance == @d")
+            tags = {f"dL_d{wrt}": at.query("probe == 'hidden' and wrt == @wrt") for wrt in ("h", "c")}
+            tags |= {f"dL_da_{gate}": at.query("probe == 'gates' and wrt == @gate") for gate in "ifgo"}
+            tags |= {"dL_dW_hh_part": at.query("probe == 'weights'"), "W_hh_share": at.query("probe == 'weights'")}
+            for quantity, want in tags.items():
+                got = events.Scalars(f"gradlab.flow/encoder/layer0/call{call}/{quantity}/distance{d}")
+                want = want.sort_values("step")["share" if quantity == "W_hh_share" else "grad_norm"]
+                assert [e.step for e in got] == [0, 2, 4], quantity
+                assert [e.value for e in got] == pytest.approx(want.tolist(), rel=1e-6), (call, quantity, d)
+                logged += 1
+    assert logged == 2 * 2 * (2 + 4 + 2) and len(events.Tags()["scalars"]) == logged  # nothing else, nothing twice
+    assert [e.step for e in events.Images("gradlab.flow/figure")] == [0, 4] and board.recorded_steps == 3
+    for figure_every in (0, 2.5, True):
+        with pytest.raises(ValueError, match="figure_every must be None .no image. or a whole number >= 1"):
+            flow.TensorBoard(writer, figure_every=figure_every)
 
 
 def test_the_flow_figures_a_colour_bar_a_layer_by_state_grid_fixed_distances_and_gradient_flows_own(tmp_path):
