@@ -255,8 +255,9 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
 
     probes: any of "hidden", "input", "gates" (||dL/da_t|| for each gate's pre-activation a, torch.nn's gate
     order: i, f, g, o; r, z, n; h for the RNN), "weights" (each step's part of dL/dW_hh, dL/d(h_{t-1} W_hh^T)^T
-    h_{t-1}: its norm, and its share, its projection on the whole gradient over the whole's squared norm, which
-    sums to 1 over the steps) and "jacobian" (every singular value of each layer's own state Jacobian
+    h_{t-1}: its norm, and its share of the call's own dL/dW_hh (the sum of that call's parts; not W_hh.grad, which
+    also sums every other call of the layer): the part's projection on it over its squared norm, which sums to 1
+    over the steps, or 0 at every step when the call's dL/dW_hh is exactly 0) and "jacobian" (every singular value of each layer's own state Jacobian
     ds_{T-1}/ds_t, s = h or (h, c), for the first `jacobian_batch` sequences).
     Returns the gradient-decay study's tables: "results" (module, layer, call, probe, wrt, t, distance,
     grad_norm, and share for weights; norms are RMS over the batch of per-sequence norms) and, with "jacobian",
@@ -318,7 +319,8 @@ def _taps(layer: Layer, probes) -> Iterator[tuple[str, str, torch.Tensor, int | 
 
 def _rows(where: list, grads: list[torch.Tensor]) -> list[dict]:
     """Result rows from each tap's gradient: a state's norm per step, the input's per step, each gate's per step,
-    and each step's part of dL/dW_hh (its norm and its share of the whole)."""
+    and each step's part of dL/dW_hh (its norm and its share of the call's own dL/dW_hh, the sum of its steps'
+    parts; 0 for every step where that sum is exactly 0: no step carries any)."""
     rows = []
     weights: dict[tuple, list] = {}
     for (name, k, li, probe, wrt, t, T, layer), g in zip(where, grads):
@@ -338,7 +340,7 @@ def _rows(where: list, grads: list[torch.Tensor]) -> list[dict]:
         energy = float(whole.pow(2).sum())
         for t, T, part in parts:
             rows.append({"module": name, "layer": li, "call": k, "probe": "weights", "wrt": "W_hh", "t": t, "distance": T - 1 - t,
-                         "grad_norm": float(part.norm()), "share": float((part * whole).sum()) / energy if energy else float("nan")})
+                         "grad_norm": float(part.norm()), "share": float((part * whole).sum()) / energy if energy else 0.0})
     return rows
 
 
@@ -504,7 +506,9 @@ class Recorder:
         """The records so far: module, step (the training step, yours with set_step, else the layer's training calls from
         0), call (within the step), layer, probe (hidden; gates and weights with gates=True), wrt (h, c; the gate; W_hh),
         t, distance, grad_norm (dL/dh_t and the total dL/dc_t; a gate's pre-activation; the norm of the step's part of
-        dL/dW_hh), share (weights: the part's projection on the whole gradient over its squared norm; it sums to 1).
+        dL/dW_hh), share (weights: the part's projection on the call's own dL/dW_hh, the sum of its steps' parts, over
+        that sum's squared norm; it sums to 1 over the steps, or is 0 at every step where that sum is exactly 0. It
+        is not a share of W_hh.grad, which also sums the step's other calls and whatever it held before).
         A call is in it once the backward that reached it has ended; one whose graph was let go with no backward
         having reached it is left out (said once, counted in `unanswered`)."""
         rows = [row for record in self.records if record["done"] for row in record["rows"]]

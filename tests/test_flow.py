@@ -436,6 +436,25 @@ def test_per_gate_flow_and_each_steps_share_of_the_recurrent_weights_gradient(ki
     assert weights["share"].tolist() == pytest.approx([float((p * whole).sum() / whole.pow(2).sum()) for p in parts], rel=1e-9, abs=1e-14)
 
 
+def test_a_steps_share_is_of_its_calls_own_recurrent_gradient_and_0_where_no_step_carries_any():
+    torch.manual_seed(13)
+    holder = nn.Module()
+    holder.rnn = nn.GRU(3, 4).double()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    first_step = lambda: holder.rnn(x)[0][0].sum()  # noqa: E731  from the zero state: h_{-1} = 0, and no later step has a gradient
+    assert not torch.autograd.grad(first_step(), holder.rnn.weight_hh_l0)[0].any()  # dL/dW_hh is exactly 0
+    res = flow.gradient_flow(holder, first_step, probes=("weights",))["results"]
+    assert len(res) == 6 and res["share"].notna().all() and (res["share"] == 0).all() and (res["grad_norm"] == 0).all()
+    with flow.watch(holder, every=1, gates=True) as recorder:  # two calls in one step: W_hh.grad sums both, each share is its own call's
+        recorder.set_step(0)
+        holder.rnn(x)[0][-1].sum().backward()
+        holder.rnn(2 * x)[0][-1].pow(2).sum().backward()
+        recorder.set_step(1)
+        first_step().backward()
+    shares = recorder.table().query("probe == 'weights'").groupby(["step", "call"])["share"].sum()
+    assert shares.to_dict() == pytest.approx({(0, 0): 1.0, (0, 1): 1.0, (1, 0): 0.0}, abs=1e-12)
+
+
 def test_sinks_get_every_record_and_tensorboard_logs_every_call_the_gates_and_the_figure_from_the_first_step(tmp_path):
     """Two calls per step (gradient accumulation, set_step), gates=True, every=2 over 5 steps: each call's scalars
     under its own tag, the gates' and W_hh's too, each equal to the table; figure_every=2 counts recorded steps
