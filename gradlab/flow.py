@@ -520,14 +520,15 @@ class Recorder:
 
     def figure(self, path: str | Path | None = None):
         """||dL/dh_t|| (and dL/dc_t) against distance from the loss, one line per recorded step coloured along a
-        colour bar, one row of panels per module and layer, one column per state part; saved to `path` (PNG, or
-        SVG/PDF by suffix) when given."""
+        colour bar, one row of panels per module and layer, one column per state part (a layer without c, a GRU's or
+        an RNN's beside an LSTM, has no dL/dc panel: no panel is empty); saved to `path` (PNG, or SVG/PDF by suffix)
+        when given."""
         from .report.figures import close, flow_over_training
 
         frame = self.table()
         if not len(frame):
             raise ValueError("nothing recorded yet: the watched layers have not been through a backward pass on a recorded step.")
-        fig = flow_over_training(frame[frame["probe"] == "hidden"])
+        fig = _without_empty_panels(flow_over_training(frame[frame["probe"] == "hidden"]))
         if path is not None:
             fig.savefig(path, dpi=110, bbox_inches="tight")
             close(fig)
@@ -535,13 +536,23 @@ class Recorder:
 
     def figure_at_distances(self, distances: tuple[int, ...] = (0, 10, 50), path: str | Path | None = None):
         """The norm at fixed distances from the loss against the training step: one panel per module, layer and state
-        part, one line per distance (a distance past a sequence's length is left out)."""
+        part (dL/dh before dL/dc), one line per distance, no panel empty: a distance past a sequence's length is left
+        out, and a panel no chosen distance reaches is not drawn (none reached at all is an error that says how far
+        the recorded sequences go)."""
         from .report.figures import close, flow_at_distances
 
+        distances = tuple(distances)
+        if not distances or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in distances):
+            raise ValueError(f"distances must be whole numbers >= 0 (steps before the last), got {distances!r}.")
         frame = self.table()
         if not len(frame):
             raise ValueError("nothing recorded yet: the watched layers have not been through a backward pass on a recorded step.")
-        fig = flow_at_distances(frame[frame["probe"] == "hidden"], distances)
+        frame = frame[frame["probe"] == "hidden"]
+        if not frame["distance"].isin(distances).any():
+            raise ValueError(f"no recorded sequence reaches distance {', '.join(map(str, distances))}: the recorded ones go from 0 to "
+                             f"{frame['distance'].max()} steps before the last.")
+        frame = frame.assign(_part=frame["wrt"].map({"h": 0, "c": 1})).sort_values(["module", "layer", "_part", "step", "call", "t"], kind="stable")
+        fig = _without_empty_panels(flow_at_distances(frame.drop(columns="_part"), distances))
         if path is not None:
             fig.savefig(path, dpi=110, bbox_inches="tight")
             close(fig)
@@ -558,6 +569,16 @@ class Recorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _without_empty_panels(fig):
+    """The figure without its empty panels: an axes left blank in a grid (a GRU layer's dL/dc column beside an LSTM,
+    the cells past the last panel of a wrapped grid) is removed, not shown as an empty frame. A colour bar stays."""
+    for ax in list(fig.axes):
+        drawn = any(len(line.get_xdata()) for line in ax.get_lines()) or ax.collections or ax.images
+        if not ax.get_visible() or (not drawn and ax.get_label() != "<colorbar>"):
+            fig.delaxes(ax)
+    return fig
 
 
 class TensorBoard:

@@ -512,6 +512,37 @@ def test_the_flow_figures_a_colour_bar_a_layer_by_state_grid_fixed_distances_and
     assert (tmp_path / "flow.png").stat().st_size > 1000
 
 
+def test_the_recorders_figures_have_no_empty_panel_for_a_model_of_lstm_and_gru_layers():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True)
+            self.gru = nn.GRU(4, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.lstm(x)[0])[0]
+
+    torch.manual_seed(14)
+    model = Stack().double()
+    x = torch.randn(2, 8, 3, dtype=torch.float64)
+    with flow.watch(model, every=1) as recorder:
+        for _ in range(3):
+            model(x).pow(2).sum().backward()
+
+    def panels(fig):  # every axes but the colour bar, each visible and with something drawn in it
+        shown = [ax for ax in fig.axes if not (ax.collections and not ax.get_title() and not ax.get_lines())]  # the colour bar
+        assert all(ax.get_visible() and any(len(line.get_xdata()) for line in ax.get_lines()) for ax in shown), [ax.get_title() for ax in shown]
+        return [ax.get_title() for ax in shown]
+
+    parts = ["lstm layer 0, dL/dh", "lstm layer 0, dL/dc", "lstm layer 1, dL/dh", "lstm layer 1, dL/dc", "gru layer 0, dL/dh"]
+    assert sorted(panels(recorder.figure())) == sorted(parts)  # no dL/dc panel for the GRU
+    assert panels(recorder.figure_at_distances((0, 5))) == sorted(parts, key=lambda p: p.startswith("lstm"))  # by name, h before c
+    with pytest.raises(ValueError, match="no recorded sequence reaches distance 8, 50: the recorded ones go from 0 to 7 steps"):
+        recorder.figure_at_distances((8, 50))
+    with pytest.raises(ValueError, match="distances must be whole numbers >= 0"):
+        recorder.figure_at_distances((-1,))
+
+
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_the_chained_jacobian_equals_backpropagating_every_basis_vector(kind):
     """The spectra from the steps' own Jacobians chained (gradlab.flow.chained_spectra) against the ones from
