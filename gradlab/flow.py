@@ -247,6 +247,14 @@ def _to_frame(rows: list[dict]):
     return pd.DataFrame(rows)
 
 
+def _skipped_frame(skipped: dict[str, str]):
+    """The layers left out, one row each: module (its name in the model) and because (why). Both gradient_flow's
+    tables["skipped"] and recorder.skipped are this, empty (with these columns) when nothing was left out."""
+    import pandas as pd
+
+    return pd.DataFrame({"module": list(skipped), "because": list(skipped.values())}, columns=["module", "because"])
+
+
 def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes: tuple[str, ...] = ("hidden", "input"),
                   jacobian_batch: int = 2) -> dict:
     """||dL/dh_t|| (and the total ||dL/dc_t||: every path from c_t, the one through h_t included), ||dL/dx_t||,
@@ -262,7 +270,8 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
     Returns the gradient-decay study's tables: "results" (module, layer, call, probe, wrt, t, distance,
     grad_norm, and share for weights; norms are RMS over the batch of per-sequence norms) and, with "jacobian",
     "spectrum" (module, layer, call, t, distance, sequence, rank, singular_value). Parameter gradients are not
-    touched. A layer it cannot measure (bidirectional) is left out with a warning, and listed in "skipped".
+    touched. A layer it cannot measure (bidirectional, proj_size) is left out with a warning; "skipped" lists them
+    (module, because), empty when none was: the same table as recorder.skipped.
     """
     unknown = sorted(set(probes) - set(FLOW_PROBES))
     if unknown or not probes:
@@ -295,8 +304,7 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
         tables["spectrum"] = pd.concat([_spectrum_frame(layer, jacobian_batch).assign(module=name, layer=li, call=k)
                                         for name, per_call in calls.items() for k, layers in enumerate(per_call) for li, layer in enumerate(layers)],
                                        ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value"]]
-    if skipped:
-        tables["skipped"] = _to_frame([{"module": n, "because": why} for n, why in skipped.items()])
+    tables["skipped"] = _skipped_frame(skipped)
     return tables
 
 
@@ -399,8 +407,9 @@ class Recorder:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a whole number >= 1 (record one training step in every N), got {every!r}.")
         self.every, self.gates, self.sinks = every, gates, list(sinks)
-        self.skipped: dict[str, str] = {}  # layers it cannot measure, and why
-        self.modules = recurrent_modules(model, self.skipped)
+        skipped: dict[str, str] = {}
+        self.modules = recurrent_modules(model, skipped)
+        self.skipped = _skipped_frame(skipped)  # the layers it cannot measure (module, because), as gradient_flow's tables["skipped"]
         self.seen = {name: 0 for name in self.modules}  # training calls (train mode, gradients enabled) so far
         self.global_step: int | None = None  # the caller's own step (set_step), else each layer's training calls
         self._step_of: dict[str, int] = {}
@@ -642,10 +651,11 @@ def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple 
     with each record's rows once its backward ends (gradlab.flow.TensorBoard(writer) logs them). The recorder keeps
     nothing of a measured call's graph: a call no backward reaches (torch.autograd.grad(loss, params), a forward
     with no backward) holds memory only while you hold its graph, and is said once and counted in
-    recorder.unanswered when you let it go. A copy of the model
-    (copy.deepcopy), or one saved with torch.save(model) and loaded back, is a plain model. A layer it cannot measure (bidirectional) is left out with a warning
-    (recorder.skipped). `recorder.table()`, `recorder.figure(path)`, `recorder.figure_at_distances()`; `close()`
-    (or a `with` block) restores the fused forward.
+    recorder.unanswered when you let it go. A copy of the model (copy.deepcopy), or one saved with
+    torch.save(model) and loaded back, is a plain model. A layer it cannot measure (bidirectional, proj_size) is
+    left out with a warning (recorder.skipped: a DataFrame of module and because, the same table as
+    gradient_flow's tables["skipped"]). `recorder.table()`, `recorder.figure(path)`,
+    `recorder.figure_at_distances()`; `close()` (or a `with` block) restores the fused forward.
 
         writer = torch.utils.tensorboard.SummaryWriter("runs/flow")
         recorder = gradlab.flow.watch(model, every=50, sinks=[gradlab.flow.TensorBoard(writer, figure_every=10)])  # images at 0, 500, ...

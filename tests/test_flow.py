@@ -8,6 +8,7 @@ import gc
 import warnings
 import weakref
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -370,8 +371,14 @@ def test_a_model_with_a_layer_it_cannot_measure_is_measured_where_it_can_be():
     with pytest.warns(UserWarning, match="leaves out GRU both_ways"):
         recorder = flow.watch(model, every=1)
     model(x).sum().backward()
-    assert set(recorder.table()["module"]) == {"forward_lstm"} and "both_ways" in recorder.skipped
+    assert set(recorder.table()["module"]) == {"forward_lstm"}
+    assert isinstance(recorder.skipped, pd.DataFrame) and recorder.skipped.equals(tables["skipped"])  # one type, one table, both places
+    assert recorder.skipped["because"].item().startswith("bidirectional")
     recorder.close()
+    plain = Tagger("GRU").double()  # nothing left out: the same table, empty
+    nothing = flow.gradient_flow(plain, lambda: plain(x).sum())["skipped"]
+    with flow.watch(plain) as recorder:
+        assert recorder.skipped.equals(nothing) and list(nothing.columns) == ["module", "because"] and nothing.empty
 
 
 def _written_out(kind: str, module: nn.RNNBase, x: torch.Tensor, g_out: torch.Tensor) -> tuple[list, list, torch.Tensor]:
