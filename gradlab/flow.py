@@ -269,7 +269,9 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
     ds_{T-1}/ds_t, s = h or (h, c), for the first `jacobian_batch` sequences).
     Returns the gradient-decay study's tables: "results" (module, layer, call, probe, wrt, t, distance,
     grad_norm, and share for weights; norms are RMS over the batch of per-sequence norms) and, with "jacobian",
-    "spectrum" (module, layer, call, t, distance, sequence, rank, singular_value). Parameter gradients are not
+    "spectrum" (module, layer, call, t, distance, sequence, rank, singular_value, and rounding_floor: the layer's
+    dtype's machine epsilon times that Jacobian's largest singular value, below which a singular value is float
+    rounding: a float32 model's small singular values far from the loss are mostly that). Parameter gradients are not
     touched. A layer it cannot measure (bidirectional, proj_size) is left out with a warning; "skipped" lists them
     (module, because), empty when none was: the same table as recorder.skipped.
     """
@@ -303,7 +305,7 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
 
         tables["spectrum"] = pd.concat([_spectrum_frame(layer, jacobian_batch).assign(module=name, layer=li, call=k)
                                         for name, per_call in calls.items() for k, layers in enumerate(per_call) for li, layer in enumerate(layers)],
-                                       ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value"]]
+                                       ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value", "rounding_floor"]]
     tables["skipped"] = _skipped_frame(skipped)
     return tables
 
@@ -354,15 +356,19 @@ def _rows(where: list, grads: list[torch.Tensor]) -> list[dict]:
 
 def _spectrum_frame(layer: Layer, jacobian_batch: int):
     """Every singular value of d s_{T-1} / d s_t for the first `jacobian_batch` sequences of one layer, one row each
-    (t, distance, sequence, rank, singular_value). Inside a stack, a layer's state reaches its own last state only
-    through its own recurrence, so the graph's Jacobian is the layer's own."""
+    (t, distance, sequence, rank, singular_value, rounding_floor). Inside a stack, a layer's state reaches its own
+    last state only through its own recurrence, so the graph's Jacobian is the layer's own. rounding_floor: the
+    machine epsilon of the layer's dtype (the Jacobians are chained in it) times that Jacobian's largest singular
+    value; a singular value below it is float rounding, not the model's."""
     import numpy as np
     import pandas as pd
 
     spectra = chained_spectra(layer, jacobian_batch).cpu().numpy()  # (T, n, D)
     T, n, D = spectra.shape
     t, b, r = np.meshgrid(np.arange(T), np.arange(n), np.arange(D), indexing="ij")
-    return pd.DataFrame({"t": t.ravel(), "distance": T - 1 - t.ravel(), "sequence": b.ravel(), "rank": r.ravel(), "singular_value": spectra.ravel()})
+    floor = torch.finfo(layer.projected.dtype).eps * spectra[..., :1]  # largest first
+    return pd.DataFrame({"t": t.ravel(), "distance": T - 1 - t.ravel(), "sequence": b.ravel(), "rank": r.ravel(), "singular_value": spectra.ravel(),
+                         "rounding_floor": np.broadcast_to(floor, spectra.shape).ravel()})
 
 
 def chained_spectra(layer: Layer, sequences: int | None = None, chunk: int = 64) -> torch.Tensor:
@@ -580,6 +586,34 @@ class Recorder:
         self.close()
 
 
+def _mark_rounding_floor(fig, spec) -> None:
+    """On each singular-value panel of gradient_flow's figure: the rounding floor (eps x the largest singular value,
+    median over the sequences like the largest's line) as a dashed line, what lies below it shaded, both in the
+    legend, where the floor reaches into the panel's range."""
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    names = {float(torch.finfo(d).eps): str(d).removeprefix("torch.") for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
+    where = spec["module"].replace("", "model").astype(str) + " layer " + spec["layer"].astype(str)
+    for ax in fig.axes:
+        title = ax.get_title()
+        if not title.endswith(": singular values of ds_T-1/ds_t"):
+            continue
+        s = spec[(where == title.removesuffix(": singular values of ds_T-1/ds_t")) & (spec["rank"] == 0)]
+        floor = s.groupby("distance")["rounding_floor"].median()
+        low, high = ax.get_ylim()
+        if not len(floor) or floor.max() <= low:
+            continue  # nothing drawn lies below it
+        eps = float(np.median(s["rounding_floor"] / s["singular_value"])) if (s["singular_value"] > 0).all() else None
+        dtype = next((name for e, name in names.items() if eps is not None and abs(eps - e) <= 1e-6 * e), None)
+        label = f"{dtype + ' ' if dtype else ''}rounding floor: eps x largest"
+        ax.plot(floor.index, floor.to_numpy(), ls="--", color="0.35", lw=1.1, label=label)
+        ax.fill_between(floor.index, low, floor.to_numpy(), color="0.6", alpha=0.25, lw=0)
+        ax.set_ylim(low, high)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles + [Patch(color="0.6", alpha=0.25)], labels + ["below it: rounding, not the model"], fontsize=7, loc="upper right")
+
+
 def _without_empty_panels(fig):
     """The figure without its empty panels: an axes left blank in a grid (a GRU layer's dL/dc column beside an LSTM,
     the cells past the last panel of a wrapped grid) is removed, not shown as an empty frame. A colour bar stays."""
@@ -669,10 +703,15 @@ def watch(model: nn.Module, every: int = 100, gates: bool = False, sinks: tuple 
 
 def figure(tables: dict, path: str | Path | None = None):
     """gradient_flow's tables drawn: per module and layer, the state and input gradients against distance, and the
-    Jacobian's largest and median singular values where it was probed; saved to `path` when given."""
+    Jacobian's largest and median singular values where it was probed, with the dtype's rounding floor marked
+    (a dashed line at eps x the largest singular value, the values below it shaded: they are float rounding, not
+    the model's; drawn where it reaches into the panel); saved to `path` when given."""
     from .report.figures import close, gradient_flow_figure
 
     fig = gradient_flow_figure(tables)
+    spec = tables.get("spectrum")
+    if spec is not None and len(spec) and "rounding_floor" in spec:
+        _mark_rounding_floor(fig, spec)
     if path is not None:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         close(fig)

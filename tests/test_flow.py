@@ -550,6 +550,28 @@ def test_the_recorders_figures_have_no_empty_panel_for_a_model_of_lstm_and_gru_l
         recorder.figure_at_distances((-1,))
 
 
+def test_the_float32_spectrum_carries_its_rounding_floor_and_the_figure_marks_it():
+    """A float32 LSTM over 60 steps: the median singular value of ds_T-1/ds_t falls below eps x the largest far from
+    the loss; the table says where that floor is, and the figure draws it (a dashed line, the region below shaded,
+    both in the legend)."""
+    torch.manual_seed(15)
+    model = nn.LSTM(3, 16)
+    x = torch.randn(60, 2, 3)
+    tables = flow.gradient_flow(model, lambda: model(x)[0][-1].sum(), probes=("hidden", "jacobian"))
+    spec = tables["spectrum"]
+    largest = spec.groupby(["t", "sequence"])["singular_value"].transform("max")
+    assert spec["rounding_floor"].to_numpy() == pytest.approx((torch.finfo(torch.float32).eps * largest).to_numpy(), rel=1e-12)
+    fig = flow.figure(tables)
+    ax = next(ax for ax in fig.axes if ax.get_title() == "model layer 0: singular values of ds_T-1/ds_t")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    floor, median = lines["float32 rounding floor: eps x largest"], lines["median"]
+    want = spec[spec["rank"] == 0].groupby("distance")["rounding_floor"].median()
+    assert list(floor.get_xdata()) == list(want.index) and floor.get_ydata() == pytest.approx(want.to_numpy(), rel=1e-12)
+    below = {d for d, v in zip(median.get_xdata(), median.get_ydata()) if v < want[d]}
+    assert below and max(below) == want.index.max()  # what the mark is for: the median far from the loss lies under it
+    assert ax.collections and [t.get_text() for t in ax.get_legend().get_texts()][2:] == [floor.get_label(), "below it: rounding, not the model"]
+
+
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_the_chained_jacobian_equals_backpropagating_every_basis_vector(kind):
     """The spectra from the steps' own Jacobians chained (gradlab.flow.chained_spectra) against the ones from
