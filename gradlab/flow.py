@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import numbers
 import types
 import warnings
 import weakref
@@ -305,7 +306,8 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
 
         tables["spectrum"] = pd.concat([_spectrum_frame(layer, jacobian_batch).assign(module=name, layer=li, call=k)
                                         for name, per_call in calls.items() for k, layers in enumerate(per_call) for li, layer in enumerate(layers)],
-                                       ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value", "rounding_floor"]]
+                                       ignore_index=True)[["module", "layer", "call", "t", "distance", "sequence", "rank", "singular_value",
+                                                           "rounding_floor"]]
     tables["skipped"] = _skipped_frame(skipped)
     return tables
 
@@ -557,7 +559,7 @@ class Recorder:
         from .report.figures import close, flow_at_distances
 
         distances = tuple(distances)
-        if not distances or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in distances):
+        if not distances or any(not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 0 for d in distances):
             raise ValueError(f"distances must be whole numbers >= 0 (steps before the last), got {distances!r}.")
         frame = self.table()
         if not len(frame):
