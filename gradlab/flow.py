@@ -618,9 +618,11 @@ def _mark_rounding_floor(fig, spec) -> None:
 
 def _without_empty_panels(fig):
     """The figure without its empty panels: an axes left blank in a grid (a GRU layer's dL/dc column beside an LSTM,
-    the cells past the last panel of a wrapped grid) is removed, not shown as an empty frame. A colour bar stays."""
+    the cells past the last panel of a wrapped grid) is removed, not shown as an empty frame. A colour bar stays,
+    and so does a panel whose lines are there but empty (every value of it not finite, a diverged run): that is
+    news, not layout."""
     for ax in list(fig.axes):
-        drawn = any(len(line.get_xdata()) for line in ax.get_lines()) or ax.collections or ax.images
+        drawn = ax.get_lines() or ax.collections or ax.images
         if not ax.get_visible() or (not drawn and ax.get_label() != "<colorbar>"):
             fig.delaxes(ax)
     return fig
