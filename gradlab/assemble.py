@@ -116,22 +116,46 @@ def ladder_skips(out: Path, plan: dict, module) -> list[dict]:
     return skipped(plan["coords"], plan["keys"], known.get, ladder)
 
 
-def lags_behind(out: Path) -> dict | None:
-    """The plan whose saved points the folder's tables do not show yet (a run stopped before writing
-    them, or points saved since), or None when the tables are up to date."""
+def lags_behind(out: Path) -> tuple[dict | None, str | None]:
+    """The plan whose saved points the folder's tables do not show yet (a run stopped before writing them, or
+    points saved since), with None when the tables are up to date; and a sentence when the saved points are fewer
+    than the tables show (a points/ cache deleted, or a folder copied without it): the tables are never rebuilt
+    from less than they hold, only from more points of their own run, or from the points of a newer run."""
     plan = read_plan(out)
     if plan is None:
-        return None
+        return None, None
     path = Path(out) / folder.MANIFEST
-    manifest = read_json(path) if path.exists() else {}
-    if manifest.get("plan_id") == plan.get("id") and manifest.get("points_saved") == len(saved_keys(out, plan)):
-        return None
-    return plan
+    manifest = read_json(path) if path.exists() else None
+    saved = saved_keys(out, plan)
+    if manifest is None:
+        return (plan, None) if saved else (None, None)
+    if manifest.get("plan_id") != plan.get("id"):  # a newer run started here
+        if saved:
+            return plan, None
+        return None, (f"the last run started in {out} ({' '.join(plan.get('argv') or [])}) saved no point before it stopped: the "
+                      "tables of the run before it are kept. Rerun that command to resume it.")
+    shown = _shown(manifest)
+    if set(saved) == shown:
+        return None, None
+    lost = shown - set(saved)
+    if lost:
+        new = set(saved) - shown
+        return None, (f"{out}/points holds {len(shown) - len(lost)} of the {len(shown)} points its tables show (a cache deleted, or the "
+                      "folder copied without it): the tables are kept as they are, never rebuilt from fewer points"
+                      + (f", and the {len(new)} points saved since are not shown yet" if new else "")
+                      + ". Rerun the command that made it to recompute what is missing.")
+    return plan, None
+
+
+def _shown(manifest: dict) -> set:
+    """The keys of the points a folder's tables show (its manifest's list)."""
+    return {p.get("key") for p in manifest.get("points") or [] if isinstance(p, dict)}
 
 
 def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> dict:
     """The folder's state rebuilt from its plan and saved points (for `gradlab report` after a run was
-    killed before it could write its tables)."""
+    killed before it could write its tables, and scripts/rederive.py). Refused (a FolderError) when the saved
+    points are fewer than the folder's tables show: a rebuild never leaves a run with less than it holds."""
     from . import measures
 
     plan = read_plan(out)
@@ -139,6 +163,12 @@ def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> di
         raise FolderError(f"{out} holds no plan.json: no gradlab run started there.")
     path = Path(out) / folder.MANIFEST
     before = read_json(path) if path.exists() else {}
+    if before.get("plan_id") == plan.get("id"):
+        lost = _shown(before) - set(saved_keys(out, plan))
+        if lost:
+            raise FolderError(f"{out}/points lacks {len(lost)} of the points its tables show (a cache deleted, or the folder copied "
+                              "without it): rebuilding from the saved points would leave the run with less than it holds. Rerun the "
+                              "command that made it to recompute them.")
     ended = before.get("ended") if before.get("plan_id") == plan.get("id") else None  # the run's own end, when it wrote one
     return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report", "ended": ended, **_described(plan)}, render)
 

@@ -27,7 +27,7 @@ from .executors import InlineExecutor, check_choice, default_executor, make_exec
 from .cells import check_device, check_seed
 from .env import code_identity
 from .assemble import assemble, collect, lags_behind, read_plan
-from .folder import FolderLock, check_links, foreign, holds_run, recover
+from .folder import NAME_MAX, FolderLock, check_links, foreign, holds_run, not_gradlabs, recover, state_name
 from .grouping import Mode, groups, parse_mode, shape_counts, summary as ensemble_summary
 from .ladder import RUN, SKIP, decide, succeeded_in
 from .store import PLAN_FILE, FolderError, PointStore, read_json, write_json_atomic
@@ -312,19 +312,28 @@ def check_out(out: Path, reference: bool = False, share: bool = False) -> bool:
         raise FolderError(f"--out {out} holds a committed reference run (git tracks its manifest.json), and a plain run never "
                           f"writes over one. Use another --out (runs land in {RUNS_DIR}/ by default), or pass --reference "
                           "to remake it as scripts/reference_runs.sh does.")
+    _check_name_lengths(out)
     existed = out.exists()
     if existed:
         check_links(out)
+        theirs = not_gradlabs(out)  # a .next or .lock of someone else's: gradlab needs those names, with or without --share-folder
+        if theirs:
+            raise FolderError(f"--out {out} holds {' and '.join(theirs)}, which {'is' if len(theirs) == 1 else 'are'} not gradlab's (no mark of "
+                              "gradlab's inside): gradlab stages a run's next state in .next and locks the folder with .lock, and never "
+                              f"changes or removes what it did not make. Move {'it' if len(theirs) == 1 else 'them'} away, or use another --out.")
         others = [] if holds_run(out) else foreign(out)
         if others and not share:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             raise FolderError(f"--out {out} is not empty and holds no gradlab run ({shown}): gradlab writes a run into a new or empty "
                               "folder, or one a gradlab run made. Use another --out, or pass --share-folder to put the run beside "
                               "these files (gradlab never changes or removes them).")
-        clash = [n for n in others if n in ("manifest.json", "report.html", "plan.json")]
+        clash = [n for n in others if n == "plan.json" or state_name(n)]  # names a run's state may take: checked before any work
         if clash:
-            raise FolderError(f"--out {out} holds {', '.join(clash)} of its own, which a run would write over: gradlab replaces only "
-                              f"what a gradlab run wrote. Move {'it' if len(clash) == 1 else 'them'} away, or use another --out.")
+            shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+            raise FolderError(f"--out {out} holds {shown} of its own, with {'a name' if len(clash) == 1 else 'names'} a run's state may take "
+                              "(manifest.json, report.html, plan.json, NAME.parquet, figures/NAME.png|svg): gradlab replaces only what a "
+                              f"gradlab run wrote, and a run beside a user's files (--share-folder) goes beside files of other names. Move "
+                              f"{'it' if len(clash) == 1 else 'them'} away, or use another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -333,6 +342,21 @@ def check_out(out: Path, reference: bool = False, share: bool = False) -> bool:
     except OSError as exc:
         raise FolderError(f"--out {out} cannot be written: {exc.strerror or exc}. Choose a folder you can write to.") from None
     return not existed
+
+
+def _check_name_lengths(out: Path) -> None:
+    """Every part of --out within what a file system allows, and room below it for the run's own names."""
+    for part in Path(out).parts:
+        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FolderError(f"--out {str(out)[:60]}...: the name {part[:40]}... is {len(part.encode('utf-8', 'surrogateescape'))} bytes long, "
+                              f"and file systems allow at most {NAME_MAX}. Choose a shorter name.")
+    try:
+        limit = os.pathconf(next((p for p in [Path(out), *Path(out).parents] if p.exists()), Path(".")), "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return
+    if len(os.fsencode(os.path.abspath(out))) + 64 > limit:  # a point's table: points/KEY.NAME.parquet and its temporary
+        raise FolderError(f"--out {str(out)[:60]}... is {len(os.fsencode(os.path.abspath(out)))} bytes long as a full path, and this file "
+                          f"system allows {limit} for a path with the run's own files below it. Choose a shorter --out.")
 
 
 def plan_record(p: Plan, argv: list[str], code: dict, base: dict) -> dict:
@@ -576,9 +600,14 @@ def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple
             note = recover(out)
             if note and echo:
                 echo(f"note: {note}")
-            behind = lags_behind(out)
+            behind, kept = lags_behind(out)
+            if kept and echo:
+                echo(f"note: {kept}")
             if behind is not None:
-                if echo:
+                if echo and not (out / "manifest.json").exists():
+                    echo(f"note: {out} holds no manifest.json (deleted, or the run stopped before writing its tables): writing its "
+                         f"tables from the saved points of its last run ({' '.join(behind.get('argv') or [])})")
+                elif echo:
                     echo(f"note: {out}'s last run ({' '.join(behind.get('argv') or [])}) stopped before writing its tables: "
                          "writing them from its saved points")
                 manifest = collect(out, draw)

@@ -68,6 +68,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FolderError(f"{path} is not valid JSON ({exc}): the file is damaged; delete it (or the run folder) and rerun.") from None
+    except RecursionError:
+        raise FolderError(f"{path} nests deeper than any file gradlab writes: the file is damaged; delete it (or the run folder) and rerun.") from None
     if not isinstance(data, dict):
         raise FolderError(f"{path} holds a JSON {type(data).__name__}, not an object: the file is damaged; delete it and rerun.")
     return data

@@ -87,10 +87,12 @@ def test_a_full_disk_while_staging_leaves_the_old_state_whole(small, tmp_path, m
     invoke("report", str(out))
     page, tables = (out / "report.html").read_bytes(), (out / "results.parquet").read_bytes()
 
-    def no_space(self, path, *args, **kwargs):
+    def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_space)
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(pq, "write_table", no_space)  # under every table gradlab writes (pandas' to_parquet included)
     r = invoke("run", str(small), "--out", str(out), "--quiet")  # every point cached: only the tables are written
     assert r.exit_code == 1 and "No space left on device" in r.output and "keeps its previous state" in r.output
     monkeypatch.undo()

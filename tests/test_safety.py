@@ -147,21 +147,21 @@ def test_an_ordinary_folder_of_a_users_files_is_refused_before_any_work(world, t
     assert "--share-folder" in said and "Traceback" not in said
     assert snapshot(tmp_path) == before  # no points, no lock, no plan
     r = invoke("run", world["study"], "--out", mine, "--quiet", "--share-folder")  # its report.html would be written over
-    assert r.exit_code == 2 and "holds report.html of its own" in r.output, r.output
+    assert r.exit_code == 2 and "holds experiment.parquet, figures/my_plot.png, report.html of its own" in " ".join(r.output.split()), r.output
     assert snapshot(tmp_path) == before
 
 
 def test_a_run_beside_a_users_files_never_touches_them_through_reruns_and_reports(world, tmp_path):
     mine = tmp_path / "shared"
     (mine / "figures").mkdir(parents=True)
-    (mine / "experiment.parquet").write_bytes(b"PAR1 the user's own")
-    (mine / "figures" / "my_plot.png").write_bytes(b"\x89PNG a plot")
+    (mine / "experiment.csv").write_bytes(b"the user's own")
+    (mine / "figures" / "my_plot.jpg").write_bytes(b"a plot")
     (mine / "notes.txt").write_text("do not lose")
-    foreign = {name: (mine / name).read_bytes() for name in ("experiment.parquet", "figures/my_plot.png", "notes.txt")}
+    foreign = {name: (mine / name).read_bytes() for name in ("experiment.csv", "figures/my_plot.jpg", "notes.txt")}
     assert invoke("run", world["study"], "--out", mine, "--quiet", "--share-folder").exit_code == 0
     manifest = json.loads((mine / "manifest.json").read_text())
-    assert "report.html" in manifest["files"] and "results.parquet" in manifest["files"] and "experiment.parquet" not in manifest["files"]
-    assert "figures/my_plot.png" not in manifest["files"] and all(f.startswith("figures/") for f in manifest["files"] if f.endswith(".png"))
+    assert "report.html" in manifest["files"] and "results.parquet" in manifest["files"] and "experiment.csv" not in manifest["files"]
+    assert "figures/my_plot.jpg" not in manifest["files"] and all(f.startswith("figures/") for f in manifest["files"] if f.endswith(".png"))
     first_figures = {f for f in manifest["files"] if f.startswith("figures/")}
     r = invoke("run", world["study"], "--out", mine, "--quiet", "--set", "probe=input")  # another grid: other figures
     assert r.exit_code == 0, r.output
@@ -173,15 +173,32 @@ def test_a_run_beside_a_users_files_never_touches_them_through_reruns_and_report
     assert invoke("report", mine).exit_code == 0 and (mine / "notes.txt").read_text() == "do not lose"
 
 
-def test_a_file_of_someone_elses_in_the_way_of_a_table_is_refused_and_kept(world, tmp_path):
+@pytest.mark.parametrize("name", ["results.parquet", "summary.parquet", "figures/rates.png", "figures/anything.svg"])
+def test_a_shared_folder_holding_a_name_a_run_may_write_is_refused_before_any_work(world, tmp_path, name):
     mine = tmp_path / "shared"
-    mine.mkdir()
-    (mine / "summary.parquet").write_bytes(b"the user's summary")  # a name the gradient-decay run writes
+    (mine / name).parent.mkdir(parents=True, exist_ok=True)
+    (mine / name).write_bytes(b"the user's own")
+    before = snapshot(tmp_path)
     r = invoke("run", world["study"], "--out", mine, "--quiet", "--share-folder")
-    assert r.exit_code == 2 and f"{mine / 'summary.parquet'} is not gradlab's" in " ".join(r.output.split()), r.output
-    assert (mine / "summary.parquet").read_bytes() == b"the user's summary" and not (mine / "manifest.json").exists()
-    (mine / "summary.parquet").rename(tmp_path / "moved.parquet")
-    r = invoke("run", world["study"], "--out", mine, "--quiet")  # its points were saved: nothing is computed again
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"holds {name} of its own" in said and "before" not in said.split("holds")[0], r.output
+    assert snapshot(tmp_path) == before  # checked first: no point computed, no lock, no plan
+    (mine / name).rename(tmp_path / "moved")
+    assert invoke("run", world["study"], "--out", mine, "--quiet").exit_code == 0
+
+
+def test_a_file_of_someone_elses_in_the_way_of_a_table_is_refused_and_kept(world):
+    run = world["run"]
+    (run / "summary.parquet").unlink()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"].remove("summary.parquet")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "summary.parquet").write_bytes(b"the user's summary")  # a user's file of a name the run writes, in the run's folder
+    r = invoke("run", world["study"], "--out", run, "--quiet")
+    assert r.exit_code == 2 and f"{run / 'summary.parquet'} is not gradlab's" in " ".join(r.output.split()), r.output
+    assert (run / "summary.parquet").read_bytes() == b"the user's summary"
+    (run / "summary.parquet").unlink()
+    r = invoke("run", world["study"], "--out", run, "--quiet")  # its points were saved: nothing is computed again
     assert r.exit_code == 0 and "2 cached, 0 computed" in r.output, r.output
 
 

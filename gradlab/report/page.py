@@ -10,6 +10,8 @@ from typing import Callable
 
 import pandas as pd
 
+from ..folder import PAGE_MARK  # gradlab's mark in the page's head (gradlab.folder.marked)
+
 STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","WenQuanYi Zen Hei","PingFang SC","Microsoft YaHei",sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .lede{color:#444}.run{color:#666;font-size:.88em}.failed{color:#a00;font-weight:600}
@@ -76,5 +78,5 @@ def details(title: str, body: str) -> str:
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{PAGE_MARK}<meta name='viewport' content='width=device-width'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
