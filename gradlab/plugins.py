@@ -9,12 +9,17 @@ import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
+import os
+import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 GROUPS = {"tasks": "gradlab.tasks", "measures": "gradlab.measures", "studies": "gradlab.studies"}
 MEASURE_NEEDS = ("Config", "run", "derive", "COLUMNS")  # what gradlab calls on a measure module (gradlab.measures)
+KIND = {"tasks": "task", "measures": "measure", "studies": "study"}
+IMPORT_SECONDS = 20.0  # a plugin's import that takes longer is taken to hang: left out (GRADLAB_PLUGIN_TIMEOUT changes it)
 
 
 class PluginError(ValueError):
@@ -37,10 +42,40 @@ def warn_broken(kind: str, name: str, why: str) -> None:
 
 
 def builtin_names(kind: str) -> dict[str, str]:
-    """gradlab's own names of a kind (gradlab.names); studies' are their files, which known_studies weighs itself."""
+    """gradlab's own names of a kind (gradlab.names; studies: the files in studies/)."""
     from .names import MEASURES, TASKS
 
+    if kind == "studies":
+        from .study import builtin_studies
+
+        return {name: str(path) for name, path in builtin_studies().items()}
     return {"tasks": TASKS, "measures": MEASURES}.get(kind, {})
+
+
+def guarded(load: Callable[[], object], what: str, failed: Callable[[BaseException], str]) -> object:
+    """A plugin's code run apart from gradlab's own: `load()` in a thread of its own, so that whatever the plugin does
+    at import (raise SystemExit or KeyboardInterrupt, fail, hang) is a PluginError naming it, never the end or the hang
+    of a gradlab command. A plugin that has not finished after IMPORT_SECONDS is left for good (a half-imported module
+    is never imported again). A real Ctrl-C reaches the main thread, which is waiting here, and stops the command."""
+    done: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            done["value"] = load()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt raised by the plugin: its failure, not ours
+            done["error"] = exc
+
+    seconds = float(os.environ.get("GRADLAB_PLUGIN_TIMEOUT", IMPORT_SECONDS))
+    thread = threading.Thread(target=target, name=f"gradlab plugin {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise PluginError(f"{what} did not finish importing in {seconds:g} s (it hangs, or waits for something); set "
+                          "GRADLAB_PLUGIN_TIMEOUT to give it longer")
+    if "error" in done:
+        exc = done["error"]
+        raise PluginError(failed(exc)) from (exc if isinstance(exc, Exception) else None)
+    return done["value"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +90,8 @@ def entry_points(kind: str) -> dict[str, importlib.metadata.EntryPoint]:
         return {}
     for ep in eps:
         if ep.name in builtin:
-            warnings.warn(f"{GROUPS[kind]} entry point {ep.name!r} ({ep.value}) is ignored: gradlab has a built-in {kind[:-1]} of that name.", stacklevel=2)
+            warnings.warn(f"the {GROUPS[kind]} entry point {ep.name!r} ({ep.value}, from {ep.dist.name if ep.dist else 'an installed package'}) "
+                          f"is ignored: gradlab has a built-in {KIND[kind]} of that name, which always wins.", PluginWarning, stacklevel=2)
         else:
             found.setdefault(ep.name, ep)
     return found
@@ -69,10 +105,14 @@ def described(kind: str) -> dict[str, str]:
 
 def _load(kind: str, name: str):
     ep = entry_points(kind)[name]
+    if (kind, name) in broken:
+        raise PluginError(f"{GROUPS[kind]} entry point {name!r} = {ep.value!r} cannot be used: {broken[(kind, name)]}")
     try:
-        return ep.load()
-    except Exception as exc:  # a plugin's own import error, said with where it came from
-        raise PluginError(f"{GROUPS[kind]} entry point {name!r} = {ep.value!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        return guarded(ep.load, f"{GROUPS[kind]} entry point {name!r} = {ep.value!r}",
+                       lambda exc: f"{GROUPS[kind]} entry point {name!r} = {ep.value!r} failed to load: {type(exc).__name__}: {exc}")
+    except PluginError as exc:
+        warn_broken(kind, name, str(exc))  # said once, and remembered: a plugin that hung is never imported again
+        raise
 
 
 def load_task(name: str):
@@ -95,15 +135,22 @@ def load_measure(name: str) -> ModuleType:
 
 def study_files() -> dict[str, tuple[Path, str]]:
     """Installed plugin studies: name -> (the file, how messages name it: 'PACKAGE/NAME.toml')."""
-    out = {}
-    for name, ep in entry_points("studies").items():
-        try:  # finding the file imports the plugin's package, which may fail: that plugin is left out, said once
-            path = Path(str(importlib.resources.files(ep.value) / f"{name}.toml"))
-        except Exception as exc:  # noqa: BLE001 - a plugin's own failure, whatever it is
-            warn_broken("studies", name, f"its package {ep.value!r} failed to import ({type(exc).__name__}: {exc})")
-            continue
-        out[name] = (path, f"{ep.value}/{name}.toml")
-    return out
+    return {name: found for name in entry_points("studies") if (found := study_file(name)) is not None}
+
+
+def study_file(name: str) -> tuple[Path, str] | None:
+    """One installed plugin study by name (None: no plugin has it); only its own package is imported."""
+    ep = entry_points("studies").get(name)
+    if ep is None or ("studies", name) in broken:
+        return None
+    try:
+        package = guarded(lambda: importlib.resources.files(ep.value), f"its package {ep.value!r}",
+                          lambda exc: f"its package {ep.value!r} failed to import ({type(exc).__name__}: {exc})")
+        path = Path(str(package / f"{name}.toml"))
+    except PluginError as exc:
+        warn_broken("studies", name, str(exc))
+        return None
+    return path, f"{ep.value}/{name}.toml"
 
 
 def _package_of(kind: str, name: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -60,14 +61,24 @@ class RunSummary:
 
 def point_key(measure: str, config: dict) -> str:
     """A hash of the resolved config (and of the code of any plugin the point runs): the cache key of a point."""
-    from .plugins import code_digests
+    from .plugins import code_digests, entry_points
 
+    if measure == "train" and entry_points("tasks"):  # a plugin task's parameters, unset, are no part of another point's key
+        unset = {k for k in _plugin_params() if config.get(k) is None}
+        config = {k: v for k, v in config.items() if k not in unset}
     keyed = {"measure": measure, "config": config}
     plugins = code_digests(measure, config)
     if plugins:  # absent for gradlab's own measures and tasks: their keys stay what they were
         keyed["plugins"] = plugins
     text = json.dumps(keyed, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_params() -> frozenset:
+    from .tasks import plugin_params
+
+    return frozenset(plugin_params())
 
 
 def seed_everything(seed: int) -> None:

@@ -115,14 +115,16 @@ def load_study(ref: str | Path) -> Study:
     path = Path(ref)
     source = str(ref)  # as the user named it: a shipped study reads 'studies/NAME.toml', no machine's path
     if not (path.suffix == ".toml" or path.is_file()):  # a folder named like a study is not a study file
-        known = known_studies()
-        if str(ref) not in known:
-            from .plugins import broken
+        from .plugins import broken, entry_points, study_file
 
+        own = builtin_studies()
+        entry_points("studies")  # the installed plugins' names (their metadata, nothing imported): one that shadows a built-in is warned about
+        found = (own[str(ref)], f"studies/{ref}.toml") if str(ref) in own else study_file(str(ref))  # a built-in name imports no plugin
+        if found is None:
             if ("studies", str(ref)) in broken:
                 raise StudyError(f"study {str(ref)!r} is an installed plugin's, which cannot be used: {broken[('studies', str(ref))]}.")
-            raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), known)} Or pass a path to a .toml file.")
-        path, source = known[str(ref)]
+            raise StudyError(f"Unknown study {str(ref)!r}. {suggest(str(ref), [*own, *entry_points('studies')])} Or pass a path to a .toml file.")
+        path, source = found
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist.")
     try:

@@ -157,3 +157,62 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(broken_site):
 def test_using_a_broken_plugin_by_name_is_a_clear_error(broken_site, args, said):
     done = _gradlab(broken_site, *args)
     assert done.returncode == 2 and said in " ".join(done.stderr.split()) and "Traceback" not in done.stderr, done.stderr
+
+
+def _site(root: Path, name: str, packages: dict[str, str], entry_points: str) -> dict:
+    """An installed distribution made by hand: packages (name -> __init__.py text) and their entry points."""
+    site = root / "site"
+    for package, init in packages.items():
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(init)
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return {"env": dict(os.environ, PYTHONPATH=str(site), GRADLAB_PLUGIN_TIMEOUT="3"), "tmp": root, "site": site}
+
+
+@pytest.mark.parametrize("init, why", [
+    ("raise SystemExit(0)\n", "SystemExit: 0"),
+    ("raise SystemExit('bye')\n", "SystemExit: bye"),
+    ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+    ("import time\ntime.sleep(600)\n", "did not finish importing in 3 s"),
+])
+def test_a_plugin_that_exits_is_interrupted_or_hangs_at_import_stops_nothing_else(tmp_path, init, why):
+    site = _site(tmp_path, "rude-plugins", {"rude_pkg": init, "rude_task": init},
+                 "[gradlab.studies]\nrude = rude_pkg\n\n[gradlab.tasks]\nrudetask = rude_task:Task\n")
+    for args in (("run", "gradient-decay", "--dry-run"), ("show", "cliff")):  # studies of built-in measures import no plugin
+        done = _gradlab(site, *args)
+        assert done.returncode == 0 and "points" in done.stdout + done.stderr and "warning" not in done.stderr, (args, done.stderr)
+    done = _gradlab(site, "list")  # finding the plugin's study file imports its package: left out, said once
+    assert done.returncode == 0 and "gradient-decay" in done.stdout and "rudetask" in done.stdout, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(said) == 1 and "plugin 'rude' is left out" in said[0] and why in said[0] and "Traceback" not in done.stderr, done.stderr
+    done = _gradlab(site, "run", "long-range", "--set", "task=adding", "--dry-run")  # a training study reads every task's parameters
+    assert done.returncode == 0 and "'rudetask' is left out" in done.stderr, done.stderr
+    done = _gradlab(site, "run", "rude")
+    assert done.returncode == 2 and "study 'rude' is an installed plugin's, which cannot be used" in done.stderr and why in done.stderr
+
+
+def test_a_plugin_study_named_like_a_built_in_one_is_warned_about_and_the_built_in_runs(tmp_path):
+    site = _site(tmp_path, "shadow", {"shadow_pkg": ""}, "[gradlab.studies]\ngradient-decay = shadow_pkg\n")
+    (site["site"] / "shadow_pkg" / "gradient-decay.toml").write_text('name = "gradient-decay"\nmeasure = "cliff"\n')
+    done = _gradlab(site, "run", "gradient-decay", "--dry-run")
+    assert done.returncode == 0 and "measure" not in done.stderr.split("warning:")[0], done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(said) == 1 and "'gradient-decay' (shadow_pkg, from shadow) is ignored: gradlab has a built-in study" in said[0], done.stderr
+    assert "cliff" not in done.stdout
+
+
+def test_a_plugin_task_whose_data_holds_nan_is_refused(tmp_path):
+    task = ("import torch\nfrom dataclasses import dataclass\nfrom gradlab.tasks import Batch, Spec, SyntheticTask\n\n"
+            "@dataclass\nclass Task(SyntheticTask):\n    name = 'nanny'\n\n"
+            "    @property\n    def spec(self):\n        return Spec(1, 1, 'mse')\n\n"
+            "    def baseline(self, length):\n        return 1.0\n\n    def guess_loss(self, length):\n        return 1.0\n\n"
+            "    def sample(self, gen, batch_size, length, device='cpu'):\n"
+            "        x = torch.rand(length, batch_size, 1, generator=gen)\n        x[0, 0, 0] = float('nan')\n"
+            "        return Batch(x, torch.zeros(length, batch_size, 1))\n")
+    site = _site(tmp_path, "nanny", {"nanny_pkg": task}, "[gradlab.tasks]\nnanny = nanny_pkg:Task\n")
+    done = _gradlab(site, "run", "long-range", "--set", "task=nanny", "--set", "seq_len=10", "--dry-run")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "task 'nanny' (a plugin) gives 1 non-finite values (nan) in its inputs" in said, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..names import TASKS
 from ..training import TrainConfig, train, with_task_params
 from . import COMMON_COLUMNS
 
@@ -133,19 +134,44 @@ COLUMNS |= {f"{split}_{kind}{n}_loss": f"lyrics: mean -ln P of the {text} target
             f"training text ({'one discount, 0.75' if kind == 'kn' else 'modified: Chen and Goodman discounts'}); the counting baseline"
             for split, text in (("val", "validation"), ("test", "test")) for kind in ("kn", "mkn") for n in (2, 3, 4, 5)}
 
-Config = with_task_params(TrainConfig)
+def __getattr__(name: str):
+    """Config: TrainConfig with every task's parameters, made when first asked for (not while this module is imported,
+    so that a plugin task's import, which may fail or hang, never runs inside gradlab's own imports)."""
+    if name == "Config":
+        globals()["Config"] = config = with_task_params(TrainConfig)
+        return config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preflight(configs: list) -> None:
-    """Checks that need a task's data (the lyrics corpus found, the prefixes in its vocabulary), made
-    once per distinct task before any work: one clear error, not a failure per point."""
+    """Checks that need a task's data (the lyrics corpus found, the prefixes in its vocabulary; a plugin task's
+    data finite), made once per distinct task before any work: one clear error, not a failure per point."""
     seen = set()
     for cfg in configs:
         task = cfg.make_task()
         key = (repr(task), cfg.batch_size, cfg.seq_len)
         if key not in seen and hasattr(task, "ready"):
             task.ready(cfg.batch_size, cfg.seq_len)
+        if key not in seen and cfg.task not in TASKS:
+            check_finite_data(task, cfg.task, cfg.seq_len)
         seen.add(key)
+
+
+def check_finite_data(task, name: str, length: int) -> None:
+    """A plugin task's data holds numbers only: a NaN or an infinity in its inputs or targets is refused, with what
+    was found (a training on them would record NaN losses as if the model diverged)."""
+    import torch
+
+    from ..tasks import SyntheticTask
+
+    if not isinstance(task, SyntheticTask):
+        return
+    batch = task.sample(torch.Generator().manual_seed(0), 4, length)
+    for what, values in (("inputs", batch.x), ("targets", batch.y)):
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = values[~torch.isfinite(values)]
+            raise ValueError(f"task {name!r} (a plugin) gives {int(bad.numel())} non-finite values ({', '.join(sorted({str(float(v)) for v in bad[:50]}))}) "
+                             f"in its {what} at seq_len {length} (a batch of 4 drawn with seed 0): gradlab trains only on numbers. Mend the task's sample().")
 
 
 def tables_of(result) -> dict[str, list[dict]]:

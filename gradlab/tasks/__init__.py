@@ -13,7 +13,7 @@ from .. import plugins
 from ..names import TASKS, lookup
 from .base import Batch, Spec, Success, SyntheticTask, Task
 
-__all__ = ["Batch", "Spec", "Success", "SyntheticTask", "Task", "task_class", "build", "param_fields", "known_tasks"]
+__all__ = ["Batch", "Spec", "Success", "SyntheticTask", "Task", "task_class", "build", "param_fields", "plugin_params", "known_tasks"]
 
 
 def known_tasks() -> dict[str, str]:
@@ -44,6 +44,13 @@ def param_fields() -> dict[str, Any]:
             if f.init:
                 fields.setdefault(f.name, hints[f.name])
     return fields
+
+
+def plugin_params() -> set[str]:
+    """The task parameters only plugin tasks take: a training point that leaves them unset (None) does not carry
+    them in its cache key, so installing a plugin leaves the keys of every other point as they were."""
+    own = {f.name for name in TASKS for f in dataclasses.fields(task_class(name)) if f.init}
+    return set(param_fields()) - own
 
 
 def build(name: str, params: dict[str, Any]) -> Task:
