@@ -1,6 +1,7 @@
 """Figures as a person sees them: every figure of every study's page drawn from the committed reference runs
-fits the page's column at full resolution with no text under 7 pt (10.7 px), the same cell has the same
-colour in every figure and study, every legend entry is drawn; divergences and off-axis ends are marked."""
+fits the page's column at full resolution with no text under 7 pt (10.7 px) and no words that run into each other
+or into a panel, the same cell has the same colour in every figure and study, every legend entry is drawn;
+divergences and off-axis ends are marked."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import CHROMIUM, layout, screenshot
+from figure_text import overlaps
 
 from gradlab.report import figures, render
 
@@ -40,7 +42,7 @@ def _stats(fig: plt.Figure) -> dict:
         for handle, text in zip(lg.legend_handles, lg.get_texts()):
             colour = handle.get_color() if isinstance(handle, plt.Line2D) else handle.get_facecolor()
             legend[text.get_text()] = matplotlib.colors.to_hex(colour)
-    return {"width": width, "smallest": min(t.get_fontsize() for t in texts), "legend": legend, "drawn": drawn}
+    return {"width": width, "smallest": min(t.get_fontsize() for t in texts), "legend": legend, "drawn": drawn, "overlaps": overlaps(fig)}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,14 @@ def test_every_figure_fits_the_page_at_full_resolution_with_readable_text(pages,
         assert width <= figures.PAGE_PX, png.name
         assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")  # a vector copy beside it, linked from the page
         assert f'href="figures/{png.stem}.svg"' in pages[name]["page"]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_no_figure_has_words_that_run_into_each_other_or_into_a_panel(pages, name):
+    """Titles, axis labels and tick labels as the renderer places them: none over another, over an axes (a colour
+    bar, a neighbouring panel) or over a legend."""
+    found = {stem: st["overlaps"] for stem, st in pages[name]["figures"].items() if st["overlaps"]}
+    assert found == {}, f"{name}: {found}"
 
 
 @pytest.mark.parametrize("name", PAGES)

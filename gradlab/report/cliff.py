@@ -37,7 +37,7 @@ def surface_with_paths(surface: pd.DataFrame, paths: pd.DataFrame, title: str) -
                         ha="right", fontsize=8, color="white")
     ax.set_xlabel("w (recurrent weight)")
     ax.set_ylabel("b (bias)")
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)  # above the colour bar too: over the axes alone, a long title ran into its top label
     fig.tight_layout()
     handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))
     handles["start"] = plt.Line2D([], [], marker="o", ls="", color="black", ms=5)

@@ -61,16 +61,19 @@ def final_over_lr_and_clip(final: pd.DataFrame, value: str, title: str) -> plt.F
     wide = wide.reindex(list(dict.fromkeys(final["clip"])))
     div = div.reindex(wide.index)
     text = wide.map(lambda v: "" if pd.isna(v) else f"{v:.3g}").where(~div.fillna(False).astype(bool), "div")
-    fig, ax = figures.subplots(figsize=(min(figures.PAGE_IN - 0.3, 2.6 + 1.0 * wide.shape[1]), 1.2 + 0.36 * wide.shape[0]))
+    lines = title.count("\n") + 1  # the title's lines, and room for the colour bar's label beside a table of few rows
+    fig, ax = figures.subplots(figsize=(min(figures.PAGE_IN - 0.3, 2.6 + 1.0 * wide.shape[1]), max(2.4, 1.0 + 0.36 * wide.shape[0] + 0.18 * lines)))
     shown = np.log10(wide.where(~div.fillna(False).astype(bool)).astype(float))
     sns.heatmap(shown, annot=text, fmt="", cmap="mako_r", ax=ax, cbar_kws={"label": f"log10 {value}"}, linewidths=0.5, annot_kws={"fontsize": 8})
+    ax.grid(False)  # the theme's grid would cross the cells of diverged runs
     for i, row in enumerate(div.fillna(False).astype(bool).to_numpy()):  # a diverged run has no loss to colour: say so
         for j, diverged in enumerate(row):
             if diverged:
                 ax.text(j + 0.5, i + 0.5, "div", ha="center", va="center", fontsize=8, color="#c0392b")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("clip")
-    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="y", labelrotation=0)  # 'norm:0.01' read across, not up into the next row's name
+    fig.suptitle(title, fontsize=10)  # over the colour bar too, which a title over the axes alone ran into
     fig.tight_layout()
     return fig
 

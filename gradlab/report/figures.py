@@ -7,6 +7,7 @@ import logging
 import textwrap
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files, not windows
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,6 +20,7 @@ NAMELESS = {"model", "split", "quantity", "recorded"}  # panels and legend entri
 PAGE_PX = 1060  # the report's column (1100 px less its padding): a wider PNG is shrunk, and its text with it
 DPI = 110
 PAGE_IN = PAGE_PX / DPI
+TITLE_CHARS_PER_IN = 12  # characters of a 9 pt title per inch of panel (DejaVu Sans averages about 5.5 pt a character)
 MIN_FONT_PT = 7.0  # 10.7 px at DPI: the smallest text a figure may carry, at the page's own width
 CELL_COLOURS = {"linear": "#7f7f7f", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868"}  # every figure, every study
 IMPL_COLOURS = {"scratch": "#8172b3", "cudnn": "#937860", "scratch-graph": "#da8bc3", "scratch-compiled": "#8c8c8c", "book": "#ccb974"}
@@ -131,6 +133,36 @@ def save(fig: plt.Figure, path) -> None:
     fig.savefig(path.with_suffix(".svg"), bbox_inches="tight", metadata={"Creator": "gradlab", "Date": None})
 
 
+LOG_LABELS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0))  # fewest labels first
+LABEL_GAP_PX = 16  # a tick label is about 12 px high at DPI: labels closer than this run into each other
+
+
+def powers_of_ten_only(ax: plt.Axes) -> None:
+    """Log y labels that do not run into each other on a short panel (matplotlib labels 2, 3, 4, 6 x 10^k between the
+    powers of ten, which overlap there): the fewest of powers of ten, then 2 and 5 x 10^k, then more, that give two
+    labels or more at least LABEL_GAP_PX apart; powers of ten alone where even the fewest are closer. A view too
+    narrow for two of any of them keeps matplotlib's own labels. Call it once the limits are set."""
+    if ax.get_yscale() != "log":
+        return
+    lo, hi = sorted(ax.get_ylim())
+    if lo <= 0 or hi <= lo:
+        return
+    px_per_decade = ax.get_window_extent().height / np.log10(hi / lo)
+    for subs in LOG_LABELS:
+        marks = sorted(np.log10(m) + k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1) for m in subs
+                       if lo <= m * 10.0**k <= hi)
+        if len(marks) < 2:
+            continue  # too few here: try more
+        if min(np.diff(marks)) * px_per_decade < LABEL_GAP_PX:  # too close already: more would be closer still
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        elif subs == (1.0,):
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            ax.yaxis.set_minor_locator(matplotlib.ticker.LogLocator(base=10, subs=subs[1:]))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
+        return
+
+
 def named_missing(values: pd.Series) -> pd.Series:
     """A grouping column with its missing values (e.g. init_scale none under the critical init) named
     'none': NaN never equals itself, so it could not key a colour or a panel."""
@@ -210,6 +242,8 @@ def panels_of_lines(df: pd.DataFrame, x: str, y: str, panel: str, hue: str, titl
         ax.set_title(str(value) if panel in NAMELESS else f"{panel} {value}", fontsize=9)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        powers_of_ten_only(ax)
     for k, ax in enumerate(axes.flat[:n]):
         if k + cols >= n:  # nothing drawn below it: its column's x axis is labelled here
             ax.xaxis.set_tick_params(labelbottom=True)
@@ -252,29 +286,39 @@ def _mark_divergences(fig: plt.Figure, marks: list) -> None:
 def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, title: str, center: float = 1.0,
              weak: str | None = None, weak_below: float = 0.95, fmt: str = ".3f", row_order: list | None = None) -> plt.Figure:
     """One heatmap per value of `panel`, on one shared colour scale centred at `center`. Where the column
-    `weak` is under `weak_below` (a poor fit), the number is written '~x' in grey: not a crisp rate."""
+    `weak` is under `weak_below` (a poor fit), the number is written '~x' in grey: not a crisp rate.
+    A panel's title is wrapped to its panel's width (long quantity names would run into the next panel's), and
+    the colour bar has a row of its own under the panels, so that it covers no axis label."""
     panels = list(dict.fromkeys(df[panel]))
     finite = df[values][np.isfinite(df[values])]
     span = max(abs(finite.max() - center), abs(finite.min() - center), 1e-9) if len(finite) else 1.0
     label_w = 0.09 * max(len(str(v)) for v in df[rows].unique()) + 0.4  # inches for the row labels
-    panel_w = 0.62 * df[cols].nunique() + 0.3  # 0.62 in a cell holds '~0.999' at 8 pt
+    panel_w = max(0.62 * df[cols].nunique() + 0.3, 1.7)  # 0.62 in a cell holds '~0.999' at 8 pt; 1.7 in: a title of 20 characters a line
     per_row = max(1, min(len(panels), int((PAGE_IN - label_w - 0.9) // panel_w)))
     n_rows = -(-len(panels) // per_row)
-    fig, axes = subplots(n_rows, per_row, figsize=(label_w + 0.9 + panel_w * per_row, 0.9 + (0.4 + 0.3 * df[rows].nunique()) * n_rows), squeeze=False)
+    titles = [textwrap.fill(str(v), max(12, int((panel_w - 0.15) * TITLE_CHARS_PER_IN))) for v in panels]
+    title_lines = max(t.count("\n") + 1 for t in titles)
+    row_h = 0.4 + 0.3 * df[rows].nunique() + 0.16 * title_lines  # inches: the cells, the x ticks and label, the title
+    set_style()
+    fig = plt.figure(figsize=(label_w + 0.9 + panel_w * per_row, 0.6 + row_h * n_rows + 0.8))
+    grid = fig.add_gridspec(n_rows + 1, per_row, height_ratios=[row_h] * n_rows + [0.12])
+    axes = np.array([[fig.add_subplot(grid[i, j]) for j in range(per_row)] for i in range(n_rows)])
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    present = set(df.dropna(subset=[values])[rows]) or set(df[rows])
+    every_row = [r for r in (row_order or ordered(df[rows].unique())) if r in present]
     for k, (ax, value) in enumerate(zip(axes.flat, panels)):
         g = df[df[panel] == value]
         wide = g.pivot_table(index=rows, columns=cols, values=values, aggfunc="first", dropna=False)
-        present = set(wide.dropna(how="all").index)
-        wide = wide.reindex([r for r in (row_order or ordered(wide.index)) if r in present])
+        wide = wide.reindex(every_row)  # every panel's rows in one order, blank where a panel has none: the labels on the left read across
         text = wide.map(lambda v: "" if pd.isna(v) else format(v, fmt))
         if weak:
             fit = g.pivot_table(index=rows, columns=cols, values=weak, aggfunc="first", dropna=False).reindex(wide.index)
             text = text.where(~(fit < weak_below), "~" + text)
         sns.heatmap(wide, annot=text, fmt="", cmap="vlag", center=center, vmin=center - span, vmax=center + span, ax=ax,
                     cbar=False, linewidths=0.5, annot_kws={"fontsize": 8})
-        ax.set_title(str(value), fontsize=9)
+        ax.grid(False)  # the theme's grid would cross the blank cells
+        ax.set_title(titles[k], fontsize=9)
         first = k % per_row == 0
         ax.set_ylabel(rows if first else "")
         if not first:
@@ -284,10 +328,13 @@ def heatmaps(df: pd.DataFrame, rows: str, cols: str, values: str, panel: str, ti
         ax.tick_params(axis="x", labelrotation=90 if long_ticks else 0)
         ax.tick_params(axis="y", labelrotation=0)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    bar = fig.add_subplot(grid[n_rows, :])
     mappable = plt.cm.ScalarMappable(cmap="vlag", norm=matplotlib.colors.Normalize(center - span, center + span))
-    fig.colorbar(mappable, ax=axes.ravel().tolist(), orientation="horizontal", location="bottom", fraction=0.05 / n_rows, pad=0.32 / n_rows,
-                 aspect=40, label=values)
+    fig.colorbar(mappable, cax=bar, orientation="horizontal", label=values)
+    fig.tight_layout()  # the colour bar's row is a row of the grid: its ticks and label are laid out like any panel's
+    box = bar.get_position()
+    width = min(box.width, 4.0 / fig.get_figwidth())  # at most 4 in long, centred under the panels
+    bar.set_position([box.x0 + (box.width - width) / 2, box.y0, width, box.height])
     return fig
 
 
@@ -368,6 +415,8 @@ def finite_size(df: pd.DataFrame, title: str) -> plt.Figure:
     ax.set_ylabel("|measured - predicted| factor")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_title(title, fontsize=10)
+    for ax in fig.axes:
+        powers_of_ten_only(ax)
     fig.tight_layout()
     return fig
 
@@ -396,6 +445,8 @@ def spectra(q: pd.DataFrame, title: str, panel_order: list) -> plt.Figure:
         ax.set_ylabel("singular values of ds_T-1/ds_t")
     handles = dict(zip(*axes.flat[0].get_legend_handles_labels()[::-1]))
     fig.suptitle(title, fontsize=10)
+    for ax in fig.axes:
+        powers_of_ten_only(ax)
     fig.tight_layout()
     legend_below(fig, handles)
     return fig
@@ -479,6 +530,8 @@ def steps_to_solve(df: pd.DataFrame, panel: str, title: str, model_order: list) 
     handles = {m: plt.Line2D([], [], color=colours[m], lw=1.2, marker="o", markersize=4) for m in models}
     handles[f"not solved within {budget:,.0f} steps"] = plt.Line2D([], [], color="0.3", lw=0, marker="^", markersize=5)
     fig.suptitle(title, fontsize=10)
+    for ax in fig.axes:
+        powers_of_ten_only(ax)
     fig.tight_layout()
     legend_below(fig, handles)
     return fig
@@ -494,31 +547,45 @@ def _flow_grid(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 def flow_over_training(df: pd.DataFrame) -> plt.Figure:
     """gradlab.flow's records: ||dL/ds_t|| against distance from the loss, one line per recorded training step
     coloured along a colour bar (early dark, late light: no legend however many steps), a grid of panels with one
-    row per module and layer and one column per state part (dL/dh, the total dL/dc)."""
+    row per module and layer and one column per state part (dL/dh, the total dL/dc). The y axis is named once for
+    the figure (a label per row would be longer than its row), the x axis under each column's lowest panel, and
+    a layer without a state part (a GRU beside an LSTM has no c) gets no empty panel."""
     df = df.assign(where=df["module"].replace("", "model").astype(str) + " layer " + df["layer"].astype(str))
     rows, cols = _flow_grid(df)
-    fig, axes = subplots(len(rows), len(cols), figsize=(min(PAGE_IN, 3.4 * len(cols) + 1.2), 2.5 * len(rows) + 0.9), squeeze=False, sharex=True)
+    set_style()
+    row_h = 2.3
+    fig = plt.figure(figsize=(min(PAGE_IN, 3.4 * len(cols) + 1.2), 0.5 + row_h * len(rows) + 0.8))
+    grid = fig.add_gridspec(len(rows) + 1, len(cols), height_ratios=[row_h] * len(rows) + [0.1])
     steps = sorted(df["step"].unique())
     cmap = plt.get_cmap("viridis")
     norm = matplotlib.colors.Normalize(vmin=min(steps), vmax=max(steps) if max(steps) > min(steps) else min(steps) + 1)
+    axes: dict = {}
     for i, where in enumerate(rows):
         for j, wrt in enumerate(cols):
-            ax = axes[i, j]
             g = df[(df["where"] == where) & (df["wrt"] == wrt)]
+            if not len(g):  # no such state part in this layer
+                continue
+            ax = axes[i, j] = fig.add_subplot(grid[i, j], sharex=next(iter(axes.values()), None))
             for step, line in g.groupby("step"):
                 line = line.groupby("distance")["grad_norm"].mean()  # several calls in a step: their mean
                 positive = line[line > 0]
                 ax.plot(positive.index, positive.to_numpy(), color=cmap(norm(step)), lw=1.1)
             ax.set_yscale("log")
             ax.set_title(f"{where}, dL/d{wrt}", fontsize=9)
-            ax.set_xlabel("steps before the last (T-1-t)")
-            if j == 0:
-                ax.set_ylabel("||dL/ds_t|| (RMS over the batch)")
+    for (i, j), ax in axes.items():
+        lowest = not any((k, j) in axes for k in range(i + 1, len(rows)))
+        ax.xaxis.set_tick_params(labelbottom=lowest)
+        ax.set_xlabel("steps before the last (T-1-t)" if lowest else "")
+    fig.supylabel("||dL/ds_t|| (RMS over the batch)", fontsize=9)
     fig.suptitle("Gradient flow while learning (gradlab.flow.watch)", fontsize=10)
+    bar = fig.add_subplot(grid[len(rows), :])
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar, orientation="horizontal", label="training step")
+    for ax in fig.axes:
+        powers_of_ten_only(ax)
     fig.tight_layout()
-    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, orientation="horizontal", fraction=0.05, pad=0.18,
-                       aspect=40)
-    bar.set_label("training step")
+    box = bar.get_position()
+    width = min(box.width, 4.0 / fig.get_figwidth())
+    bar.set_position([box.x0 + (box.width - width) / 2, box.y0, width, box.height])
     return fig
 
 
@@ -570,5 +637,7 @@ def gradient_flow_figure(tables: dict) -> plt.Figure:
             ax.set_xlabel("steps before the last (T-1-t)")
             ax.legend(fontsize=7)
     fig.suptitle("Gradient flow (gradlab.flow.gradient_flow)", fontsize=10)
+    for ax in fig.axes:
+        powers_of_ten_only(ax)
     fig.tight_layout()
     return fig

@@ -48,7 +48,11 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
         used = [widths[k] for k in r]
         spare = max(page_w - 1.2 - sum(used), 0.0)
         sub = grid[i].subgridspec(1, len(r) + (spare > 0.05), width_ratios=used + ([spare] if spare > 0.05 else []))
-        axes_rows.append([fig.add_subplot(sub[0, j]) for j in range(len(r))])
+        first = axes_rows[0][0] if axes_rows else None
+        row_axes = []
+        for j in range(len(r)):  # one y axis for every panel: the cells read against each other, and no panel's labels in its neighbour
+            row_axes.append(fig.add_subplot(sub[0, j], sharey=first or (row_axes[0] if row_axes else None)))
+        axes_rows.append(row_axes)
     for row_cells, row_axes in zip(rows, axes_rows):
         for ax, cell in zip(row_axes, row_cells):
             g = df[df["cell"] == cell]
@@ -70,6 +74,9 @@ def bars_by_shape(df: pd.DataFrame, value: str, ylabel: str, title: str, line: f
         row_axes[0].set_ylabel(ylabel)
         for ax in row_axes[1:]:
             ax.set_ylabel("")
+            ax.tick_params(axis="y", which="both", labelleft=False)
+    for ax in (a for row_axes in axes_rows for a in row_axes):
+        figures.powers_of_ten_only(ax)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     figures.legend_below(fig, {i: plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in impls})

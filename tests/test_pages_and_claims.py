@@ -1,0 +1,83 @@
+"""Pages and claims (issue 36, items 12 to 16): a page says what ran and keeps its figures' words apart, the
+predicted factor stands beside the measured one wherever a run's rates are shown, a reader of the repository can
+open a reference run's page, a page's opening words match the settings its run used, and what the docs claim is
+what the code does."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from figure_text import overlaps
+
+from gradlab.cli import main
+from gradlab.report import figures, render, summary_of
+from gradlab.report.compare import compare
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = ["--set", "seq_len=30", "--set", "cell=rnn,gru,lstm", "--set", "init_scale=1.0", "--set", "forget_bias=0.0",
+        "--set", "init=orthogonal,uniform", "--set", "probe=hidden,independent"]  # the issue's custom run, at T 30
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory) -> dict:
+    """The issue's --set run of gradient-decay (shorter sequences) and the same with seed 1, each drawn with every
+    figure caught as it is saved; what `gradlab run` printed."""
+    where = tmp_path_factory.mktemp("custom")
+    caught: dict = {}
+    original = figures.save
+
+    def catching(fig, path):
+        caught[Path(path).stem] = overlaps(fig)
+        original(fig, path)
+
+    figures.save = catching
+    try:
+        first = invoke("run", "gradient-decay", *SETS, "--device", "cpu", "--out", str(where / "a"), "--quiet")
+    finally:
+        figures.save = original
+    second = invoke("run", "gradient-decay", *SETS, "--set", "seed=1", "--device", "cpu", "--out", str(where / "b"), "--quiet")
+    assert first.exit_code == 0 and second.exit_code == 0, (first.output, second.output)
+    return {"a": where / "a", "b": where / "b", "printed": first.output, "overlaps": caught}
+
+
+# 12: the custom run's page: its figures' words apart, its heading what ran
+
+def test_no_figure_of_a_custom_runs_page_has_words_that_run_into_each_other(custom):
+    assert any(stem.startswith("rates") for stem in custom["overlaps"])  # the heatmap of the factor per step, with its colour bar
+    assert {stem: found for stem, found in custom["overlaps"].items() if found} == {}
+
+
+def test_the_recorders_figure_keeps_its_labels_apart():
+    from gradlab import flow
+
+    class Stack(torch.nn.Module):  # three rows of panels (two LSTM layers and a GRU's), the GRU without a c column
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.gru, self.out = torch.nn.LSTM(3, 8, num_layers=2), torch.nn.GRU(8, 4), torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.out(self.gru(self.lstm(x)[0])[0][-1])
+
+    torch.manual_seed(0)
+    model = Stack()
+    with flow.watch(model, every=1) as recorder:
+        for _ in range(4):
+            model(torch.randn(12, 2, 3)).pow(2).mean().backward()
+        for fig in (recorder.figure(), recorder.figure_at_distances((0, 5))):
+            assert overlaps(fig) == []
+            figures.close(fig)
