@@ -81,3 +81,23 @@ def test_the_recorders_figure_keeps_its_labels_apart():
         for fig in (recorder.figure(), recorder.figure_at_distances((0, 5))):
             assert overlaps(fig) == []
             figures.close(fig)
+
+
+def _lede(page: str) -> str:
+    """The page's title and the paragraphs before its run line: what the page says ran."""
+    head = page.split("<p class='run'>")[0]
+    return html.unescape(re.sub(r"<[^>]+>", " ", head.split("<body>")[-1]))
+
+
+def test_a_set_run_is_headed_by_what_ran_and_a_plain_run_by_its_profile(custom, tmp_path):
+    manifest = json.loads((custom["a"] / "manifest.json").read_text())
+    lede = _lede((custom["a"] / "report.html").read_text(encoding="utf-8"))
+    for change in manifest["overrides"]:
+        assert f"--set {change}" in lede
+    assert manifest["profile_description"] not in lede  # it describes the profile's own grid: T 200, three scales
+    assert re.search(r"<title>[^<]*--set[^<]*</title>", (custom["a"] / "report.html").read_text(encoding="utf-8"))
+    plain = tmp_path / "plain"  # a run with no --set: its profile's description, as written
+    shutil.copytree(ROOT / "reports" / "gradient-decay-quick", plain, ignore=shutil.ignore_patterns("points", "report.html"))
+    page = render(plain).read_text(encoding="utf-8")
+    described = json.loads((plain / "manifest.json").read_text())["profile_description"]
+    assert described and described in _lede(page) and "--set" not in _lede(page)

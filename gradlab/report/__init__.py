@@ -25,6 +25,23 @@ def view_of(measure: str):
     return getattr(load(measure), "view", None) if measure in known_measures() else None
 
 
+def what_ran(manifest: dict) -> tuple[str, str]:
+    """The page's title and its first paragraph: what ran. The profile's description only where no --set changed
+    the profile (it describes the profile's own grid and settings); otherwise the profile and the changes, as given."""
+    study, profile = manifest.get("study", "gradlab run"), str(manifest.get("profile") or "")
+    changes = [str(c) for c in manifest.get("overrides") or []]
+    if not changes:
+        described = manifest.get("profile_description", "")
+        lede = f"<p class='lede'><b>{html.escape(profile)}</b>: {html.escape(described)}</p>" if described else ""
+        return f"{study} ({profile})" if profile else study, lede
+    base = f"the {profile} profile" if profile else "the study's own grid and settings (no profile)"
+    said = "; ".join(f"<code>--set {html.escape(c)}</code>" for c in changes)
+    lede = (f"<p class='lede'><b>{html.escape(profile or study)}, changed</b>: {html.escape(base)} with {len(changes)} "
+            f"change{'s' * (len(changes) != 1)} on the command line: {said}; the rest as {html.escape(base)} sets it (every "
+            "setting as run: the manifest's resolved).</p>")
+    return f"{study} ({profile + ', ' if profile else ''}changed by --set)", lede
+
+
 class UnfinishedRun(FileNotFoundError):
     """A folder a run started in but did not finish: the message says how far it got and how to resume."""
 
@@ -130,13 +147,11 @@ def draw(out: Path, into: Path) -> Drawn:
         figures.save(fig, path)  # and its SVG beside it
         figures.close(fig)
         blocks.append(page.figure(path, caption))
-    title = f"{manifest.get('study', 'gradlab run')} ({manifest.get('profile', '')})"
+    title, ran = what_ran(manifest)
     failed = int(manifest.get("failed", 0))
     git = manifest.get("code") or manifest.get("environment", {}).get("git", {})  # the code that computed the points
     commit = (git.get("commit") or "unknown commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    profile = manifest.get("profile_description", "")  # what this profile runs, first; the study's question after it
-    lede = (f"<p class='lede'><b>{html.escape(str(manifest.get('profile', '')))}</b>: {html.escape(profile)}</p>" if profile else "") \
-        + f"<p class='lede'>{html.escape(manifest.get('description', ''))}</p>"
+    lede = ran + f"<p class='lede'>{html.escape(manifest.get('description', ''))}</p>"  # what ran, first; the study's question after it
     body = [f"<h1>{html.escape(title)}</h1>{lede}",
             f"<p class='run'>{manifest.get('row_count', 0):,} rows from {len(manifest.get('points', []))} points"
             + (f", <span class='failed'>{failed} failed</span>" if failed else "")
