@@ -101,3 +101,37 @@ def test_a_set_run_is_headed_by_what_ran_and_a_plain_run_by_its_profile(custom, 
     page = render(plain).read_text(encoding="utf-8")
     described = json.loads((plain / "manifest.json").read_text())["profile_description"]
     assert described and described in _lede(page) and "--set" not in _lede(page)
+
+
+# 13: the predicted factor beside the measured one: terminal, page, compare; compare without twins or unexplained gaps
+
+def test_the_summary_printed_and_on_the_page_gives_the_predicted_factor(custom):
+    rates = pd.read_parquet(custom["a"] / "summary.parquet")
+    (title, table), *_ = summary_of(custom["a"]).summaries
+    page = (custom["a"] / "report.html").read_text(encoding="utf-8")
+    first_table = page.split("<h3>", 1)[1].split("</table>")[0]
+    for value in rates["predicted_factor"]:
+        said = f"predicted {value:.3f}"
+        assert said in custom["printed"] and said in first_table and table.apply(lambda c: c.str.contains(said, regex=False)).any().any()
+
+
+def test_compare_gives_the_predicted_factor_once_per_curve_and_says_what_its_gaps_mean(custom):
+    table, differing = compare(custom["a"], custom["b"])
+    assert differing == {"seed": (0, 1)}
+    assert {"predicted_factor A", "predicted_factor B", "predicted_factor B-A"} <= set(table.columns)
+    assert table["predicted_factor A"].notna().all()
+    keys = [c for c in table.columns if not c.endswith((" A", " B", " B-A")) and c != "in"]
+    assert not table.duplicated(keys).any()
+    values = [c for c in table.columns if c.endswith((" A", " B"))]
+    assert not table.duplicated(values).any()  # scratch and cudnn agree to 1e-15 here: a curve's numbers once, not twice
+    notes = " ".join(table.attrs["notes"])
+    assert "cudnn" in notes  # which rows were given once, and why
+    for column in {c.rsplit(" ", 1)[0] for c in values if table[c].isna().any()}:  # every empty column is explained
+        assert f"{column} empty" in notes, column
+    assert table["vanish_distance A"].isna().any()  # at T 30 and factors near 0.7 some norms never fall to 1e-6: explained above
+
+
+def test_the_compare_command_prints_what_its_gaps_mean(custom):
+    r = invoke("compare", str(custom["a"]), str(custom["b"]))
+    assert r.exit_code == 0
+    assert "predicted_factor A" in r.output and "note: vanish_distance empty" in r.output and "note: A: cudnn's norms" in r.output

@@ -89,7 +89,9 @@ def view(t: Tables, manifest: dict) -> Section:
         split = [c for c in settings if c in summ and c not in DRAWN and c != "point" and summ[c].map(repr).nunique() > 1]
         sizes_vary = "hidden_size" in summ and summ["hidden_size"].nunique() > 1 and ("init_scale" not in summ or summ["init_scale"].nunique() < 2)
         table = summary_table(summ, [c for c in split if not (sizes_vary and c == "input_size")], "hidden_size" if sizes_vary else "init_scale")
-        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0]), table))
+        theory = "predicted_factor" in summ and summ["predicted_factor"].notna().any()
+        sec.summaries.append(("Factor per step of " + quantity(*summ[["probe", "wrt"]].iloc[0])
+                              + (", measured (predicted: mean-field theory's factor, docs/mean_field.md)" if theory else ""), table))
     shown = one_state(res[res["impl"] == "scratch"] if one_curve else res)
     two_impls = res["impl"].nunique() > 1
     sizes = sorted(res["hidden_size"].unique()) if "hidden_size" in res else []
@@ -135,14 +137,17 @@ def view(t: Tables, manifest: dict) -> Section:
 
 def summary_table(summ: pd.DataFrame, split: list[str] = (), across: str = "init_scale") -> pd.DataFrame:
     """model (and the other settings that vary) x `across` (init_scale, or hidden_size in a finite-size run),
-    each entry 'factor (r2, vanishes at d)'; '~' before a poor fit."""
+    each entry 'factor (predicted p, r2, vanishes at d)': the measured factor, mean-field theory's beside it where
+    the theory predicts one; '~' before a poor fit."""
     s = label_models(summ)
     split = [c for c in split if c != across]
 
     def entry(row) -> str:
         mark = "" if row["fit"] == "one rate" else "~"
+        theory = row.get("predicted_factor")
+        predicted = "" if theory is None or pd.isna(theory) else f"predicted {theory:.3f}, "
         gone = "" if pd.isna(row["vanish_distance"]) else f", vanishes at {row['vanish_distance']:.0f}"
-        return f"{mark}{row['factor_per_step']:.3f} (r2 {row['r2']:.3f}{gone})"
+        return f"{mark}{row['factor_per_step']:.3f} ({predicted}r2 {row['r2']:.3f}{gone})"
 
     def heading(v) -> str:
         return f"{across} none" if pd.isna(v) else f"{across} {v:g}"
