@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import warnings
@@ -51,6 +52,50 @@ def resolve_device(device: str) -> str:
 def main() -> None:
     """gradlab: how gradients flow through recurrent networks, and how fast those networks run."""
     warnings.showwarning = _show_warning
+    sys.stdout, sys.stderr = _PipeSafe.wrap(sys.stdout), _PipeSafe.wrap(sys.stderr)
+
+
+class _PipeSafe:
+    """A terminal stream whose reader may go away (`gradlab run ... | head`): once the pipe is closed, what is written is
+    dropped quietly (the stream's descriptor now leads to os.devnull) and the work goes on; the command's exit status is
+    its own. Every write is flushed, so a closed pipe is found at once, not when the process ends."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    @classmethod
+    def wrap(cls, stream):
+        return stream if isinstance(stream, cls) or stream is None else cls(stream)
+
+    def _closed_pipe(self) -> None:
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+    def _quietly(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._closed_pipe()
+            try:
+                return call(*args)
+            except (BrokenPipeError, ValueError):
+                return None
+
+    def write(self, text: str):
+        done = self._quietly(self._stream.write, text)
+        self._quietly(self._stream.flush)
+        return len(text) if done is None else done
+
+    def flush(self) -> None:
+        self._quietly(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -295,6 +340,13 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     from .store import FolderError
     from .report.compare import compare as compare_runs
 
+    if out is not None:  # where the CSV goes, checked before anything is read
+        if out.is_dir() or not out.name or str(out).endswith(("/", os.sep)):
+            raise click.BadParameter(f"{out} is a folder; name the CSV file to write (e.g. {out / 'compare.csv'}).", param_hint="--out")
+        if not out.parent.is_dir():
+            raise click.BadParameter(f"{out.parent} does not exist (or is not a folder): the CSV goes into an existing folder.", param_hint="--out")
+        if not os.access(out.parent, os.W_OK):
+            raise click.BadParameter(f"{out.parent} cannot be written: choose a folder you can write to.", param_hint="--out")
     for run_dir in (run_a, run_b):
         holder = locked_by_other(run_dir)
         if holder:
@@ -317,7 +369,10 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
                    + "; ".join(f"{k} {', '.join(v)}" for k, v in held["B"].items() if v) + ".", err=True)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 4 significant digits: what a timing or a loss can say
     if out is not None:
-        table.to_csv(out, index=False)
+        try:
+            table.to_csv(out, index=False)
+        except OSError as exc:
+            raise FolderError(f"could not write {out}: {exc.strerror or exc}.", exit_code=1) from None
         click.echo(f"wrote {out}")
 
 

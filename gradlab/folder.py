@@ -271,7 +271,7 @@ def _manifest_of(out: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if is_run_manifest(data) else None
 
@@ -392,7 +392,7 @@ def holds_run(out: Path) -> bool:
     plan = out / "plan.json"
     try:
         data = json.loads(plan.read_text(encoding="utf-8")) if plan.is_file() and not plan.is_symlink() else None
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and isinstance(data.get("study"), str) and "keys" in data
 
@@ -613,9 +613,38 @@ def recover(out: Path) -> str | None:
     return f"dropped a half-written state in {out} (a process stopped while writing it); the folder is as it was before"
 
 
+_MANIFEST_FIELDS = {  # what a manifest's fields hold, where present: checked before any of them is read
+    "study": (str,), "measure": (str,), "profile": (str,), "description": (str,), "profile_description": (str,),
+    "row_count": (int,), "failed": (int,), "points_saved": (int,), "points_total": (int,), "points_skipped": (int,),
+    "complete": (bool,), "argv": (list,), "points": (list,), "files": (list,), "table_digests": (dict,), "tables": (dict,),
+    "column_dictionary": (dict,), "code": (dict,), "environment": (dict,), "resolved": (dict,), "dropped": (list,),
+}
+
+
+def check_manifest(out: Path, manifest: dict) -> None:
+    """Every field the page and the commands read holds what gradlab writes there: a damaged one is a FolderError
+    naming it, never a traceback of whatever tripped over it."""
+    path = Path(out) / MANIFEST
+    for key, kinds in _MANIFEST_FIELDS.items():
+        value = manifest.get(key)
+        if key in manifest and value is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+            raise FolderError(f"{path} is damaged: {key} should be {' or '.join(_KIND_NAMES[k] for k in kinds)}, got {value!r:.60}. "
+                              "Delete it and rerun the command that made the folder (its points are reused), or `gradlab report` it.")
+    for key in ("points", "argv"):
+        if any(not isinstance(item, dict if key == "points" else str) for item in manifest.get(key) or []):
+            raise FolderError(f"{path} is damaged: {key} should list {'points (objects)' if key == 'points' else 'words'}. Delete it and "
+                              "rerun the command that made the folder (its points are reused).")
+    if any(not isinstance(d, str) for d in (manifest.get("table_digests") or {}).values()):
+        raise FolderError(f"{path} is damaged: table_digests should map each table to its checksum. Delete it and rerun the command that made the folder.")
+
+
+_KIND_NAMES = {str: "text", int: "a whole number", bool: "true or false", list: "a list", dict: "an object"}
+
+
 def check_tables(out: Path, manifest: dict) -> None:
-    """Every table the manifest lists matches the checksum it was written with (a table git does not keep
-    may be absent); one that does not is a FolderError naming it."""
+    """The manifest's fields are what gradlab writes (check_manifest), and every table it lists matches the checksum
+    it was written with (a table git does not keep may be absent); one that does not is a FolderError naming it."""
+    check_manifest(out, manifest)
     for name, digest in manifest.get("table_digests", {}).items():
         path = Path(out) / f"{name}.parquet"
         if path.exists() and file_digest(path) != digest:

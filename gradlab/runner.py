@@ -314,6 +314,7 @@ def check_out(out: Path, reference: bool = False, share: bool = False) -> bool:
     out = Path(out)
     if str(out).strip() in ("", "."):  # the current directory is nobody's run folder (Path('') is '.')
         raise FolderError("--out must name a folder for the run (e.g. runs/mine); the current directory is not one.")
+    _check_name_lengths(out)
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise FolderError(f"--out {out}: {parent} is a file, not a folder. Name a folder (it is made if missing).")
@@ -323,7 +324,6 @@ def check_out(out: Path, reference: bool = False, share: bool = False) -> bool:
         raise FolderError(f"--out {out} holds a committed reference run (git tracks its manifest.json), and a plain run never "
                           f"writes over one. Use another --out (runs land in {RUNS_DIR}/ by default), or pass --reference "
                           "to remake it as scripts/reference_runs.sh does.")
-    _check_name_lengths(out)
     existed = out.exists()
     if existed:
         check_links(out)

@@ -116,7 +116,7 @@ class PointStore:
             return None
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             return None
         if not isinstance(meta, dict) or meta.get(MARKER_DIGEST) != _json_digest({k: v for k, v in meta.items() if k != MARKER_DIGEST}):
             return None

@@ -133,7 +133,13 @@ def load_study(ref: str | Path) -> Study:
         raise StudyError(f"study file {source} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"study file {source} is not valid TOML: {exc}") from None
-    return parse_study(data, source)
+    except RecursionError:
+        raise StudyError(f"study file {source} nests its arrays or tables deeper than Python can read: a study is a few flat "
+                         "tables (grid, settings, profiles); flatten it.") from None
+    try:
+        return parse_study(data, source)
+    except RecursionError:
+        raise StudyError(f"study file {source} nests its values deeper than any setting takes: flatten it.") from None
 
 
 def _expect_table(value: Any, where: str) -> dict:
@@ -417,6 +423,14 @@ def resolve(study: Study, config_cls: type, profile: str | None = None, override
                              f"{f' (profile {profile!r})' if profile else ''}: it is fixed at "
                              f"{repr(values[ladder['axis']][0]) if ladder['axis'] in values else 'its default'}. "
                              f"Give {ladder['axis']} several values in the grid (or with --set), or remove the [ladder] table.")
+        walked = values[ladder["axis"]]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in walked):
+            raise StudyError(f"{study.source}: the ladder walks {ladder['axis']!r} from its smallest value up, so its values must be numbers "
+                             f"(a lag, a length), got {walked!r}. Walk a numeric axis (e.g. seq_len), or remove the [ladder] table.")
+        over = ladder.get("over", "seed")
+        if over == ladder["axis"] or (over not in axes and over != "seed"):
+            raise StudyError(f"{study.source}: the ladder's 'over' ({over!r}) names the points that must all fail at a value before the "
+                             f"ladder stops; it must be an axis of the grid other than {ladder['axis']!r} (axes: {', '.join(axes)}), or seed.")
         ladder = Ladder(ladder["axis"], ladder["stop_after"], ladder.get("over", "seed"))
     return Resolved(study, profile or "default", values, axes, rules, overridden, conditional, ladder)
 

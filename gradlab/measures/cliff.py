@@ -5,6 +5,7 @@ show what the wall does to an unclipped step."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ COLUMNS = COMMON_COLUMNS | {
 }
 
 
+MAX_RESOLUTION = 2001  # points per axis of the surface: 4 million losses, far beyond what the figure shows
+
+
 @dataclass
 class Config:
     clip: str = "none"
@@ -48,10 +52,18 @@ class Config:
         parse_clip(self.clip)
         if not (self.lr > 0 and self.steps >= 1 and self.seq_len >= 1 and self.resolution >= 2):
             raise ValueError("lr must be > 0, steps, seq_len >= 1 and resolution >= 2.")
+        if self.resolution > MAX_RESOLUTION:
+            raise ValueError(f"resolution must be at most {MAX_RESOLUTION} points per axis (the surface is resolution^2 points, each "
+                             f"{self.seq_len} steps long; the figure cannot show more), got {self.resolution}.")
+        numbers = [self.lr, self.x0, self.target, self.w_min, self.w_max, self.b_min, self.b_max]
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"lr, x0, target and the surface's bounds must be finite numbers, got {numbers}.")
         if not (self.w_min < self.w_max and self.b_min < self.b_max):
             raise ValueError("the surface needs w_min < w_max and b_min < b_max.")
-        if not all(len(s) == 2 for s in self.starts):
+        if not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in self.starts):
             raise ValueError(f"starts must be (w, b) pairs, got {self.starts}.")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for s in self.starts for v in s):
+            raise ValueError(f"starts must be (w, b) pairs of finite numbers (a path from NaN or inf goes nowhere), got {self.starts}.")
 
 
 def loss(w: torch.Tensor, b: torch.Tensor, cfg: Config) -> torch.Tensor:

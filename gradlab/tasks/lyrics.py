@@ -16,6 +16,8 @@ from .corpus import locate, read_text
 from .text import LyricsData, Vocab, batches_per_epoch, consecutive, prepare, random_chunks
 
 
+MAX_PRED_LEN = 10_000  # characters generated per prefix: more is a text, not a sample
+MAX_TEMPERATURE = 100.0  # sampling temperature: far above 1 every character is about as likely as any other
 FREQUENCY_BANDS = ((1, 3), (3, 10), (10, 30), (30, 100), (100, 300), (300, 0))  # [lo, hi) training counts; 0: no top
 
 
@@ -92,10 +94,11 @@ class Lyrics(Task):
         empty = [i for i, prefix in enumerate(self.prefixes) if not prefix]
         if empty:
             raise ValueError(f"prefixes holds an empty prefix (item {empty[0]}): text is generated from at least one character, e.g. prefixes=[\"分开\"].")
-        if self.pred_len < 0:
-            raise ValueError(f"pred_len must be >= 0, got {self.pred_len}.")
-        if not self.sample_temperature > 0:
-            raise ValueError(f"sample_temperature must be > 0 (greedy text is always drawn as well), got {self.sample_temperature}.")
+        if not 0 <= self.pred_len <= MAX_PRED_LEN:
+            raise ValueError(f"pred_len must be in 0 .. {MAX_PRED_LEN} (characters generated per prefix; the book's 50), got {self.pred_len}.")
+        if not 0 < self.sample_temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"sample_temperature must be in (0, {MAX_TEMPERATURE:g}] (greedy text is always drawn as well; at "
+                             f"{MAX_TEMPERATURE:g} the samples are already as good as uniform), got {self.sample_temperature}.")
 
     def ready(self, batch_size: int, length: int) -> None:
         """Checks that need the text (found, or fetched, on first use): fail before any training."""
