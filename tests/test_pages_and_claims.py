@@ -135,3 +135,19 @@ def test_the_compare_command_prints_what_its_gaps_mean(custom):
     r = invoke("compare", str(custom["a"]), str(custom["b"]))
     assert r.exit_code == 0
     assert "predicted_factor A" in r.output and "note: vanish_distance empty" in r.output and "note: A: cudnn's norms" in r.output
+
+
+# 14: a reference run's page, for a reader of the repository
+
+def test_the_readme_says_how_to_draw_the_reference_pages_and_that_command_draws_one(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"`(gradlab report reports/[^`]*)`", readme)
+    assert commands, "README.md: no `gradlab report reports/...` command for the committed runs' pages"
+    tracked = subprocess.run(["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert not [p for p in tracked if p.endswith("report.html")]  # the README's way, not committed copies of the pages
+    copy = tmp_path / "reports" / "cliff-quick"
+    shutil.copytree(ROOT / "reports" / "cliff-quick", copy, ignore=shutil.ignore_patterns("points", "report.html"))
+    command = commands[0].replace("reports/NAME", "reports/cliff-quick").split()
+    r = subprocess.run([sys.executable, "-m", "gradlab.cli", *command[1:]], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (copy / "report.html").stat().st_size > 10_000
