@@ -151,3 +151,37 @@ def test_the_readme_says_how_to_draw_the_reference_pages_and_that_command_draws_
     r = subprocess.run([sys.executable, "-m", "gradlab.cli", *command[1:]], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (copy / "report.html").stat().st_size > 10_000
+
+
+# 15: a page's opening words name no optimiser its run did not use
+
+OPTIMISERS = {"sgd": r"\bSGD\b", "adam": r"\bAdam\b", "adamw": r"\bAdamW\b", "rmsprop": r"\bRMSProp\b"}
+
+
+@pytest.fixture(scope="module")
+def lyrics_pages(tmp_path_factory) -> dict:
+    """The committed lyrics runs whose profiles leave the book's settings, drawn from their tables."""
+    out = {}
+    for name in ("lyrics-counting", "lyrics-generalise"):
+        folder = tmp_path_factory.mktemp("lyrics") / name
+        shutil.copytree(ROOT / "reports" / name, folder, ignore=shutil.ignore_patterns("points", "report.html"))
+        out[name] = render(folder).read_text(encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("name", ["lyrics-counting", "lyrics-generalise"])
+def test_a_pages_opening_names_only_the_optimiser_its_run_used(lyrics_pages, name):
+    used = set(json.loads((ROOT / "reports" / name / "manifest.json").read_text())["resolved"]["optimizer"])
+    named = {opt for opt, word in OPTIMISERS.items() if re.search(word, _lede(lyrics_pages[name]), re.IGNORECASE)}
+    assert named <= used, f"{name}: its opening names {sorted(named - used)}; the run used {sorted(used)}"
+
+
+def test_no_study_description_names_an_optimiser_a_profile_of_it_replaces():
+    """The study's description heads every profile's page: a setting named there holds in every profile."""
+    import tomllib
+
+    for path in sorted((ROOT / "studies").glob("*.toml")):
+        study = tomllib.loads(path.read_text(encoding="utf-8"))
+        used = {study.get("settings", {}).get("optimizer")} | {p.get("settings", {}).get("optimizer") for p in study.get("profiles", {}).values()}
+        named = {opt for opt, word in OPTIMISERS.items() if re.search(word, study["description"], re.IGNORECASE)}
+        assert not named or used - {None} <= named, f"{path.name}: the description names {sorted(named)}; profiles use {sorted(used - {None})}"
