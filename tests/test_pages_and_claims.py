@@ -185,3 +185,45 @@ def test_no_study_description_names_an_optimiser_a_profile_of_it_replaces():
         used = {study.get("settings", {}).get("optimizer")} | {p.get("settings", {}).get("optimizer") for p in study.get("profiles", {}).values()}
         named = {opt for opt, word in OPTIMISERS.items() if re.search(word, study["description"], re.IGNORECASE)}
         assert not named or used - {None} <= named, f"{path.name}: the description names {sorted(named)}; profiles use {sorted(used - {None})}"
+
+
+# 16: claims the code keeps
+
+def _sentences(text: str) -> list[str]:
+    return re.split(r"(?<=[.;])\s+", " ".join(text.split()))
+
+
+def test_every_claim_that_an_ensemble_equals_its_solo_runs_bit_for_bit_says_at_what_threads():
+    from gradlab.training import ensemble
+
+    texts = {"README.md": (ROOT / "README.md").read_text(encoding="utf-8"), "gradlab/training/ensemble.py": ensemble.__doc__ or ""}
+    texts |= {f"docs/{p.name}": p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")}
+    texts |= {f"ensemble.{name}": fn.__doc__ or "" for name, fn in vars(ensemble).items() if callable(fn) and getattr(fn, "__module__", "") == ensemble.__name__}
+    claims = [(where, s) for where, text in texts.items() for s in _sentences(text)
+              if re.search(r"bit for bit|bitwise|to float tolerance", s) and re.search(r"ensemble|solo", s)]
+    assert claims  # the claim is made (docs/ensembles.md): it must say when it holds
+    for where, sentence in claims:
+        assert "thread" in sentence, f"{where}: {sentence!r} does not say at what thread count it holds"
+
+
+@pytest.mark.parametrize("cell, dtype", [("lstm", "float32"), ("gru", "float64"), ("rnn", "float32")])
+def test_an_ensemble_on_two_threads_is_its_members_solo_runs_on_one_bit_for_bit(cell, dtype):
+    """What docs/ensembles.md says: the ensemble's thread count does not change its numbers, and they are the solo
+    runs' at one thread."""
+    from gradlab.measures.train import Config
+    from gradlab.training import train
+    from gradlab.training.ensemble import train_ensemble
+
+    cfgs = [Config(task="adding", cell=cell, seq_len=12, hidden_size=48, batch_size=16, steps=15, eval_every=5, eval_size=64, seed=s, dtype=dtype)
+            for s in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = train_ensemble(cfgs)
+        torch.set_num_threads(1)
+        alone = [train(c) for c in cfgs]
+    finally:
+        torch.set_num_threads(threads)
+    for ens, solo in zip(together, alone):
+        assert [(r["loss"], r["grad_norm_pre"], r["update_norm"]) for r in ens.steps] == [(r["loss"], r["grad_norm_pre"], r["update_norm"]) for r in solo.steps]
+        assert [r["val_loss"] for r in ens.history] == [r["val_loss"] for r in solo.history]

@@ -141,8 +141,10 @@ def ensemble_step(active: list[Run], spec, batches: list) -> tuple[list[float], 
 
 
 def train_ensemble(cfgs: list[TrainConfig], progress: bool = False) -> list[TrainResult]:
-    """Train every config as a member of one ensemble; results in the configs' order, each what its solo
-    run (training.train) gives, to float tolerance. A member that diverges, solves or stops leaves the batch."""
+    """Train every config as a member of one ensemble; results in the configs' order, each what its solo run
+    (training.train) gives: on CPU bit for bit its solo run at one thread, at any thread count of the ensemble (a
+    solo run on several threads rounds its matrix products' sums another way, and drifts from it as training
+    goes on: docs/ensembles.md). A member that diverges, solves or stops leaves the batch."""
     check_members(cfgs)
     if cfgs[0].device == "cpu":
         keep_freed_memory()  # its big per-step tensors reused, not faulted in anew at every step
