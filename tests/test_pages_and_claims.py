@@ -227,3 +227,18 @@ def test_an_ensemble_on_two_threads_is_its_members_solo_runs_on_one_bit_for_bit(
     for ens, solo in zip(together, alone):
         assert [(r["loss"], r["grad_norm_pre"], r["update_norm"]) for r in ens.steps] == [(r["loss"], r["grad_norm_pre"], r["update_norm"]) for r in solo.steps]
         assert [r["val_loss"] for r in ens.history] == [r["val_loss"] for r in solo.history]
+
+
+def test_the_adding_docstring_quotes_the_spread_of_its_default_held_out_set():
+    from gradlab.tasks.adding import Adding
+
+    said = re.search(r"([\d,]+) of them \(the default\) score ([\d.]+) to ([\d.]+) x 1/6", " ".join(Adding.__doc__.split()))
+    assert said, "the docstring quotes no spread of the held-out baseline at the default size"
+    size, lo, hi = int(said[1].replace(",", "")), float(said[2]), float(said[3])
+    assert size == Adding().eval_size
+    ratios = []
+    for seed in range(1000):  # held-out sets of the default size, as many eval seeds would draw them
+        task = Adding(eval_seed=seed)
+        ratios.append(task.data_baseline(task.held_out(250, 8, "cpu"), 8)[0] * 6)
+    q = np.quantile(ratios, [0.025, 0.975])  # the middle 95% of the draws, which the docstring's range says
+    assert abs(q[0] - lo) <= 0.01 and abs(q[1] - hi) <= 0.01, (q, lo, hi)
