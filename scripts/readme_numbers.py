@@ -292,11 +292,14 @@ def lyrics_counting_gap(root: Path) -> str:
         for cell, c in g_.groupby("cell", sort=False):
             row[f"{cell} - 5-gram"] = f"{c['gap'].median():+.2f}"
         rows.append((int(g_["count_from"].iloc[0]), row))
-    totals = b.groupby(["cell", "seed"], sort=False)["gap_part"].sum().groupby("cell", sort=False).median()
+    # the rows' own numbers added up: each band's median gap over seeds, weighted by its share of the targets (a median
+    # of each seed's total would be another statistic, and would not agree with the rows above it)
+    per = b.groupby(["cell", "band"], sort=False).agg(share=("share", "first"), gap=("gap", "median"))
+    totals = (per["share"] * per["gap"]).groupby(level="cell", sort=False).sum()
     return (markdown(pd.DataFrame([r for _, r in sorted(rows, key=lambda x: x[0])]))
             + "\n\nmean loss in nats per band of how often the target character occurs in the training text (network: median over "
-            f"{b['seed'].nunique()} seeds), on the test text read as one stream; the mean gap over all targets: "
-            + ", ".join(f"{c} {v:+.3f}" for c, v in totals.items()) + " nats.\n\n" + source(root, "lyrics-counting"))
+            f"{b['seed'].nunique()} seeds), on the test text read as one stream; the mean gap over all targets, the rows' gaps "
+            "weighted by their shares: " + ", ".join(f"{c} {v:+.3f}" for c, v in totals.items()) + " nats.\n\n" + source(root, "lyrics-counting"))
 
 
 def _by_cell(df: pd.DataFrame, col: str) -> dict[str, float]:

@@ -242,3 +242,37 @@ def test_the_adding_docstring_quotes_the_spread_of_its_default_held_out_set():
         ratios.append(task.data_baseline(task.held_out(250, 8, "cpu"), 8)[0] * 6)
     q = np.quantile(ratios, [0.025, 0.975])  # the middle 95% of the draws, which the docstring's range says
     assert abs(q[0] - lo) <= 0.01 and abs(q[1] - hi) <= 0.01, (q, lo, hi)
+
+
+def test_the_by_frequency_footer_adds_up_its_own_rows():
+    """The README's mean gap over all targets is the rows' band gaps (median over seeds) weighted by their shares, not
+    another statistic (a median of each seed's total) beside them."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- numbers lyrics-counting-gap -->")[1].split("<!-- /numbers -->")[0]
+    footer = dict(re.findall(r"(\w+) ([+-]\d\.\d{3})", block.split("the mean gap over all targets")[1]))
+    b = pd.read_parquet(ROOT / "reports" / "lyrics-counting" / "by_frequency.parquet")
+    per = b.assign(gap=b["net_loss"] - b["ngram_loss"]).groupby(["cell", "band"]).agg(share=("share", "first"), gap=("gap", "median"))
+    rows = (per["share"] * per["gap"]).groupby(level="cell").sum()
+    assert set(footer) == set(rows.index)
+    for cell, value in footer.items():
+        assert float(value) == pytest.approx(rows[cell], abs=5e-4), (cell, value, rows[cell])
+    printed = [line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| ") and "times" in line]
+    head = [h.strip() for h in block.splitlines()[1].split("|")[1:-1]]
+    for cell, value in footer.items():  # and the rows as printed (shares in whole percent, gaps to 0.01) come to it within their rounding
+        col = head.index(f"{cell} - 5-gram")
+        shares, gaps = [float(r[1].strip().rstrip("%")) / 100 for r in printed], [float(r[col]) for r in printed]
+        rounding = sum(0.005 * abs(g) + 0.005 * sh for sh, g in zip(shares, gaps))  # half a percent of each share, 0.005 of each gap
+        assert abs(sum(sh * g for sh, g in zip(shares, gaps)) - float(value)) <= rounding + 5e-4, (cell, value)
+
+
+def test_the_by_frequency_key_point_adds_up_the_pages_own_rows(lyrics_pages):
+    page = lyrics_pages["lyrics-counting"]
+    said = dict(re.findall(r"(\w+) ([+-]\d\.\d{3}) nats in all", page))
+    table = page.split("Where the gap to the 5-gram lies: per band")[1].split("</table>")[0]
+    header = [html.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table)]
+    body = [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    frame = pd.DataFrame(body, columns=header)
+    parts = frame.assign(gap_part=frame["gap_part"].astype(float)).groupby("model")["gap_part"].sum()
+    assert set(said) == set(parts.index)
+    for model, value in said.items():  # the page's parts are printed to 4 digits: they add up to the sentence within 5e-4
+        assert float(value) == pytest.approx(parts[model], abs=5e-4), (model, value, parts[model])

@@ -268,11 +268,11 @@ def frequency(sec: Section, bands: pd.DataFrame | None, named: str) -> None:
                         "better). The band's share of the targets is in the table.",
                         partial(figures.bars, b.groupby(["model", "band"], sort=False)["gap"].median().reset_index(), "band", "gap", hue="model",
                                 title=f"{named}network - {gram}-gram loss per band of training count", ylabel="loss gap (nats)", order=order)))
-    totals = (b.groupby(["model", "seed"], sort=False)["gap_part"].sum().groupby("model", sort=False).median() if "seed" in b
-              else b.groupby("model", sort=False)["gap_part"].sum())  # each seed's whole gap, then the median
+    totals = per.groupby("model", sort=False)["gap_part"].sum()  # the table's rows added up: each band's median part over seeds
     worst = per.loc[per["gap_part"].idxmax()]
     sec.key_points.append(f"{named}Where the gap to the {gram}-gram lies ({split} text, read as one stream): "
-                          + "; ".join(f"{m} {v:+.3f} nats in all" for m, v in totals.items()) + " (median over seeds)"
+                          + "; ".join(f"{m} {v:+.3f} nats in all" for m, v in totals.items())
+                          + " (the parts of the table's rows added up: each band's median over seeds)"
                           + f". The largest part, {worst['gap_part']:+.3f} nats ({worst['model']}), comes from characters seen "
                           f"{worst['band']} times in training ({100 * worst['share']:.0f}% of the targets); on the characters seen 300 times "
                           "or more the networks " + ("do better" if (per[per["band"] == "300+"]["gap"] < 0).all() else "do not all do better")
