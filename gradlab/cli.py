@@ -370,6 +370,8 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 4 significant digits: what a timing or a loss can say
     if out is not None:
         try:
+    for note in table.attrs.get("notes", []):  # what an empty value means, which rows are given once
+        click.echo(f"note: {note}.")
             table.to_csv(out, index=False)
         except OSError as exc:
             raise FolderError(f"could not write {out}: {exc.strerror or exc}.", exit_code=1) from None
