@@ -55,6 +55,8 @@ def build_tables(out: Path, keys: list[str], axes: list[str], module) -> tuple[d
             failed.append({"key": key, **coords, "error": meta["error"]})
             continue
         for name, df in store.tables(key).items():
+            if name in getattr(module, "ARTIFACTS", ()):  # kept in points/ for later analyses (a model's weights), not a table of the run
+                continue
             df = df.copy()
             for pos, (axis, value) in enumerate(coords.items()):
                 df.insert(pos, axis, [value] * len(df))
@@ -171,6 +173,38 @@ def collect(out: Path, render: Callable[[Path, Path], Path] | None = None) -> di
                               "command that made it to recompute them.")
     ended = before.get("ended") if before.get("plan_id") == plan.get("id") else None  # the run's own end, when it wrote one
     return assemble(out, plan, measures.load(plan["measure"]), {"collected_by": "gradlab report", "ended": ended, **_described(plan)}, render)
+
+
+def reanalyse(out: Path, echo: Callable[[str], None] | None = None) -> int:
+    """The analyses of every saved point that kept its model (a lyrics run's weights) made again from those weights by
+    today's code, without training (the measure's `reanalyse`: the context probe, lyrics' input gradients and by-frequency
+    table): each point's tables replaced in points/, its record naming the code that reanalysed it. The folder's
+    tables follow with the next `collect`. Returns how many points were reanalysed."""
+    from . import measures
+    from .env import code_identity
+    from .runner import PointOutcome
+
+    plan = read_plan(out)
+    if plan is None:
+        raise FolderError(f"{out} holds no plan.json: no gradlab run started there, so no point kept its weights.")
+    module = measures.load(plan["measure"])
+    if not hasattr(module, "reanalyse"):
+        raise FolderError(f"measure {plan['measure']!r} keeps no weights to analyse again.")
+    store, done = PointStore(out, plan["code"]), 0
+    for key in saved_keys(out, plan):
+        meta = store.read_meta(key)
+        if meta is None or meta.get("status") != "ok":
+            continue
+        tables = store.tables(key)
+        again = module.reanalyse(meta["config"], tables)
+        if again is None:
+            continue
+        env = meta.get("env", {}) | {"reanalysed_by": code_identity()}
+        store.write(PointOutcome(key, meta["config"], tables | again, None, meta.get("seconds", 0.0), env))
+        done += 1
+        if echo:
+            echo(f"  reanalysed {key} from its kept weights: {', '.join(sorted(again)) or 'nothing to analyse'}")
+    return done
 
 
 def _described(plan: dict) -> dict:

@@ -311,15 +311,17 @@ def _echo_summary(out: Path) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--reanalyse", is_flag=True, help="First make the analyses again from the points' kept weights (lyrics runs), by "
+              "today's code, without training; the tables are then rebuilt from the points.")
 @_friendly
-def report(run_dir: Path) -> None:
+def report(run_dir: Path, reanalyse: bool = False) -> None:
     """Re-render RUN_DIR's figures and report.html from its tables alone. A run that stopped early is
     rendered as far as it got, and says so; one killed before writing its tables gets them first, from
     its saved points."""
     from .runner import report_folder
 
     try:
-        page, unfinished = report_folder(run_dir, echo=lambda text: click.echo(text, err=True))
+        page, unfinished = report_folder(run_dir, echo=lambda text: click.echo(text, err=True), again=reanalyse)
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
     if unfinished:
@@ -368,10 +370,10 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
                    + "; ".join(f"{k} {', '.join(v)}" for k, v in held["A"].items() if v) + ". B holds "
                    + "; ".join(f"{k} {', '.join(v)}" for k, v in held["B"].items() if v) + ".", err=True)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 4 significant digits: what a timing or a loss can say
-    if out is not None:
-        try:
     for note in table.attrs.get("notes", []):  # what an empty value means, which rows are given once
         click.echo(f"note: {note}.")
+    if out is not None:
+        try:
             table.to_csv(out, index=False)
         except OSError as exc:
             raise FolderError(f"could not write {out}: {exc.strerror or exc}.", exit_code=1) from None

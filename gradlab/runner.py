@@ -595,10 +595,11 @@ def machine_busy() -> str | None:
     return f"the machine is busy (load {load:.1f} on {cores} cores)" if load > cores else None
 
 
-def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple[Path, str | None]:
+def report_folder(out: Path, echo: Callable[[str], None] | None = None, again: bool = False) -> tuple[Path, str | None]:
     """`gradlab report`: under the folder's lock, finish or drop a half-done write, rebuild the tables from
-    the saved points when the last run stopped before writing them, then draw the page anew. Returns the
-    page and, for an unfinished run, a sentence saying so."""
+    the saved points when the last run stopped before writing them (or, `again`, after the points that kept their
+    model were analysed anew from it), then draw the page anew. Returns the page and, for an unfinished run, a
+    sentence saying so."""
     from .report import draw, render, unfinished_note
 
     out = Path(out)
@@ -614,8 +615,17 @@ def report_folder(out: Path, echo: Callable[[str], None] | None = None) -> tuple
             behind, kept = lags_behind(out)
             if kept and echo:
                 echo(f"note: {kept}")
+            if again:  # the analyses made again from the points' kept weights: the tables are rebuilt from the points
+                from .assemble import reanalyse
+
+                count = reanalyse(out, echo)
+                if echo:
+                    echo(f"note: {count} points of {out} reanalysed from their kept weights")
+                behind = behind or read_plan(out)
             if behind is not None:
-                if echo and not (out / "manifest.json").exists():
+                if echo and again:
+                    echo(f"note: writing {out}'s tables from its saved points, reanalysed")
+                elif echo and not (out / "manifest.json").exists():
                     echo(f"note: {out} holds no manifest.json (deleted, or the run stopped before writing its tables): writing its "
                          f"tables from the saved points of its last run ({' '.join(behind.get('argv') or [])})")
                 elif echo:

@@ -3,8 +3,12 @@ recomputed (the points' own tables are the run's measurements; what changes is w
 is drawn). The manifest keeps the command and commit that computed the points and says `collected_by`.
 
     python scripts/rederive.py reports/long-range-lags [...]
+    python scripts/rederive.py --reanalyse reports/lyrics-counting    # also the analyses, from each point's kept weights
 
-A folder without its points/ (a fresh clone: git keeps no points) cannot be re-derived: rerun its command instead.
+--reanalyse: the points that kept their model (lyrics runs keep it: points/KEY.weights.parquet) have their analyses
+(the context probe, input gradients, the by-frequency table) made again from those weights by today's code, no
+training. A folder without its points/ (a fresh clone: git keeps no points) cannot be re-derived: rerun its command
+instead.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gradlab.assemble import collect
+from gradlab.assemble import collect, reanalyse
 from gradlab.folder import FolderLock, check_links, recover
 from gradlab.report import draw
 
 
 def main(folders: list[str]) -> int:
+    again = "--reanalyse" in folders
+    folders = [f for f in folders if f != "--reanalyse"]
     if not folders:
         print(__doc__)
         return 2
@@ -29,6 +35,8 @@ def main(folders: list[str]) -> int:
         check_links(out)
         with FolderLock(out, f"scripts/rederive.py {out}", lambda text: print(text, file=sys.stderr)):
             recover(out)
+            if again:
+                print(f"{out}: {reanalyse(out, print)} points reanalysed from their kept weights")
             manifest = collect(out, draw)
         print(f"{out}: {manifest.get('row_count', 0):,} rows from {len(manifest.get('points', []))} points re-derived; page drawn")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..names import TASKS
+from ..tasks import task_class
 from ..training import TrainConfig, train, with_task_params
 from . import COMMON_COLUMNS
 
@@ -138,7 +139,8 @@ def __getattr__(name: str):
     """Config: TrainConfig with every task's parameters, made when first asked for (not while this module is imported,
     so that a plugin task's import, which may fail or hang, never runs inside gradlab's own imports)."""
     if name == "Config":
-        globals()["Config"] = config = with_task_params(TrainConfig)
+        config = globals().get("_Config") or with_task_params(TrainConfig)
+        globals()["Config"] = globals()["_Config"] = config
         return config
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -174,14 +176,67 @@ def check_finite_data(task, name: str, length: int) -> None:
                              f"in its {what} at seq_len {length} (a batch of 4 drawn with seed 0): gradlab trains only on numbers. Mend the task's sample().")
 
 
-def tables_of(result) -> dict[str, list[dict]]:
-    return {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
+ARTIFACTS = ("weights",)  # point tables kept in points/ for later analyses, never stacked into the run's tables
+
+
+def tables_of(result, cfg) -> dict[str, list[dict]]:
+    tables = {"results": result.history, "steps": result.steps, "runs": [result.run], **result.tables}
+    usable = not result.run.get("diverged") or result.run.get("kept") == "best"  # a diverged run keeps no model, unless its best
+    if result.model is not None and usable and getattr(task_class(cfg.task), "keeps_weights", False):
+        tables["weights"] = weights_rows(result.model)
+    return tables
+
+
+def weights_rows(model) -> list[dict]:
+    """The model's parameters and buffers as rows (name, shape, dtype, the values' bytes): a point's 'weights' table."""
+    import json
+
+    return [{"name": name, "shape": json.dumps(list(t.shape)), "dtype": str(t.dtype).removeprefix("torch."),
+             "data": t.detach().cpu().contiguous().numpy().tobytes()} for name, t in model.state_dict().items()]
+
+
+def load_weights(model, rows) -> None:
+    """The kept weights (a point's 'weights' table) into a model made from the same config."""
+    import json
+
+    import numpy as np
+    import torch
+
+    state = {}
+    for row in (rows.to_dict("records") if hasattr(rows, "to_dict") else rows):
+        values = np.frombuffer(row["data"], dtype=getattr(np, row["dtype"])).reshape(json.loads(row["shape"]))
+        state[row["name"]] = torch.from_numpy(values.copy())
+    model.load_state_dict(state)
+
+
+def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
+    """A finished point's analyses made again from its kept weights, by today's code (the context probe, the
+    task's own analysis: lyrics' input gradients and by-frequency table), without training: the tables they
+    replace. None: the point kept no weights."""
+    import torch
+
+    from ..training.loop import context_tables, evaluating, model_of
+
+    if "weights" not in tables or not len(tables["weights"]):
+        return None
+    cfg = __getattr__("Config")(**config)  # this module's Config (made on first use)
+    task = cfg.validate()
+    if hasattr(task, "ready"):
+        task.ready(cfg.batch_size, cfg.seq_len)
+    device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
+    model = model_of(cfg, task, device)
+    load_weights(model, tables["weights"])
+    held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
+    if not cfg.context_lengths:
+        return {}
+    with evaluating(model):
+        return context_tables(model, task, held_out, cfg)
 
 
 def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
     result = train(cfg, progress=progress)
     result.run["ensemble_size"] = 1
-    return tables_of(result)
+    return tables_of(result, cfg)
 
 
 def ensemble_reason(cfg) -> str | None:
@@ -202,7 +257,7 @@ def run_ensemble(cfgs: list, progress: bool = False) -> list[dict[str, list[dict
     """Every config trained as a member of one batched ensemble: each point's tables, as its solo run's."""
     from ..training.ensemble import train_ensemble
 
-    return [tables_of(result) for result in train_ensemble(cfgs, progress)]
+    return [tables_of(result, cfg) for result, cfg in zip(train_ensemble(cfgs, progress), cfgs)]
 
 
 def succeeded(tables: dict) -> bool:

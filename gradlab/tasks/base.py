@@ -104,6 +104,7 @@ class Task:
     min_length: ClassVar[int] = 1
     success: ClassVar[Success] = Success("loss_ratio", "gradlab's default rule for a task that names none")
     lag: ClassVar[str] = "T: steps per sequence"  # what seq_len means for how far back the task reaches
+    keeps_weights: ClassVar[bool] = False  # a run keeps its trained model (the point's 'weights' table), to be analysed again later
 
     @property
     def spec(self) -> Spec:

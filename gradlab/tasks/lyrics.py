@@ -4,7 +4,7 @@ the book's samplers, held-out perplexity on unseen lines, and generated text at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -39,6 +39,8 @@ class Lyrics(Task):
     book's 10,000 characters), the loss of predicting every character by its training frequency; scored
     on the held-out text the same predictor gives 5.40 nats (stats: val_unigram_loss).
     """
+
+    keeps_weights: ClassVar[bool] = True  # a run's kept model stays in its folder (points/KEY.weights.parquet): its analyses can be redone
 
     name = "lyrics"
     success = Success("none", "a language model is compared with baselines, not solved")

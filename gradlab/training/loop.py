@@ -114,6 +114,15 @@ def clip_and_step(loss_value: float, opt: torch.optim.Optimizer, clipper, params
     return report, finite, update
 
 
+def model_of(cfg: TrainConfig, task: Task, device: torch.device | str) -> SeqModel:
+    """The model a config trains, freshly initialised from its seed (a run's start, or the frame its kept weights load into)."""
+    return build_model(
+        task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
+        variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
+        embedding=cfg.embedding, tie=cfg.tie, regularisation=Regularisation(cfg.dropout_embedding, cfg.dropout_chars, cfg.dropout_output, cfg.weight_drop),
+    )
+
+
 class Run:
     """One training's model, optimiser, clipping, data stream and bookkeeping (telemetry, evaluations,
     divergence, solving, early stop, the best model): what the solo loop and an ensemble both drive."""
@@ -126,11 +135,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.cfg, self.task = cfg, task
         self.device = torch.device(cfg.device)
-        self.model = build_model(
-            task.spec, cfg.cell, cfg.impl, cfg.hidden_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=self.device,
-            variant=cfg.variant, init=cfg.init, init_scale=cfg.init_scale, forget_bias=cfg.forget_bias, dropout=cfg.dropout,
-            embedding=cfg.embedding, tie=cfg.tie, regularisation=Regularisation(cfg.dropout_embedding, cfg.dropout_chars, cfg.dropout_output, cfg.weight_drop),
-        )
+        self.model = model_of(cfg, task, self.device)
         self.params = list(self.model.parameters())
         self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
         self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.steps) if cfg.lr_schedule == "cosine" else
