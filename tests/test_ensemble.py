@@ -50,7 +50,7 @@ def test_each_member_follows_its_solo_run_in_float64(cell):
 
 @pytest.mark.parametrize("task", ["recall"])
 def test_float32_members_follow_their_solo_runs_on_token_tasks(task):
-    """Token ids take the batched row lookup; float32 to 1e-5 relative (on this CPU it is bitwise)."""
+    """Token ids take the batched row lookup; float32 to 1e-5 relative (on this CPU at one thread it is bitwise)."""
     cfgs = [Config(cell="lstm", seed=s, lr=lr, clip=c, **(SMALL | {"task": task})) for s, lr, c in MEMBERS[:3]]
     for ens, cfg in zip(train_ensemble(cfgs), cfgs):
         assert_follows(ens, train(cfg), rtol=1e-5)

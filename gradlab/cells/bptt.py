@@ -33,7 +33,7 @@ def weight_grad(h0: torch.Tensor, outputs: torch.Tensor, grad_a: torch.Tensor) -
     """sum_t h_{t-1}^T grad_a_t as one matmul over all steps: (H, T*B) @ (T*B, G); per model for an ensemble."""
     H = h0.shape[-1]
     h_prevs = torch.cat([h0[None], outputs[:-1]])  # (T, B, H) or (T, E, B, H)
-    if h0.dim() == 3:  # an ensemble: each model's sum laid out as its solo run lays it out, so the same sums, bitwise
+    if h0.dim() == 3:  # an ensemble: each model's sum laid out as its solo run lays it out, so the same sums (bitwise at one thread)
         return torch.bmm(per_model(h_prevs).mT, per_model(grad_a))  # (E, H, T*B) @ (E, T*B, G)
     return h_prevs.reshape(-1, H).T @ grad_a.reshape(-1, grad_a.shape[-1])
 

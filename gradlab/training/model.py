@@ -108,7 +108,7 @@ class SeqModel(nn.Module):
 
 def readout(b_q: torch.Tensor, hidden: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     """Output layers of E models in one batched matmul: b_q (E, O), hidden (E, N, H), w_q (E, H, O) -> (E, N, O).
-    A solo model is E = 1, so that solo and ensemble runs sum alike, bitwise on CPU. A one-column layer (the
+    A solo model is E = 1, so that solo and ensemble runs sum alike, bitwise on CPU at one thread. A one-column layer (the
     adding task's) is padded to two: bmm of one model takes one column as a matrix-vector product, which
     sums in another order than bmm of many."""
     if w_q.shape[-1] == 1:
