@@ -24,7 +24,7 @@ except (CorpusError, OSError):
 needs_corpus = pytest.mark.skipif(not HAVE_CORPUS, reason="the lyrics corpus is not here: set GRADLAB_DATA to the zip or its folder")
 SMALL = ["--set", "cell=gru", "--set", "seed=0", "--set", "hidden_size=16", "--set", "steps=6", "--set", "eval_every=3",
          "--set", "context_lengths=1,2,4", "--set", "context_positions=30", "--set", "pred_len=5"]
-ANALYSES = ("context", "context_grads", "by_frequency")
+ANALYSES = ("context", "context_grads", "by_frequency", "samples")
 
 
 def invoke(*args):

@@ -211,8 +211,8 @@ def load_weights(model, rows) -> None:
 
 def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
     """A finished point's analyses made again from its kept weights, by today's code (the context probe, the
-    task's own analysis: lyrics' input gradients and by-frequency table), without training: the tables they
-    replace. None: the point kept no weights."""
+    task's own analysis: lyrics' input gradients and by-frequency table; the kept model's sampled text, in place of
+    the rows its evaluation drew), without training: the tables they replace. None: the point kept no weights."""
     import torch
 
     from ..training.loop import context_tables, evaluating, model_of
@@ -227,8 +227,7 @@ def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
     model = model_of(cfg, task, device)
     load_weights(model, tables["weights"])
     held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
-    if not cfg.context_lengths:
-        return {}
+    again: dict[str, list[dict]] = {}
     with evaluating(model):
         return context_tables(model, task, held_out, cfg)
 

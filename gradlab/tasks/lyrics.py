@@ -163,7 +163,7 @@ class Lyrics(Task):
         for prefix in self.prefixes:
             for temperature in (0.0, self.sample_temperature):
                 text = generate(model, self.vocab, prefix, self.pred_len, temperature, gen)
-                rows.append({"epoch": epoch, "prefix": prefix, "temperature": temperature, "text": text})
+                rows.append({"epoch": epoch, "step": row.get("step"), "prefix": prefix, "temperature": temperature, "text": text})
         return {"samples": rows}
 
     def context_items(self, model: torch.nn.Module, held_out: list, count: int, longest: int) -> dict[str, list[Items]]:
