@@ -229,7 +229,20 @@ def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
     held_out = task.held_out(cfg.batch_size, cfg.seq_len, device)
     again: dict[str, list[dict]] = {}
     with evaluating(model):
-        return context_tables(model, task, held_out, cfg)
+        if cfg.context_lengths:
+            again |= context_tables(model, task, held_out, cfg)
+        if "samples" in tables and len(tables["results"]):  # the kept model's own evaluation: its text drawn again
+            results, run = pd.DataFrame(tables["results"]), pd.DataFrame(tables["runs"]).iloc[0]
+            at = results[results["step"] == run["best_step"]] if run.get("kept") == "best" else results.tail(1)
+            row = at.iloc[-1].to_dict() if len(at) else None
+            drawn = task.observe(model, row, cfg.seed).get("samples", []) if row is not None else []
+            samples = pd.DataFrame(tables["samples"])
+            if drawn and "step" in samples:  # the rows that evaluation drew, replaced in place (tables from before samples named their step: kept)
+                rows, step = samples.to_dict("records"), drawn[0]["step"]
+                first = next((i for i, r in enumerate(rows) if r["step"] == step), len(rows))
+                rows = [r for r in rows if r["step"] != step]
+                again["samples"] = rows[:first] + drawn + rows[first:]
+    return again
 
 
 def run(cfg, progress: bool = False) -> dict[str, list[dict]]:
