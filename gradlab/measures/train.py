@@ -135,6 +135,16 @@ COLUMNS |= {f"{split}_{kind}{n}_loss": f"lyrics: mean -ln P of the {text} target
             f"training text ({'one discount, 0.75' if kind == 'kn' else 'modified: Chen and Goodman discounts'}); the counting baseline"
             for split, text in (("val", "validation"), ("test", "test")) for kind in ("kn", "mkn") for n in (2, 3, 4, 5)}
 
+COLUMNS |= {f"{split}_{kind}{n}cache_loss": f"lyrics: mean -ln P (nats) of the {text} targets under the {kind}{n} n-gram with a cache of the held-out text (Kuhn and De Mori 1990): "
+            f"mixed with unigram to 5-gram distributions counted over its last 1,000 characters, each target scored before it joins, weights by EM on "
+            f"the validation text (one set per count of cache orders whose context is in the cache; under split tail chosen on the text scored)"
+            for split, text in (("val", "validation"), ("test", "test")) for kind in ("kn", "mkn") for n in (2, 3, 4, 5)}
+COLUMNS |= {
+    "mkn5cache_weights": "lyrics: the mkn5 cache mixture's weights by count m of cache orders defined: 'm: static 5-gram, unigram cache, ..., m-gram cache'",
+    "ngram_cache_window": "lyrics: characters of held-out text the n-gram caches hold", "ngram_cache_orders": "lyrics: the orders of the n-gram caches",
+}
+
+
 def __getattr__(name: str):
     """Config: TrainConfig with every task's parameters, made when first asked for (not while this module is imported,
     so that a plugin task's import, which may fail or hang, never runs inside gradlab's own imports)."""

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from ..names import TEXT_SETTINGS, TEXT_SPLITS, lookup
@@ -63,6 +64,7 @@ class LyricsData:
     stats: dict[str, float | int | str]
     test_text: str = ""  # split 'blocks': held-out blocks the run never selects on (empty for 'tail')
     test_ids: torch.Tensor | None = None  # (N_test,)
+    counting: dict = field(default_factory=dict)  # per held-out text ('val', 'test'): the counting models' probability of each scored target (ngram_losses)
 
 
 def split_lines(raw: str, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -140,28 +142,52 @@ def prepare(raw: str, setting: str = "book", val_fraction: float = 0.1, split: s
         stats |= {"test_lines": len(_unseen(test_lines, train_text)), "test_chars": len(test_text),
                   "test_targets_scored": len(test_ids) - 1 - test_oov, "test_unigram_loss": unigram_loss(train_text, test_text[1:], vocab)}
     train_ids = vocab.encode(train_text)
-    stats |= ngram_losses(train_ids, {"val": val_ids, "test": test_ids}, vocab)
-    return LyricsData(train_text, val_text, vocab, train_ids, val_ids, stats, test_text, test_ids)
+    counting: dict = {}
+    stats |= ngram_losses(train_ids, {"val": val_ids, "test": test_ids}, vocab, keep=counting)
+    return LyricsData(train_text, val_text, vocab, train_ids, val_ids, stats, test_text, test_ids, counting)
 
 
 NGRAM_ORDERS = (2, 3, 4, 5)
+KEPT_NGRAM = "mkn5"  # the counting model whose per-target probabilities (and its cache's) the data keeps for the evaluation modes
 
 
-def ngram_losses(train_ids: torch.Tensor, held: dict[str, torch.Tensor | None], vocab: "Vocab") -> dict[str, float]:
+def ngram_losses(train_ids: torch.Tensor, held: dict[str, torch.Tensor | None], vocab: "Vocab", keep: dict | None = None) -> dict[str, float]:
     """The counting baselines on each held-out text: mean -ln P over exactly the targets the networks are scored
     on, for interpolated Kneser-Ney n-grams fitted on the training text (orders 2 to 5; 'kn': one discount,
-    0.75; 'mkn': Chen and Goodman's modified discounts), e.g. test_mkn5_loss."""
+    0.75; 'mkn': Chen and Goodman's modified discounts), e.g. test_mkn5_loss; and each with a cache of the held-out
+    text (gradlab.baselines.cache: mixed with unigram to 5-gram distributions over its last 1,000 characters, each
+    target scored before it joins, the weights chosen on the validation text), e.g. test_mkn5cache_loss. Under the
+    'tail' split there is no test text: the cache's weights are chosen on the validation text it scores.
+    keep: filled per text with the KEPT_NGRAM model's probability of each scored target ('ngram') and its cache's
+    ('ngram_cache'), and the caches' own ('cache', targets x orders)."""
+    from ..baselines.cache import CACHE_ORDERS, CACHE_WINDOW, CachedNgram, cache_probs
     from ..baselines.ngram import KneserNey
 
-    out = {}
+    out: dict = {}
     train = train_ids.tolist()
+    texts = {split: ids.tolist() for split, ids in held.items() if ids is not None and len(ids) > 1}
+    caches = {split: cache_probs(ids, CACHE_ORDERS, CACHE_WINDOW, vocab.unknown_id) for split, ids in texts.items()}
     for n in NGRAM_ORDERS:
         for name, discount in (("kn", 0.75), ("mkn", "modified")):
             model = KneserNey(n, len(vocab), discount).fit(train)
-            for split, ids in held.items():
-                if ids is not None and len(ids) > 1:
-                    losses = model.losses(ids.tolist(), vocab.unknown_id)
-                    out[f"{split}_{name}{n}_loss"] = sum(losses) / len(losses) if losses else float("nan")
+            probs = {}
+            for split, ids in texts.items():
+                losses = model.losses(ids, vocab.unknown_id)
+                out[f"{split}_{name}{n}_loss"] = sum(losses) / len(losses) if losses else float("nan")
+                probs[split] = np.exp(-np.array(losses, dtype=np.float64))
+            fit_on = "val" if "val" in probs and len(probs["val"]) else None
+            if fit_on is None:
+                continue
+            cached = CachedNgram(CACHE_ORDERS, CACHE_WINDOW).fit(probs[fit_on], caches[fit_on])
+            for split, p in probs.items():
+                out[f"{split}_{name}{n}cache_loss"] = float(cached.losses(p, caches[split]).mean()) if len(p) else float("nan")
+            if f"{name}{n}" == KEPT_NGRAM:
+                out[f"{KEPT_NGRAM}cache_weights"] = cached.describe()
+                if keep is not None:
+                    for split, p in probs.items():
+                        keep[split] = {"ngram": p, "ngram_cache": cached.probs(p, caches[split]), "cache": caches[split]}
+    if texts:
+        out |= {"ngram_cache_window": CACHE_WINDOW, "ngram_cache_orders": " ".join(map(str, CACHE_ORDERS))}
     return out
 
 
