@@ -226,6 +226,17 @@ class Lyrics(Task):
                          "gap_part": float((net[band] - gram[band]).sum()) / len(positions)})
         return rows
 
+    def long_context(self, model: torch.nn.Module, modes: tuple[str, ...]) -> tuple[dict, dict[str, list[dict]]]:
+        """The kept model's held-out texts, each read as one stream from its start, in the evaluation modes asked for
+        (gradlab.evaluation: 'cache', Grave et al.'s neural cache; 'dynamic', Krause et al.'s dynamic evaluation;
+        'mix', the network mixed with the modified Kneser-Ney 5-gram and its cache), each mode's settings chosen on
+        the validation text and the test text scored once: the runs row's columns, and the 'by_distance' table
+        (where each gains, by how far back the target's context last occurred)."""
+        from ..evaluation import evaluate_modes
+
+        data = self.data
+        return evaluate_modes(model, {"val": data.val_ids, "test": data.test_ids}, data.counting, self.vocab.unknown_id, modes, data.train_ids)
+
     def _positions(self, ids: torch.Tensor, longest: int, count: int) -> torch.Tensor:
         """Target positions with `longest` characters before them and a target in the vocabulary: a fixed draw."""
         candidates = torch.arange(longest, len(ids))

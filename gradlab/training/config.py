@@ -52,6 +52,7 @@ class TrainConfig:
     probe_size: int = 100  # held-out sequences the gradient-flow probe uses
     context_lengths: tuple[int, ...] = ()  # after training: the loss with the context cut to the last k inputs (empty: skip)
     context_positions: int = 1000  # scored targets of each text the context analysis uses (a fixed draw)
+    eval_modes: tuple[str, ...] = ()  # after training, the kept model's held-out texts read with long context (gradlab.evaluation): cache, dynamic, mix; empty: none
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -102,6 +103,11 @@ class TrainConfig:
             raise ValueError(f"probe_steps must be steps >= 0 (0: at initialisation) and probe_size >= 1, got {self.probe_steps}, {self.probe_size}.")
         if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.context_lengths) or self.context_positions < 1:
             raise ValueError(f"context_lengths must be >= 1 and context_positions >= 1, got {self.context_lengths}, {self.context_positions}.")
+        from ..evaluation import MODES
+
+        unknown_modes = [m for m in self.eval_modes if m not in MODES]
+        if unknown_modes or len(set(self.eval_modes)) != len(self.eval_modes):
+            raise ValueError(f"eval_modes takes distinct modes among {', '.join(MODES)} (empty: none), got {list(self.eval_modes)}.")
         beyond = [s for s in self.probe_steps if s > self.steps]
         if beyond:
             raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")
@@ -111,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing smooths class targets; task {self.task!r} is scored by {task.spec.loss}.")
         if self.embedding and task.spec.input != "tokens":
             raise ValueError(f"embedding embeds token ids; task {self.task!r} reads vectors.")
+        if self.eval_modes and not hasattr(task, "long_context"):
+            raise ValueError(f"eval_modes read a held-out text with long context (a language model's); task {self.task!r} has none.")
         return task
 
 

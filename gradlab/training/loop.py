@@ -230,6 +230,11 @@ class Run:
         test_set = task.test_set(cfg.batch_size, cfg.seq_len, self.device) if hasattr(task, "test_set") else None
         if usable and test_set:
             tested = {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
+        if usable and cfg.eval_modes:  # the held-out texts read with long context: neural cache, dynamic evaluation, mixed with counting
+            extras, tables = task.long_context(model, tuple(cfg.eval_modes))
+            tested |= extras
+            for name, rows in tables.items():
+                result.tables.setdefault(name, []).extend(rows)
         if usable and cfg.context_lengths:  # how far back the trained model looks
             with evaluating(model):
                 for name, rows in context_tables(model, task, self.held_out, cfg).items():
