@@ -6,23 +6,25 @@ k inputs, against a reference on the same targets:
 - cut: a zero state before the last k inputs, against the full context (Khandelwal et al.'s measure). It
   mixes two things: what the inputs before k say (content), and what starting from a zero state costs
   whatever the inputs (warm-up: a content-independent offset at every k).
-- replaced: the inputs before the last k taken from another item, against the real window of the same length
-  (so both have warmed up over as many inputs): content alone.
+- replaced: the inputs before the last k taken from unrelated text, against the real window of the same
+  length (so both have warmed up over as many inputs): content alone. For positions of one text the
+  replacement is DONOR_RULE's (never a neighbouring position's window: that is the same text a few
+  characters on); for independent sequences, another sequence's.
 - shuffled: the inputs before the last k permuted, against the real window: their order alone.
 warm-up at k is cut minus replaced (both against the window): what a zero state costs over a state warmed up
 on unrelated inputs.
 
 Each gap is relative (mean loss difference over the mean reference loss) and comes with a 95% interval from a
-bootstrap over blocks of targets, on the paired per-target differences. A k is 'enough' unless its interval
-lies wholly above the tolerance (evidence that cutting there costs more than 1%); the context used is the
-smallest k from which every longer k is enough, and its upper bound the smallest k from which every longer k's
-interval lies wholly within the tolerance (where the two differ, the noise decides, not the model). The
-measure reads tasks; tasks never import it.
+bootstrap over blocks of targets, on the paired per-target differences. A k is 'enough' unless its interval lies wholly above the tolerance (evidence that cutting
+there costs more than 1%); the context used is the smallest k from which every longer k is enough, and its
+upper bound the smallest k from which every longer k's interval lies wholly within the tolerance (where the
+two differ, the noise decides, not the model). The measure reads tasks; tasks never import it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -69,11 +71,46 @@ def _shuffled(windows: torch.Tensor, keep: int, gen: torch.Generator) -> torch.T
 
 
 def _replaced(windows: torch.Tensor, keep: int) -> torch.Tensor:
-    """The window with its first L - keep inputs taken from the next item's window (the last wraps round)."""
+    """The window with its first L - keep inputs taken from the next item's window (the last wraps round): for
+    items that are independent sequences (a synthetic task's), whose neighbours are unrelated by construction.
+    Never for positions of one text (their neighbours' windows are the same text a few characters on: donors)."""
     head = windows.shape[0] - keep
     if head < 1 or windows.shape[1] < 2:
         return windows
     return torch.cat([windows[:head].roll(-1, dims=1), windows[head:]])
+
+
+DONOR_RULE = ("for positions of one text, the characters before the last k come from the window of the position "
+              "half the text away (wrapping round from the text's end to its start), and each such replacement lies "
+              "at least L + k characters (L the longest window) from the item's own window and target, never "
+              "overlapping them; a text too short for that (under about 7 L characters) is not replaced")
+
+
+def donors(length: int, positions: torch.Tensor, window: int) -> torch.Tensor:
+    """(N,) each target position's donor in a text of `length` characters: the position half the text on,
+    counted over the positions with a whole `window` before them and wrapping round from the last to the first:
+    far from the item, in another stretch of the text (another block, another song), whatever the draw of
+    positions, and the same for every k and every model. Its first window - k characters replace the item's
+    (DONOR_RULE; `separation` measures the distance, profile checks it)."""
+    span = length - window  # positions window .. length - 1 have a whole window before them
+    if span < 1:
+        return positions.clone()
+    return window + (positions - window + span // 2) % span
+
+
+def separation(positions: torch.Tensor, donor: torch.Tensor, window: int, keep: int) -> torch.Tensor:
+    """(N,) characters strictly between each donated head (the donor's window less its last `keep`:
+    text[q - window : q - keep]) and the item's own window and target (text[p - window : p + 1]); negative
+    where they overlap."""
+    before = positions - window - (donor - keep)  # head ends before the item's window starts
+    after = (donor - window) - positions - 1  # head starts after the target
+    return torch.where(donor < positions, before, after)
+
+
+def _donated(windows: torch.Tensor, donor_windows: torch.Tensor, keep: int) -> torch.Tensor:
+    """The window with its first L - keep inputs taken from its donor's window (keep 0: the whole window)."""
+    head = windows.shape[0] - keep
+    return torch.cat([donor_windows[:head], windows[head:]]) if head > 0 else windows
 
 
 def gap_interval(losses: np.ndarray, reference: np.ndarray, block: int = BLOCK, draws: int = DRAWS, seed: int = 0,
@@ -122,20 +159,44 @@ def _references(model: torch.nn.Module, spec: Spec, g: Items) -> dict[str, torch
     return {"full": full, "window": window}
 
 
+def _donor_windows(g: Items, lengths: list[int]) -> torch.Tensor | None:
+    """(L, N) each item's donor window (DONOR_RULE) for items of one text; None where the text is too short for
+    every k replaced (< L) to keep its head L + k characters from the item (a text under about 7 L)."""
+    L = g.windows.shape[0]
+    q = donors(len(g.text), g.positions, L)
+    for k in lengths:
+        if k < L and bool((separation(g.positions, q, L, k) < L + k).any()):
+            return None
+    return g.text[q[None, :] - torch.arange(L, 0, -1)[:, None]].to(g.windows.device)
+
+
 def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: list[int], seed: int = 0,
             probes: tuple[str, ...] = PROBES) -> list[dict]:
     """Per probe and k: the mean loss over every item with its context cut (or scrambled) before the last k
     inputs, the mean loss of its reference (REFERENCE: the full context, or the real window) on the same
     items, the relative gap with its interval, and their count; 'loss_full' is the full-context loss. A k at
-    or past an item's window is its whole window (for a synthetic sequence, its full context)."""
+    or past an item's window is its whole window (for a synthetic sequence, its full context). k = 0 (shuffle
+    and replace only: nothing is left to cut to) scrambles or replaces the whole window.
+
+    replace: for items of a text (Items.text), DONOR_RULE; the probe is left out, with a warning, where a text
+    is too short for it. For independent sequences, the next item's (they are unrelated by construction)."""
+    if any(k < 0 for k in lengths):
+        raise ValueError(f"context lengths must be >= 0, got {sorted(lengths)}.")
     gen = torch.Generator().manual_seed(seed)  # the same scrambles for every model
     refs = [_references(model, spec, g) for g in groups]
     ref_of = {name: torch.cat([r[name] for r in refs]).numpy() for name in ("full", "window")}
+    donor = [_donor_windows(g, lengths) if g.text is not None else None for g in groups]
+    if "replace" in probes and any(g.text is not None and d is None for g, d in zip(groups, donor)):
+        warnings.warn(f"the replace probe is left out: a text of {min(len(g.text) for g in groups if g.text is not None)} characters is "
+                      f"too short for its rule ({DONOR_RULE}) with windows of {max(g.windows.shape[0] for g in groups)}", stacklevel=2)
+        probes = tuple(p for p in probes if p != "replace")
     rows = []
     for k in sorted(set(lengths)):
         for probe in probes:
+            if k == 0 and probe == "truncate":
+                continue  # no inputs at all: no prediction to cut to
             losses = []
-            for g, r in zip(groups, refs):
+            for g, r, d in zip(groups, refs, donor):
                 keep = min(k, g.windows.shape[0])
                 if keep >= g.windows.shape[0]:
                     losses.append(r["window"])  # the whole window kept: nothing to cut or scramble
@@ -144,6 +205,8 @@ def profile(model: torch.nn.Module, spec: Spec, groups: list[Items], lengths: li
                     w = g.windows[-keep:]
                 elif probe == "shuffle":
                     w = _shuffled(g.windows, keep, gen)
+                elif d is not None:
+                    w = _donated(g.windows, d, keep)
                 else:
                     w = _replaced(g.windows, keep)
                 losses.append(item_losses(model, spec, w, g.targets))
