@@ -335,8 +335,11 @@ def test_context_analysis_against_per_position_oracle():
         want = sum(loss_at(p, ids[p - row["k"] : p]) for p in pos.tolist()) / len(pos)  # the k characters before position p
         assert row["loss"] == pytest.approx(want, rel=1e-10) and row["loss_full"] == pytest.approx(sum(full) / len(full), rel=1e-12)
         assert row["gap"] == pytest.approx(want * len(pos) / sum(full) - 1, rel=1e-9) and row["gap_lo"] <= row["gap"] <= row["gap_hi"]
-    for row in [r for r in rows if r["probe"] == "replace"]:  # the 6 - k characters before the last k from the next position's window
-        k, following = row["k"], pos.roll(-1).tolist()
+    span = len(ids) - 6  # positions 6 .. len - 1 have a whole window: the donor is the one half of them on, wrapping round
+    donor = [6 + (p - 6 + span // 2) % span for p in pos.tolist()]
+    assert all(abs(q - p) >= 6 + 6 for p, q in zip(pos.tolist(), donor))  # far from the item's window, never the next position's
+    for row in [r for r in rows if r["probe"] == "replace"]:  # the 6 - k characters before the last k from the donor's window
+        k, following = row["k"], donor
         want = sum(loss_at(p, torch.cat([ids[q - 6 : q - k], ids[p - k : p]])) for p, q in zip(pos.tolist(), following)) / len(pos)
         assert row["loss"] == pytest.approx(want, rel=1e-10) and row["loss_ref"] == pytest.approx(sum(window) / len(window), rel=1e-12)
     tables = task.analyse(model, (1, 3, 6), 7)
