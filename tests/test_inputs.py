@@ -21,7 +21,7 @@ def invoke(*args: str):
     ("long-range", "init_scale=1e300", "init_scale must be in (0, 100]"),
     ("long-range", "forget_bias=nan", "forget_bias=nan is not a finite number"),
     ("gradient-decay", "input_std=nan", "input_std=nan is not a finite number"),
-    ("lyrics", "sample_temperature=-1", "sample_temperature must be > 0"),
+    ("lyrics", "sample_temperature=-1", "sample_temperature must be in (0, 100]"),
     ("long-range", "probe_steps=30000", "probe_steps [30000] lie beyond the run's 6000 steps"),
     ("gradient-decay", "jacobian_batch=99", "jacobian_batch (99) must be at most batch_size"),
     ("gradient-decay", "seq_len=20,20", "seq_len lists 20 more than once"),
