@@ -10,7 +10,7 @@ from .figures import CELL_ORDER
 
 Tables = dict[str, pd.DataFrame]
 QUIET = {"point", "device", "corpus", "prefixes", "pred_len", "sample_temperature", "eval_seed", "eval_size", "eval_every",  # not worth a title
-         "solve_fraction", "stop_when_solved", "probe_steps", "probe_size", "context_lengths", "context_positions"}
+         "solve_fraction", "stop_when_solved", "probe_steps", "probe_size", "context_lengths", "context_positions", "eval_modes"}
 OFF = {"embedding": 0, "tie": False, "dropout_embedding": 0.0, "dropout_chars": 0.0, "dropout_output": 0.0, "weight_drop": 0.0,
        "weight_decay": 0.0, "label_smoothing": 0.0, "lr_schedule": "constant", "tf32": False}  # features off by default: named in a title only when on
 
