@@ -254,7 +254,8 @@ def load_weights(model, rows) -> None:
 def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
     """A finished point's analyses made again from its kept weights, by today's code (the context probe, the
     task's own analysis: lyrics' input gradients and by-frequency table; the kept model's sampled text, in place of
-    the rows its evaluation drew), without training: the tables they replace. None: the point kept no weights."""
+    the rows its evaluation drew; the evaluation modes, with their columns of the runs row and the by_distance table),
+    without training: the tables they replace. None: the point kept no weights."""
     import torch
 
     from ..training.loop import context_tables, evaluating, model_of
@@ -284,6 +285,9 @@ def reanalyse(config: dict, tables: dict) -> dict[str, list[dict]] | None:
                 first = next((i for i, r in enumerate(rows) if r["step"] == step), len(rows))
                 rows = [r for r in rows if r["step"] != step]
                 again["samples"] = rows[:first] + drawn + rows[first:]
+    if cfg.eval_modes and hasattr(task, "long_context"):  # the held-out texts read with long context again: the runs row's columns and by_distance
+        extras, tables_again = task.long_context(model, tuple(cfg.eval_modes))
+        again |= tables_again | {"runs": [row | extras for row in pd.DataFrame(tables["runs"]).to_dict("records")]}
     return again
 
 
