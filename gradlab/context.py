@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .names import DONOR_RULE  # the rule in words (torch-free, so the page can say it)
 from .tasks.base import Items, Spec
 
 PROBES = ("truncate", "shuffle", "replace")  # the last k inputs kept; before them: nothing, a permutation, another item's
@@ -79,12 +80,6 @@ def _replaced(windows: torch.Tensor, keep: int) -> torch.Tensor:
     if head < 1 or windows.shape[1] < 2:
         return windows
     return torch.cat([windows[:head].roll(-1, dims=1), windows[head:]])
-
-
-DONOR_RULE = ("for positions of one text, the characters before the last k come from the window of the position "
-              "half the text away (wrapping round from the text's end to its start), and each such replacement lies "
-              "at least L + k characters (L the longest window) from the item's own window and target, never "
-              "overlapping them; a text too short for that (under about 7 L characters) is not replaced")
 
 
 def donors(length: int, positions: torch.Tensor, window: int) -> torch.Tensor:

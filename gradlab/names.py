@@ -108,3 +108,9 @@ def lookup(table: Mapping[str, V], name: str, what: str) -> V:
         raise ValueError(f"Unknown {what} {name!r}. {suggest(name, table)}") from None
 
 LEFT_BASELINE = 0.9  # 'left the baseline' (Arjovsky et al. 2016's sense of beating it): held-out loss 10% under the memoryless loss of the same data
+
+
+DONOR_RULE = ("for positions of one text, the characters before the last k come from the window of the position "  # gradlab.context's replace probe
+              "half the text away (wrapping round from the text's end to its start), and each such replacement lies "
+              "at least L + k characters (L the longest window) from the item's own window and target, never "
+              "overlapping them; a text too short for that (under about 7 L characters) is not replaced")

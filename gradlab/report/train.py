@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import clipping, figures
 from .page import Section
-from ..names import LEFT_BASELINE
+from ..names import DONOR_RULE, LEFT_BASELINE
 from .views import Tables, fixed_settings, group_by_others, label_models, model_order
 
 DRAWN = {"cell", "impl", "variant", "forget_bias", "point", "seed"}
@@ -423,6 +423,8 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
                                   "counts): " + "; ".join(said) + ". 'cut' is Khandelwal et al.'s effective context (a zero state before k, "
                                   "against the full context: content and warm-up together); best k the cut context that scores lowest; warm-up "
                                   "what a zero state costs over one warmed up on unrelated text.")
+            sec.notes.append(f"The replace probe's unrelated text: {DONOR_RULE}; for independent sequences, another sequence's. "
+                             "Each gap's 95% interval is for the gap over every position the scored targets were drawn from.")
         else:
             sec.key_points.insert(0, "Effective context, the fewest inputs k from which every longer context stays within 1% of the full-context "
                                   f"loss ({over}): " + "; ".join(said) + ". In brackets: the k beyond which shuffling the earlier inputs costs under 1%.")
@@ -442,7 +444,7 @@ def context(sec: Section, ctx: pd.DataFrame | None, grads: pd.DataFrame | None, 
     for extra, g in group_by_others(c, settings, DRAWN | {"model"}):
         sec.figures.append((f"context-loss{extra.replace(' ', '').replace(',', '-')}",
                             "Loss with only the last k inputs (cut: a zero state before them, against the full context; shuffled or "
-                            "replaced: the earlier inputs permuted, or taken from another sequence, against the real window of as many inputs), "
+                            "replaced: the earlier inputs permuted, or taken from unrelated text far from the target (the rule under 'How to read these numbers'), against the real window of as many inputs), "
                             "relative to its reference on the same targets ((loss - reference) / reference; 0: k is enough), one panel per "
                             "text, log x axis. Several seeds: their median and middle half.",
                             partial(figures.panels_of_lines, g, "k", "increase", panel="split", hue="model", style="probe",
