@@ -122,7 +122,7 @@ class FolderLock:
 
     def _foreign(self) -> FolderError:
         return FolderError(f"{self.path} is not gradlab's lock (it holds no lock gradlab wrote), and gradlab never changes or removes "
-                           "a file it did not write. gradlab needs that name to lock the run folder: move the file away, or use another --out.")
+                           "a file it did not write. gradlab needs that name to lock the run folder: move the file away, or run into another --out.")
 
     def _busy(self, holder: dict) -> FolderBusy:
         return FolderBusy(f"{self.path.parent} is being written by another gradlab process (pid {holder.get('pid')} on {holder.get('host')}, "
@@ -456,7 +456,7 @@ def _refuse_theirs(out: Path, name: str) -> FolderError:
     what = "stages a run's next state" if name == STAGING else "locks a run folder"
     return FolderError(f"{Path(out) / name} is not gradlab's (it does not carry gradlab's mark), and gradlab {what} under that "
                        "name: it never changes or removes what it did not make. Move it away (if it is a half-written state "
-                       "left by an older gradlab, delete it), or use another --out.")
+                       "left by an older gradlab, delete it), or run into another --out.")
 
 
 def staging(out: Path) -> Path:

@@ -444,6 +444,9 @@ def _run_locked(p: Plan, profile, overrides, out: Path, workers, executor, progr
         replaced = previous_run(out, p)
         if replaced:
             echo(f"  note: {replaced}")
+        if holds_run(out) and not (out / "manifest.json").exists() and any(Path(out).glob("*.parquet")):
+            echo(f"  note: {out} holds no manifest.json (deleted, or its run stopped before writing one): the tables gradlab wrote "
+                 "there, known by its mark or their content, are replaced by this run's; any other file stays")
         said = ensemble_summary([pt for pt, st in zip(points, states) if st != "done"], module, mode) if todo else None
         if said:
             echo(f"  {said}")
@@ -633,6 +636,12 @@ def report_folder(out: Path, echo: Callable[[str], None] | None = None, again: b
                          "writing them from its saved points")
                 manifest = collect(out, draw)
             else:
+                if not (out / "manifest.json").exists():  # nothing saved to rebuild it from: say what would
+                    plan = read_plan(out) or {}
+                    raise FolderError(f"{out} holds no manifest.json, and no saved point of its last run to write one from (points/ is "
+                                      "empty or gone): `gradlab report` cannot describe its tables again. Rerun the command that made it"
+                                      + (f" ({' '.join(plan.get('argv') or [])})" if plan.get("argv") else "") + "; it recomputes the points "
+                                      "and replaces the tables gradlab wrote there (known by its mark).")
                 render(out, echo)
                 manifest = read_json(out / "manifest.json")
     except FileNotFoundError:

@@ -281,3 +281,15 @@ def test_eight_processes_on_one_stale_lock_never_both_hold_it(tmp_path):
             holding += 1 if what == "in" else -1
             assert holding in (0, 1), events
         assert not (out / folder.LOCK).exists()
+
+
+def test_a_folder_without_manifest_or_points_says_how_to_get_them_back(study, run):
+    import shutil
+
+    (run / "manifest.json").unlink()
+    shutil.rmtree(run / "points")
+    r = invoke("report", run)
+    assert r.exit_code == 2 and "no saved point of its last run to write one from" in said(r) and "Rerun the command" in said(r), r.output
+    assert "Usage:" not in r.output and "gradlab report" not in said(r).split("Rerun")[1]
+    r = invoke("run", study, "--out", run, "--quiet")
+    assert r.exit_code == 0 and "holds no manifest.json" in said(r) and "2 computed" in r.output, r.output

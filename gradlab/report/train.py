@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-
 from functools import partial
 
+import numpy as np
 import pandas as pd
 
 from . import clipping, figures
@@ -236,6 +236,7 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
     flow(sec, t.get("flow"), settings)
     context(sec, t.get("context"), t.get("context_grads"), t.get("effective_context"), settings, t.get("context_over_seeds"))
     tested(sec, final, runs, named)
+    long_context(sec, runs, t.get("by_distance"), named)
     frequency(sec, t.get("by_frequency"), named)
     if lyrics:
         book(sec, res, final, runs, named)
@@ -245,6 +246,77 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
         cols = _varying(last, settings) + ["epoch", "prefix", "temperature", "text"]
         sec.tables.append(("Generated text at the last evaluation (temperature 0: greedy; Chinese: a browser without a CJK font, "
                            "such as Debian's fonts-wqy-zenhei or fonts-noto-cjk, draws it as boxes)", last[list(dict.fromkeys(cols))]))
+
+
+READERS = {"stream": "network", "cache": "network + neural cache", "dynamic": "network, dynamic evaluation",
+           "dynamic_cache": "network, dynamic evaluation + cache", "mix": "network mixed with counting"}  # the evaluation modes, by their columns
+
+
+def _ppl(values: pd.Series) -> str:
+    """'median (min-max)' of perplexities from losses in nats."""
+    v = np.exp(values.astype(float))
+    return f"{v.median():.1f}" + (f" ({v.min():.1f}-{v.max():.1f})" if len(v) > 1 and v.min() != v.max() else "")
+
+
+def long_context(sec: Section, runs: pd.DataFrame | None, bands: pd.DataFrame | None, named: str) -> None:
+    """The kept models read with long context (a neural cache, dynamic evaluation, both, mixed with counting; each text one
+    stream, settings chosen on validation) against counting with and without a cache of the held-out text: the verdict,
+    a table over seeds, and where each gains by how far back the target's context last occurred."""
+    if runs is None or "test_stream_loss" not in runs or "test_mkn5cache_loss" not in runs:
+        return
+    r = label_models(runs)
+    modes = [m for m in READERS if f"test_{m}_loss" in r and r[f"test_{m}_loss"].notna().any()]
+    rows = []
+    for model, g in r.groupby("model", sort=False):
+        row = {"model": model, "seeds": str(len(g))}
+        for m in modes:
+            row[READERS[m]] = _ppl(g[f"test_{m}_loss"])
+        if "eval_best_mode" in g:
+            picked = sorted({READERS.get(str(m), str(m)).replace("network, ", "").replace("network + ", "") for m in g["eval_best_mode"]})
+            row["best on validation"] = _ppl(g["test_best_loss"]) + f" ({', '.join(picked)})"
+        rows.append(row)
+    first = runs.iloc[0]
+    grams = {n: (math.exp(first[f"test_mkn{n}_loss"]), math.exp(first[f"test_mkn{n}cache_loss"])) for n in range(2, 6)
+             if f"test_mkn{n}cache_loss" in runs}
+    best_n = min(grams, key=lambda n: grams[n][1])
+    bar = grams[best_n][1]
+    beaten = [m for m, g in r.groupby("model", sort=False) if "test_best_loss" in g and (np.exp(g["test_best_loss"].astype(float)) < bar).all()]
+    mixed = [m for m, g in r.groupby("model", sort=False) if "test_mix_loss" in g and (np.exp(g["test_mix_loss"].astype(float)) < bar).all()]
+    top = min(rows, key=lambda row: float(row.get("best on validation", "inf").split(" ")[0]))
+    sec.key_points.insert(1 if sec.key_points else 0,
+        f"{named}Read with long context (each held-out text one stream from its start; a mode's settings chosen on validation, the "
+        f"test text read once): the networks' best mode on validation reaches {top['best on validation']} ({top['model']}); "
+        f"counting with a cache of the last {int(first.get('ngram_cache_window', 1000)):,} held-out characters reaches {bar:.1f} "
+        f"(the modified {best_n}-gram alone: {grams[best_n][0]:.0f}). "
+        + (f"Every seed of {', '.join(beaten)} beats it." if beaten else "No network beats counting with a cache, on any seed, in any mode of its own.")
+        + (f" Mixed with counting (the static and the cached n-gram, weights on validation), every seed of {', '.join(mixed)} scores below it"
+           if mixed else " Mixed with counting, no network gets below counting alone on every seed") + " (table: long context).")
+    table = pd.DataFrame(rows + [{"model": f"Kneser-Ney {n}-gram", "network": f"{v[0]:.1f}", "network + neural cache": f"{v[1]:.1f} (its n-gram cache)"}
+                                 for n, v in grams.items()])
+    sec.summaries.append((f"{named}Long context: test perplexity, median (range) over seeds, of each network read as one stream, with "
+                          "Grave et al.'s neural cache, under Krause et al.'s dynamic evaluation, both, and mixed with counting; and of "
+                          "the Kneser-Ney n-grams without and with their cache of the held-out text (in the cache column)", table.fillna("")))
+    if bands is None or not len(bands) or "distance_from" not in bands:
+        return
+    b = label_models(bands)
+    cols = {"net_loss": "network", "cache_loss": "network + neural cache", "dynamic_loss": "network, dynamic evaluation",
+            "dynamic_cache_loss": "network, dynamic evaluation + cache", "ngram_loss": "5-gram", "ngram_cache_loss": "5-gram + cache",
+            "mix_loss": "network mixed with counting"}
+    cols = {k: v for k, v in cols.items() if k in b and b[k].notna().any()}
+    order = list(dict.fromkeys(b.sort_values("distance_from")["band"]))
+    per = b.groupby(["model", "band"], sort=False).agg(distance_from=("distance_from", "first"), share=("share", "first"),
+                                                      **{v: (k, "median") for k, v in cols.items()}).reset_index()
+    chosen = top["model"]
+    long = per[per["model"] == chosen].melt(id_vars=["band"], value_vars=list(cols.values()), var_name="reader", value_name="loss")
+    long = long.rename(columns={"band": "characters back to the context's last occurrence"})
+    shares = ", ".join(f"{band} {100 * s:.0f}%" for band, s in per[per["model"] == chosen].set_index("band")["share"].items())
+    sec.figures.append(("by-distance", f"Mean test loss per band of how far back the target's {int(b['context_chars'].iloc[0])}-character "
+                        f"context last occurred in the text read so far ({chosen}: median over seeds; the share of targets per band: "
+                        f"{shares}): where a cache or dynamic evaluation gains, and where counting with a cache copies more sharply.",
+                        partial(figures.bars, long, "characters back to the context's last occurrence", "loss", hue="reader", ylabel="mean loss (nats)", order=order,
+                                title=f"{named}loss by distance to the context's last occurrence ({chosen})")))
+    sec.tables.append((f"{named}Where each gains: per band of distance back to the last occurrence of the target's context, the share "
+                       "of test targets and each reader's mean loss (networks: median over seeds)", per.sort_values(["model", "distance_from"])))
 
 
 def frequency(sec: Section, bands: pd.DataFrame | None, named: str) -> None:
