@@ -5,7 +5,6 @@ walk. Each is a clear error (or, for the pipe, no error at all) that says what i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,32 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from gradlab import folder
-from gradlab.cli import main
+from small_run import STUDY, invoke, said
 
 GRADLAB = Path(sys.executable).parent / "gradlab"
-STUDY = """
-name = "small"
-measure = "gradient_decay"
-[grid]
-cell = ["linear", "rnn"]
-[settings]
-seq_len = 10
-hidden_size = 4
-input_size = 2
-batch_size = 2
-device = "cpu"
-"""
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def said(r) -> str:
-    return " ".join(r.output.split())
 
 
 @pytest.fixture

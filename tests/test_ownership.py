@@ -13,31 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from gradlab import folder
-from gradlab.cli import main
-
-STUDY = """
-name = "small"
-measure = "gradient_decay"
-[grid]
-cell = ["linear", "rnn"]
-[settings]
-seq_len = 10
-hidden_size = 4
-input_size = 2
-batch_size = 2
-device = "cpu"
-"""
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def said(r) -> str:
-    return " ".join(r.output.split())
+from small_run import STUDY, invoke, said
 
 
 def files(root: Path) -> dict[str, bytes]:

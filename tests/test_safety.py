@@ -11,27 +11,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gradlab import folder
-from gradlab.cli import main
-
-STUDY = """
-name = "small"
-measure = "gradient_decay"
-[grid]
-cell = ["linear", "rnn"]
-[settings]
-seq_len = 10
-hidden_size = 4
-input_size = 2
-batch_size = 2
-device = "cpu"
-"""
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from small_run import STUDY, invoke
 
 
 def snapshot(root: Path, skip: Path | None = None) -> dict[str, object]:
