@@ -14,21 +14,34 @@ CELLS: dict[str, str] = {
     "rnn": "tanh RNN",
     "gru": "GRU; variant reset_after (torch.nn.GRU, cuDNN) or reset_before (Cho et al. 2014)",
     "lstm": "LSTM without peepholes, state (h, c)",
+    "lru": "Linear Recurrent Unit (Orvieto et al. 2023): h_t = lambda * h_{t-1} + gamma * (x_t B), complex and diagonal, "
+           "lambda = exp(-exp(nu) + i exp(theta)); output Re(h_t C) + x_t D; H real numbers of state = H/2 complex modes",
+    "mingru": "minGRU (Feng et al. 2024): h_t = (1 - z_t) h_{t-1} + z_t g(x_t W_xh + b_h), z_t = sigmoid(x_t W_xz + b_z): gates read the input only",
+    "minlstm": "minLSTM (Feng et al. 2024): h_t = f'_t h_{t-1} + i'_t g(x_t W_xh + b_h), f' = f / (f + i), i' = i / (f + i), f and i sigmoids of the input",
 }
 IMPLS: dict[str, str] = {
     "scratch": "the equations written out, a Python loop over time",
     "cudnn": "torch.nn.RNN/GRU/LSTM: cuDNN on CUDA, PyTorch's fused kernels on CPU",
+    "scan": "lru, mingru, minlstm: every step at once by a parallel scan (log space for min*, powers of lambda for the lru)",
 }
 GRU_VARIANTS: dict[str, str] = {
     "reset_after": "n = tanh(x W_xh + b_h + r * (h W_hh + b_hh)): torch.nn.GRU, cuDNN; the book's code without b_hh",
     "reset_before": "n = tanh(x W_xh + (r * h) W_hh + b_h): Cho et al. 2014, the book's equation (scratch only)",
 }
+LRU_VARIANTS: dict[str, str] = {
+    "normalised": "the input scaled by gamma = sqrt(1 - |lambda|^2), a function of lambda: the state's variance stays that of the input",
+    "plain": "no normalisation (gamma = 1): the state's variance grows as 1 / (1 - |lambda|^2)",
+}
 INITS: dict[str, str] = {
     "normal": "N(0, 0.01) for every weight, biases 0: the book's scratch models",
     "xavier": "U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio 2010), biases 0",
     "orthogonal": "Haar-random orthogonal matrices (Saxe et al. 2014), biases 0",
-    "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias: torch.nn's default (a bias here: the sum of its two)",
-    "critical": "orthogonal, recurrent matrices scaled to the mean-field edge of chaos (factor per step 1) for unit-variance inputs",
+    "uniform": "U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias: torch.nn's default (a bias here: the sum of its two; "
+               "lru, mingru, minlstm: nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)))",
+    "critical": "orthogonal, recurrent matrices scaled to the mean-field edge of chaos (factor per step 1) for unit-variance inputs "
+                "(the classic cells: the others have no recurrent matrix)",
+    "paper": "each cell as its source draws it: lru as Orvieto et al. 2023 (B ~ N(0, 1/(2I)) and C ~ N(0, 1/N) per real and "
+             "imaginary part, D ~ N(0, 1/I)); mingru, minlstm as Feng et al. 2024 (nn.Linear's, as uniform); the classic cells as torch.nn (uniform)",
 }
 TASKS: dict[str, str] = {
     "adding": "sum of the two marked values of a long sequence; MSE; baseline 1/6 (Arjovsky et al. 2016)",
@@ -85,7 +98,7 @@ EXECUTORS: dict[str, str] = {
 }
 
 TABLES: dict[str, dict[str, str]] = {
-    "cells": CELLS, "impls": IMPLS, "gru variants": GRU_VARIANTS, "inits": INITS, "tasks": TASKS,
+    "cells": CELLS, "impls": IMPLS, "gru variants": GRU_VARIANTS, "lru variants": LRU_VARIANTS, "inits": INITS, "tasks": TASKS,
     "measures": MEASURES, "optimizers": OPTIMIZERS, "clipping": CLIPS, "samplings": SAMPLINGS,
     "text settings": TEXT_SETTINGS, "text splits": TEXT_SPLITS, "dtypes": DTYPES, "probes": PROBES,
     "executors": EXECUTORS,

@@ -68,7 +68,8 @@ class Setting:
 def recurrent_gain(init: str, hidden_size: int, init_scale: float | None) -> float:
     """Mean squared singular value of a recurrent matrix: exactly init_scale^2 for orthogonal matrices; for
     the i.i.d. inits, H Var(w) without init_scale, and init_scale^2 / 4 with it (a square matrix of i.i.d.
-    entries has its largest singular value near 2 sqrt(H Var(w)): Marchenko-Pastur)."""
+    entries has its largest singular value near 2 sqrt(H Var(w)): Marchenko-Pastur). init 'paper' of a classic cell is uniform."""
+    init = "uniform" if init == "paper" else init
     if init in ("orthogonal", "critical"):
         return (1.0 if init_scale is None else init_scale) ** 2
     if init_scale is not None:
@@ -80,6 +81,7 @@ def recurrent_gain(init: str, hidden_size: int, init_scale: float | None) -> flo
 def input_variance(init: str, input_size: int, hidden_size: int, input_std: float) -> float:
     """sigma_in^2 = input_std^2 sum_i W_x[i, j]^2, averaged over units j, for inputs of i.i.d. N(0, input_std^2)."""
     I, H = input_size, hidden_size
+    init = "uniform" if init == "paper" else init
     per_unit = {"orthogonal": min(I, H) / H, "critical": min(I, H) / H, "normal": I * 1e-4, "xavier": I * 2 / (I + H),
                 "uniform": I / (3 * H)}[init]
     return input_std**2 * per_unit

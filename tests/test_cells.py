@@ -199,8 +199,8 @@ def test_fused_cell_records_backend():
         (dict(cell="linear", impl="cudnn"), "cudnn exists for: rnn, gru, lstm"),
         (dict(cell="gru", impl="cudnn", variant="reset_before"), "exists only in scratch"),
         (dict(cell="gru", impl="scratch", variant="reset_later"), "Did you mean"),
-        (dict(cell="rnn", impl="scratch", variant="reset_before"), "applies to the GRU only"),
-        (dict(cell="rnn", impl="scratch", forget_bias=1.0), "LSTM only"),
+        (dict(cell="rnn", impl="scratch", variant="reset_before"), "it has no variants .the gru's: reset_after, reset_before"),
+        (dict(cell="rnn", impl="scratch", forget_bias=1.0), r"cells with a forget gate \(lstm, mingru, minlstm"),
         (dict(cell="rnn", impl="scratch", init="ortho"), "Unknown init"),
     ],
 )

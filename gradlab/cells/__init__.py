@@ -8,12 +8,14 @@ from ..names import IMPLS, lookup
 from .cudnn import FusedCell, load_scratch_layout, scratch_layout
 from .families import FAMILIES, Family, family
 from .init import init_params
+from .modern import MODERN, ModernCell
+from .modern import init_params as modern_params
 from .scratch import ScratchCell, State
 
-Cell = ScratchCell | FusedCell
+Cell = ScratchCell | FusedCell | ModernCell
 
 __all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach",
-           "output_gate_of"]
+           "output_gate_of", "output_of", "FAMILIES"]
 
 
 MAX_INIT_SCALE = 100.0  # a recurrent spectral norm past this saturates every gated cell at step one and overflows the linear one
@@ -55,9 +57,14 @@ def check_fits(cell: str, hidden_size: int, input_size: int, seq_len: int, batch
     their gradients, and the gate values of every step that the backward pass keeps) exceeds the device's
     whole memory: such a run could only die (the kernel's out-of-memory killer takes the process, and the
     run folder with it), so it is refused before any work."""
-    gates = len(family(cell).gates)
+    fam = family(cell)
+    gates = len(fam.gates)
     size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    need = size * models * (2 * gates * hidden_size * (hidden_size + input_size) + seq_len * batch_size * gates * hidden_size)
+    if fam.diagonal:  # no recurrent matrix: the input matrices (the lru's readout besides) and one value per unit and step
+        weights = gates * hidden_size * input_size + (hidden_size * hidden_size if cell == "lru" else 0)
+        need = size * models * (2 * weights + seq_len * batch_size * hidden_size)
+    else:
+        need = size * models * (2 * gates * hidden_size * (hidden_size + input_size) + seq_len * batch_size * gates * hidden_size)
     have = device_memory(device)
     if have is not None and need > have:
         raise ValueError(f"hidden_size {hidden_size}, seq_len {seq_len}, batch_size {batch_size} ({cell}, {dtype}) need at least "
@@ -70,32 +77,48 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be in 0 .. 2**32 - 1, got {seed}.")
 
 
-def check(cell: str, impl: str, variant: str | None = None, forget_bias: float = 0.0) -> str | None:
-    """Validate a (cell, impl, variant, forget_bias) combination; returns the resolved variant (None
-    for a cell without variants)."""
+NO_TWIN = {  # why a cell has no implementation of a kind
+    "cudnn": "torch.nn has no {what}",
+    "scan": "its recurrence {why}: no parallel scan computes it",
+}
+WHAT = {"linear": "identity-activation RNN", "lru": "LRU", "mingru": "minGRU", "minlstm": "minLSTM"}
+WHY = {"linear": "multiplies h by a full matrix", "rnn": "is nonlinear in h", "gru": "is nonlinear in h", "lstm": "is nonlinear in h"}
+
+
+def check(cell: str, impl: str, variant: str | None = None, forget_bias: float = 0.0, init: str | None = None,
+          init_scale: float | None = None, hidden_size: int | None = None) -> str | None:
+    """Validate a (cell, impl, variant, forget_bias) combination, and where given the init, init_scale and
+    hidden_size a modern cell refuses; returns the resolved variant (None for a cell without variants)."""
     fam = family(cell)
     lookup(IMPLS, impl, "impl")
     if not fam.variants:
         if variant not in (None, "reset_after"):
-            raise ValueError(f"variant={variant!r} applies to the GRU only; cell {cell!r} has no variants.")
+            with_variants = "; ".join(f"the {c}'s: {', '.join(f.variants)}" for c, f in FAMILIES.items() if f.variants)
+            raise ValueError(f"variant={variant!r} is not cell {cell!r}'s: it has no variants ({with_variants}).")
         variant = None
     else:
         variant = variant or fam.variants[0]
         lookup({v: v for v in fam.variants}, variant, f"{cell.upper()} variant")
     if forget_bias and fam.forget_gate is None:
-        raise ValueError(f"forget_bias applies to the LSTM only, not to cell {cell!r}.")
-    if impl == "cudnn":
-        if fam.torch_module is None:
-            twinned = [c for c, f in FAMILIES.items() if f.torch_module]
-            raise ValueError(
-                f"cell {cell!r} has no cudnn implementation (torch.nn has no identity-activation RNN). "
-                f"cudnn exists for: {', '.join(twinned)}; {cell!r} exists in: scratch."
-            )
-        if variant == "reset_before":
-            raise ValueError(
-                "GRU variant 'reset_before' exists only in scratch: torch.nn.GRU and cuDNN compute "
-                "'reset_after'. Use impl='scratch', or variant='reset_after'."
-            )
+        gated = ", ".join(c for c, f in FAMILIES.items() if f.forget_gate)
+        raise ValueError(f"forget_bias applies to the cells with a forget gate ({gated}; minGRU's is 1 - z), not to cell {cell!r}"
+                         + (f": its memory is set by {fam.memory} (the eigenvalue radius)." if fam.diagonal else "."))
+    if impl not in fam.impls:
+        having = [c for c, f in FAMILIES.items() if impl in f.impls]
+        reason = NO_TWIN.get(impl, "").format(what=WHAT.get(cell, cell), why=WHY.get(cell, ""))
+        raise ValueError(
+            f"cell {cell!r} has no {impl} implementation" + (f" ({reason})" if reason else "") + ". "
+            f"{impl} exists for: {', '.join(having)}; {cell!r} exists in: {', '.join(fam.impls)}."
+        )
+    if impl == "cudnn" and variant == "reset_before":
+        raise ValueError(
+            "GRU variant 'reset_before' exists only in scratch: torch.nn.GRU and cuDNN compute "
+            "'reset_after'. Use impl='scratch', or variant='reset_after'."
+        )
+    if fam.diagonal and (init is not None or init_scale is not None or hidden_size is not None):
+        from .modern import check_options
+
+        check_options(cell, hidden_size if hidden_size is not None else 2, init or "normal", init_scale)
     return variant
 
 
@@ -123,6 +146,9 @@ def create(
     `input_std` is used by init 'critical' alone: the standard deviation of the inputs it is critical for.
     """
     variant = check(cell, impl, variant, forget_bias)
+    if family(cell).diagonal:
+        params = modern_params(cell, input_size, hidden_size, init=init, init_scale=init_scale, forget_bias=forget_bias, seed=seed)
+        return MODERN[cell](cell, params, variant, impl).to(device=device, dtype=dtype)
     params = init_params(
         cell, input_size, hidden_size, reset_after=variant != "reset_before",
         init=init, init_scale=init_scale, forget_bias=forget_bias, seed=seed, input_std=input_std,
@@ -139,7 +165,7 @@ def create(
 def parameters_in_scratch_layout(module: Cell, grad: bool = False) -> dict[str, torch.Tensor]:
     """Parameters (or gradients) named as in the seed, whatever the impl."""
     if isinstance(module, FusedCell):
-        return scratch_layout(module, grad=grad)
+        return scratch_layout(module, grad=grad)  # a modern cell's parameters are the same in both impls
     return {n: (p.grad if grad else p.detach()) for n, p in module.named_parameters()}
 
 
@@ -148,6 +174,8 @@ def convert(module: Cell, impl: str) -> Cell:
     check(module.cell, impl, module.variant)
     ref = next(module.parameters())
     params = {k: v.detach().to(torch.float64) for k, v in parameters_in_scratch_layout(module).items()}
+    if isinstance(module, ModernCell):
+        return MODERN[module.cell](module.cell, params, module.variant, impl).to(device=ref.device, dtype=ref.dtype)
     if impl == "scratch":
         out: Cell = ScratchCell(module.cell, params, module.variant)
     else:
@@ -159,6 +187,13 @@ def convert(module: Cell, impl: str) -> Cell:
 def hidden_of(state: State) -> torch.Tensor:
     """h of a state: h itself, or the first of (h, c)."""
     return state[0] if isinstance(state, tuple) else state
+
+
+def output_of(cell: Cell, state: State, inp) -> torch.Tensor:
+    """The output (B, H) a step shows, from the state it hands on and its per-step input (prepare's): h itself for
+    every cell but the lru, whose output is a readout Re(h C) + x D."""
+    emit = getattr(cell, "emit", None)
+    return hidden_of(state) if emit is None else emit(state, inp)
 
 
 def state_parts(state: State) -> list[torch.Tensor]:

@@ -60,6 +60,8 @@ def init_params(
     """
     lookup(INITS, init, "init")
     fam = family(cell)
+    if init == "paper":  # the classic cells' source is torch.nn: its default
+        init = "uniform"
     if init == "critical":
         if init_scale is not None:
             raise ValueError("init 'critical' chooses the recurrent scale itself: leave init_scale unset (none).")
