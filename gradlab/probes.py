@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .cells import Cell, hidden_of, output_gate_of, state_parts
+from .cells import Cell, exact_retention, hidden_of, output_gate_of, output_of, state_parts
 
 
-def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list, list[list[torch.Tensor]]]:
+def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False, outputs: list | None = None) -> tuple[list, list[list[torch.Tensor]]]:
     """Drive the cell one step at a time (the fused kernel with T=1 for cudnn), adding a zero "tap"
     to each state tensor after each step. The gradient w.r.t. a tap is the gradient w.r.t. the state
     handed on: the same quantity in both impls, whatever each computes inside a step.
@@ -25,7 +25,8 @@ def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list,
     the path through c_{t+1}. Without it, the c tap after the step sees only the part carried on through
     c_{t+1} (0 at the last step under a loss that reads h), which the state Jacobians ds_{T-1}/ds_t want.
     Either way the forward values are the cell's own, bit for bit.
-    Returns the states and the taps, T lists of ([h] or [h, c]) tensors (B, H)."""
+    Returns the states and the taps, T lists of ([h] or [h, c]) tensors (B, H); `outputs`, when given, receives each
+    step's output (h_t, or the lru's readout of its state), formed from the tapped state."""
     inputs, ctx = cell.prepare(x)
     state = cell.init_state(x.shape[1])
     output_gate = output_gate_of(cell, x) if total_c and len(cell.family.state) > 1 else None
@@ -44,6 +45,8 @@ def run_steps(cell: Cell, x: torch.Tensor, total_c: bool = False) -> tuple[list,
         state = tuple(parts) if len(parts) > 1 else parts[0]
         states.append(state)
         taps.append(tap)
+        if outputs is not None:
+            outputs.append(output_of(cell, state, inp))
     return states, taps
 
 
@@ -66,6 +69,20 @@ def hidden_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> d
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]  # no path: exactly 0
     T = len(taps)
     return {name: _rms_norms(grads[k * T : (k + 1) * T]) for k, name in enumerate(names)}
+
+
+def closed_form_hidden_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor | None:
+    """(T,) ||dL/dh_t|| as the recurrence gives it exactly, for the loss hidden_grad_norms takes (L = <g, h_{T-1}>), where
+    the cell allows it (cells.exact_retention: the modern cells, the linear cell with a scaled orthogonal W_hh), without
+    any backward pass: ||dL/dh_t||^2 = sum_units g^2 prod_{s=t+1..T-1} r_s^2 per sequence, RMS over the batch (float64).
+    None where no closed form exists."""
+    kept = exact_retention(cell, x)
+    if kept is None:
+        return None
+    kept_sq = kept.double().pow(2)  # (T, B, H)
+    later = torch.cat([kept_sq[1:], torch.ones_like(kept_sq[:1])])  # r_{t+1}^2, and 1 past the last step
+    products = torch.flip(torch.cumprod(torch.flip(later, [0]), 0), [0])  # prod_{s=t+1..T-1} r_s^2
+    return (products * direction.double().pow(2)).sum(-1).mean(-1).sqrt()
 
 
 def input_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -130,8 +147,9 @@ def task_loss_grad_norms(model, batch, spec) -> dict[str, torch.Tensor]:
 
     cell = model.cell
     x = model.cell_inputs(batch.x)  # a task's float32 vectors cast for a float64 model; token ids embedded where the model embeds them
-    states, taps = run_steps(cell, x, total_c=True)
-    hidden = torch.stack([hidden_of(s) for s in states])  # (T, B, H)
+    emitted: list[torch.Tensor] = []
+    states, taps = run_steps(cell, x, total_c=True, outputs=emitted)
+    hidden = torch.stack(emitted)  # (T, B, H): what the readout reads (h_t; the lru's output from its state)
     if batch.mask is not None:
         hidden = hidden[batch.mask]  # (S, B, H)
     outputs = model.readout(hidden)  # (S, B, O)
@@ -156,7 +174,7 @@ def input_grads_at_last_step(model, x: torch.Tensor, loss_of_last) -> torch.Tens
     weights = cell.recurrent()
     for inp in cell.per_step(projected):
         state = cell.step(inp, state, weights)
-    (grad,) = torch.autograd.grad(loss_of_last(model.readout(hidden_of(state)[None])[0]), projected)
+    (grad,) = torch.autograd.grad(loss_of_last(model.readout(output_of(cell, state, inp)[None])[0]), projected)
     return _rms_norms(list(grad.unbind(0)))
 
 

@@ -179,9 +179,48 @@ def time_scale(f: float) -> float:
     return math.inf if f == 1 else -1 / math.log(f)
 
 
+MODERN = ("lru", "mingru", "minlstm")  # h_t = a_t * h_{t-1} + b_t, a_t free of h: no mean field to solve, a_t's own law
+
+
+def gate_variance(init: str, input_size: int, hidden_size: int, input_std: float) -> float:
+    """Variance of a min cell's gate pre-activation x W_x (one unit), for inputs i.i.d. N(0, input_std^2): its weight
+    column's squared norm times input_std^2 (nn.Linear's U(-1/sqrt(I), 1/sqrt(I)) under uniform and paper)."""
+    I, H = input_size, hidden_size
+    per_unit = {"normal": I * 1e-4, "xavier": I * 2 / (I + H), "orthogonal": min(I, H) / H, "uniform": 1 / 3, "paper": 1 / 3}[init]
+    return input_std**2 * per_unit
+
+
+def modern_factor(cell: str, init: str, init_scale: float | None, forget_bias: float, input_size: int, hidden_size: int,
+                  input_std: float, typical: bool = False) -> float:
+    """The factor per step of ||dL/dh_t|| for the modern cells: exactly dL/dh_t = dL/dh_T prod a_s (element-wise), and
+    the a_s of different steps are independent (they read independent inputs), so the mean square falls by E[a^2] per
+    step: the factor is sqrt(E[a^2]). lru: a = |lambda|, the radius init_scale (NaN for the ring: several rates, no
+    one factor). mingru: a = 1 - z = sigmoid(-u), u ~ N(-forget_bias, v). minlstm: a = f' = sigmoid(-d),
+    d = softplus(-u_f) - softplus(-u_i), u_f ~ N(forget_bias, v), u_i ~ N(0, v) independent. v = gate_variance;
+    the biases' own spread under uniform and paper (1 / (3I), fixed per unit) is left out.
+
+    typical: exp(E[log a]) instead, the factor of a typical product of the a's. The product of k of them is
+    log-normal-like: its mean square, sqrt(E[a^2])^(2k), is carried by ever rarer sequences as k grows, so a finite
+    batch's RMS norm falls from the first towards the second far from the loss (measured: tests/test_theory.py)."""
+    if cell == "lru":
+        return float("nan") if init_scale is None else float(init_scale)
+    v = gate_variance(init, input_size, hidden_size, input_std)
+    moment = (lambda a: np.log(a)) if typical else (lambda a: a**2)  # noqa: E731
+    finish = (lambda m: math.exp(m)) if typical else (lambda m: math.sqrt(m))  # noqa: E731
+    softplus = lambda a: np.logaddexp(0.0, a)  # noqa: E731
+    if cell == "mingru":
+        return finish(gauss(lambda u: moment(sigmoid(-u)), -forget_bias, v))
+    z, w = normal_nodes(math.sqrt(v))
+    u_f, u_i = forget_bias + math.sqrt(v) * z[:, None], math.sqrt(v) * z[None, :]
+    kept = sigmoid(-(softplus(-u_f) - softplus(-u_i)))
+    return finish(float((w[:, None] * w[None, :] * moment(kept)).sum()))
+
+
 def predict(cell: str, init: str, init_scale: float | None, forget_bias: float, input_size: int, hidden_size: int,
             input_std: float) -> float:
     """The predicted factor per step for a cell built by gradlab.cells.create with these arguments."""
+    if cell in MODERN:
+        return modern_factor(cell, init, init_scale, forget_bias, input_size, hidden_size, input_std)
     if init == "critical":  # orthogonal at the edge's scale: the factor is 1 up to the bisection's precision
         init_scale = edge_init_scale(cell, "orthogonal", forget_bias, input_size, hidden_size, input_std)
     setting = Setting(recurrent_gain(init, hidden_size, init_scale), input_variance(init, input_size, hidden_size, input_std), forget_bias)

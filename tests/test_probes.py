@@ -230,3 +230,88 @@ def test_impl_agreement_tells_the_underflow_floor_from_ordinary_magnitudes():
     text = _disagreement(agree, {"environment": {"cudnn_allow_tf32": True, "cudnn_rnn_fp32_precision": "tf32"}})
     assert "1 curve(s) differ only where the norms sit at the dtype's underflow floor" in text
     assert "at ordinary magnitudes: cell lstm (median gap h 12%)" in text and "TF32" in text
+
+
+MODERN_CASES = [("lru", "scratch", dict(init_scale=0.9)), ("lru", "scan", {}), ("lru", "scratch", dict(variant="plain")),
+                ("mingru", "scratch", {}), ("mingru", "scan", dict(forget_bias=2.0)), ("minlstm", "scratch", dict(forget_bias=2.0)),
+                ("minlstm", "scan", {})]
+
+
+@pytest.mark.parametrize("cell_name,impl,options", MODERN_CASES)
+def test_the_modern_cells_gradient_is_its_closed_form(cell_name, impl, options):
+    """||dL/dh_t|| measured by the taps equals the recurrence's closed form (|lambda|^k per mode for the lru, the product
+    of 1 - z_s or f'_s for the min cells) to float rounding, and the state Jacobian's singular values are those
+    factors themselves: |lambda_j|^k (each twice, for a mode's two real numbers), or prod a_s per unit."""
+    from gradlab.probes import closed_form_hidden_norms, jacobian_spectra
+
+    T, B, I, H = 40, 3, 4, 6
+    cell = create(cell_name, impl, I, H, init="paper", seed=3, dtype=F64, **options)
+    x, g = _data(T, B, I, H, seed=2)
+    torch.testing.assert_close(hidden_grad_norms(cell, x, g)["h"], closed_form_hidden_norms(cell, x, g), rtol=1e-12, atol=0)
+    kept = cell.retention(x)  # (T, B, H)
+    later = torch.cat([kept[1:], torch.ones_like(kept[:1])])
+    products = torch.flip(torch.cumprod(torch.flip(later, [0]), 0), [0])  # prod_{s>t} a_s per unit
+    want = products.sort(dim=-1, descending=True).values
+    torch.testing.assert_close(jacobian_spectra(cell, x), want, rtol=1e-10, atol=1e-14)
+
+
+def test_closed_forms_exist_where_the_recurrence_gives_one():
+    from gradlab.probes import closed_form_hidden_norms
+
+    T, B, I, H = 30, 2, 3, 5
+    x, g = _data(T, B, I, H)
+    k = torch.arange(T - 1, -1, -1, dtype=F64)
+    lin = create("linear", "scratch", I, H, init="orthogonal", init_scale=0.8, seed=0, dtype=F64)
+    torch.testing.assert_close(closed_form_hidden_norms(lin, x, g), 0.8**k * _rms(g), rtol=1e-12, atol=0)
+    assert closed_form_hidden_norms(create("linear", "scratch", I, H, init="xavier", seed=0, dtype=F64), x, g) is None  # not orthogonal
+    for cell_name in ("rnn", "gru", "lstm"):
+        assert closed_form_hidden_norms(create(cell_name, "scratch", I, H, init="orthogonal", seed=0, dtype=F64), x, g) is None
+
+
+@pytest.mark.parametrize("cell_name,impl", [("lru", "scratch"), ("lru", "scan"), ("mingru", "scan"), ("minlstm", "scratch")])
+@pytest.mark.parametrize("task_name", ["adding", "copy"])
+def test_task_loss_probe_on_the_modern_cells(cell_name, impl, task_name):
+    """The flow probe reads each step's output as the readout sees it (the lru's Re(h C) + x D, not its state):
+    ||dL/dh_t|| against autograd through the cell's own loop with each state kept (retain_grad)."""
+    from gradlab.probes import task_loss_grad_norms
+    from gradlab.tasks import build
+    from gradlab.tasks.base import loss_of
+    from gradlab.training import build_model
+
+    task = build(task_name, {"copy_len": 2} if task_name == "copy" else {})
+    batch = task.sample(torch.Generator().manual_seed(0), 3, 4)
+    model = build_model(task.spec, cell_name, impl, 6, seed=1, init="paper", dtype=F64)
+    batch.x = batch.x.double() if batch.x.is_floating_point() else batch.x
+    got = task_loss_grad_norms(model, batch, task.spec)["h"]
+    cell = model.cell
+    inputs, weights = cell.prepare(model.cell_inputs(batch.x))
+    state, states, outs = cell.init_state(batch.x.shape[1]), [], []
+    for inp in inputs:
+        state = cell.loop_step(inp, state, weights)
+        state.retain_grad()
+        states.append(state)
+        outs.append(cell.emit(state, inp))
+    scored = [k for k in range(len(outs)) if batch.mask is None or batch.mask[k]]
+    n = len(scored)
+    loss_of(task.spec, model.readout(torch.stack([outs[k] for k in scored])), batch.targets(), reduction="sum").div(n).backward()
+    torch.testing.assert_close(got, torch.stack([_rms(s.grad) for s in states]), rtol=1e-10, atol=1e-15)
+
+
+def test_the_decay_measure_keeps_the_closed_form_beside_the_measurement():
+    from gradlab.derived.gradient_decay import derive
+
+    rows = []
+    for cell_name, scale in (("lru", 0.7), ("mingru", None), ("rnn", 1.0)):
+        cfg = Config(cell=cell_name, impl="scan" if cell_name != "rnn" else "scratch", init="paper" if cell_name != "rnn" else "orthogonal",
+                     init_scale=scale, seq_len=50, hidden_size=8, input_size=4, batch_size=4)
+        cfg.validate()
+        rows += [r | {"cell": cell_name, "impl": cfg.impl, "init_scale": scale, "init": cfg.init, "seed": 0, "probe": "hidden", "dtype": "float64",
+                      "variant": None, "forget_bias": 0.0, "input_size": 4, "hidden_size": 8, "input_std": 1.0} for r in run(cfg)["results"]]
+    res = pd.DataFrame(rows)
+    assert res.loc[res["cell"] == "rnn", "closed_form"].isna().all()  # no closed form: no number
+    rates = derive({"results": res}, ["cell", "impl", "init", "init_scale", "seed", "probe", "dtype", "variant", "forget_bias", "input_size",
+                                      "hidden_size", "input_std"])["decay_rates"].set_index("cell")
+    assert rates.loc["lru", "closed_form_max_rel"] < 1e-12 and rates.loc["mingru", "closed_form_max_rel"] < 1e-12
+    assert rates.loc["lru", "factor_per_step"] == pytest.approx(0.7, rel=1e-10) and rates.loc["lru", "predicted_factor"] == 0.7
+    assert rates.loc["mingru", "closed_form_factor"] == pytest.approx(rates.loc["mingru", "factor_per_step"], rel=1e-10)
+    assert np.isnan(rates.loc["rnn", "closed_form_max_rel"])

@@ -15,7 +15,7 @@ from .scratch import ScratchCell, State
 Cell = ScratchCell | FusedCell | ModernCell
 
 __all__ = ["Cell", "Family", "State", "family", "create", "convert", "check", "parameters_in_scratch_layout", "hidden_of", "state_parts", "detach",
-           "output_gate_of", "output_of", "FAMILIES"]
+           "output_gate_of", "output_of", "exact_retention", "FAMILIES"]
 
 
 MAX_INIT_SCALE = 100.0  # a recurrent spectral norm past this saturates every gated cell at step one and overflows the linear one
@@ -194,6 +194,21 @@ def output_of(cell: Cell, state: State, inp) -> torch.Tensor:
     every cell but the lru, whose output is a readout Re(h C) + x D."""
     emit = getattr(cell, "emit", None)
     return hidden_of(state) if emit is None else emit(state, inp)
+
+
+def exact_retention(cell: Cell, x: torch.Tensor) -> torch.Tensor | None:
+    """(T, B, H): the factor r_t by which each unit's gradient is scaled per step back in time where the recurrence
+    makes it exact, ||dL/dh_t||^2 = sum_units (dL/dh_T)^2 prod_{s=t+1..T} r_s^2: |a_t| of the modern cells
+    (h_t = a_t * h_{t-1} + b_t; the lru's |lambda| per mode), and rho for the linear cell whose W_hh is rho times an
+    orthogonal matrix (dh_T/dh_t = rho^k Q^k keeps every norm up to rho^k). None where no such closed form exists."""
+    if isinstance(cell, ModernCell):
+        return cell.retention(x)
+    if cell.cell == "linear" and isinstance(cell, ScratchCell):
+        w = cell.W_hh.detach().double()
+        rho_sq = (w.T @ w).diagonal().mean()
+        if torch.allclose(w.T @ w, rho_sq * torch.eye(w.shape[0], dtype=w.dtype, device=w.device), rtol=0, atol=1e-12 * float(rho_sq)):
+            return torch.full((*x.shape[:2], cell.hidden_size), float(rho_sq.sqrt()), dtype=torch.float64, device=w.device)
+    return None
 
 
 def state_parts(state: State) -> list[torch.Tensor]:

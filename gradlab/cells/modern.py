@@ -151,9 +151,23 @@ class ModernCell(nn.Module):
     def init_state(self, batch_size: int) -> torch.Tensor:
         return getattr(self, self.input_names[0]).new_zeros(batch_size, self.hidden_size)
 
+    def step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple) -> torch.Tensor:
+        """One step from this step's projected input (B, K): the loop's step (scratch), or the scan of one step (scan),
+        so that an instrument driving either impl one step at a time runs that impl's own arithmetic."""
+        if self.impl == "scan":
+            return self.scan(inp[None], state)[0]
+        return self.loop_step(inp, state, weights)
+
     def emit(self, state: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """The step's output (B, H) from its state and its projected input: the state itself."""
         return state
+
+    def retention(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, B, H) |a_t| per unit of the state, without gradient: the factor by which h_t = a_t * h_{t-1} + b_t
+        scales each unit's gradient per step back in time, so that dL/dh_t = dL/dh_T * prod_{s=t+1..T} a_s exactly
+        (for the lru, |lambda| per mode on both its parts: its rotation keeps the norm of each mode's pair)."""
+        with torch.no_grad():
+            return self.kept(self.project(x))
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (T, B, I) floats or (T, B) token ids -> outputs (T, B, H), final state (B, H)."""
@@ -164,7 +178,7 @@ class ModernCell(nn.Module):
             weights = self.recurrent()
             states = []
             for inp in self.per_step(projected):
-                state = self.step(inp, state, weights)
+                state = self.loop_step(inp, state, weights)
                 states.append(state)
             states = torch.stack(states)  # (T, B, H)
         else:
@@ -187,9 +201,12 @@ class MinGRU(ModernCell):
     def recurrent(self) -> tuple:
         return ()
 
-    def step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple = ()) -> torch.Tensor:
+    def loop_step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple = ()) -> torch.Tensor:
         a_z, a_h = inp.chunk(2, dim=-1)
         return torch.sigmoid(-a_z) * state + torch.sigmoid(a_z) * g(a_h)  # 1 - z as sigmoid(-a): the same number, no cancellation
+
+    def kept(self, projected: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-projected[..., : self.hidden_size])  # 1 - z
 
     def scan(self, projected: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         a_z, a_h = projected.chunk(2, dim=-1)
@@ -209,10 +226,15 @@ class MinLSTM(ModernCell):
     def recurrent(self) -> tuple:
         return ()
 
-    def step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple = ()) -> torch.Tensor:
+    def loop_step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple = ()) -> torch.Tensor:
         a_f, a_i, a_h = inp.chunk(3, dim=-1)
         f, i = torch.sigmoid(a_f), torch.sigmoid(a_i)
         return f / (f + i) * state + i / (f + i) * g(a_h)
+
+    def kept(self, projected: torch.Tensor) -> torch.Tensor:
+        a_f, a_i, _ = projected.chunk(3, dim=-1)
+        f, i = torch.sigmoid(a_f), torch.sigmoid(a_i)
+        return f / (f + i)  # f'
 
     def scan(self, projected: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         a_f, a_i, a_h = projected.chunk(3, dim=-1)
@@ -248,12 +270,16 @@ class LRU(ModernCell):
         modulus, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)
         return modulus * torch.cos(phase), modulus * torch.sin(phase), self.gamma()
 
-    def step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple) -> torch.Tensor:
+    def loop_step(self, inp: torch.Tensor, state: torch.Tensor, weights: tuple) -> torch.Tensor:
         lam_re, lam_im, gamma = weights
         N = self.modes
         bu_re, bu_im = inp[..., :N], inp[..., N : 2 * N]
         h_re, h_im = state[..., :N], state[..., N:]
         return torch.cat([lam_re * h_re - lam_im * h_im + gamma * bu_re, lam_re * h_im + lam_im * h_re + gamma * bu_im], dim=-1)
+
+    def kept(self, projected: torch.Tensor) -> torch.Tensor:
+        modulus = torch.exp(-torch.exp(self.nu_log))  # |lambda| (N,), on both parts of its mode
+        return torch.cat([modulus, modulus]).expand(*projected.shape[:-1], self.hidden_size)
 
     def scan(self, projected: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         N, gamma = self.modes, self.gamma()

@@ -27,6 +27,8 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                     "resid_rms": float(np.sqrt((resid**2).mean()))}
         else:
             row |= {"log10_rate_per_step": np.nan, "factor_per_step": np.nan, "r2": np.nan, "resid_rms": np.nan}
+        if "closed_form" in g and g["closed_form"].notna().any():  # the exact curve beside the measured one
+            row |= closed_form_fit(g, ok)
         ref = ok.iloc[0] if len(ok) else np.nan  # the nearest positive norm (an exact zero, say a gradient with no path, is no reference)
         below = curve[(curve.index > ok.index[0]) & (curve < FLOOR_RATIO * ref)] if len(ok) else curve.iloc[:0]
         row |= {"fit_points": len(ok), "vanish_distance": float(below.index[0]) if len(below) else np.nan, "max_distance": float(curve.index.max())}
@@ -36,11 +38,23 @@ def decay_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
+def closed_form_fit(g: pd.DataFrame, measured: pd.Series) -> dict:
+    """The closed form's own factor per step (fitted as the measured curve's) and its largest relative gap to the
+    measured norms, where both are above the dtype's underflow floor."""
+    exact = g.groupby("distance")["closed_form"].median().sort_index()
+    ok = exact[(exact > 0) & np.isfinite(exact)]
+    factor = 10 ** np.polyfit(ok.index.to_numpy(float), np.log10(ok.to_numpy(float)), 1)[0] if len(ok) >= 2 else np.nan
+    floor = UNDERFLOW.get(str(g["dtype"].iloc[0]), 0.0) if "dtype" in g else 0.0
+    pairs = g[(g["closed_form"] > floor) & (g["grad_norm"] > floor)]
+    gap = ((pairs["grad_norm"] - pairs["closed_form"]).abs() / pairs["closed_form"]).max() if len(pairs) else np.nan
+    return {"closed_form_factor": factor, "closed_form_max_rel": float(gap)}
+
+
 UNDERFLOW = {"float32": 1e-30, "float64": 1e-290, "bfloat16": 1e-30, "float16": 1e-4}  # norms below: at the dtype's underflow floor
 
 
 def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per curve (every setting but the impl, the seed and t) and probe, wrt and dtype: how far scratch and cudnn
+    """Per curve (every setting but the impl, the seed and t) and probe, wrt and dtype: how far scratch and its twin (cudnn; scan for the modern cells)
     are apart on the same norms. The relative difference is taken where both norms are above 0 (max_rel_diff),
     and apart where both are of ordinary size, above the dtype's underflow floor (median_rel_ordinary,
     max_rel_ordinary: a gap only at the floor is float arithmetic running out, not two functions); a norm that
@@ -54,8 +68,9 @@ def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     rows = []
     for group, idx in results.groupby(["probe", "wrt", "dtype", *curve], sort=False, dropna=False).groups.items():
         g = results.loc[idx]
+        twin = g["impl"] != "scratch"  # cudnn, or scan: each cell has one twin, and the key names the cell
         a = g[g["impl"] == "scratch"].set_index(key[idx][g["impl"] == "scratch"])["grad_norm"]
-        b = g[g["impl"] == "cudnn"].set_index(key[idx][g["impl"] == "cudnn"])["grad_norm"]
+        b = g[twin].set_index(key[idx][twin])["grad_norm"]
         a, b = a.align(b, join="inner")
         if not len(a):
             continue
@@ -70,7 +85,7 @@ def impl_agreement(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=out_columns)
 
 
-AGREE = 1e-6  # relative: scratch and cudnn closer than this are one curve on any figure
+AGREE = 1e-6  # relative: scratch and its twin (cudnn, or scan) closer than this are one curve on any figure
 GOOD_FIT = 0.95  # r2 below this: the decay is not one rate per step ...
 FLAT_FIT = 0.05  # ... unless every point is this close to the line in log10 (12%): a flat curve has no slope to explain
 
@@ -82,9 +97,9 @@ def summary(rates: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
     out = rates[(rates["probe"] == main[0]) & (rates["wrt"] == main[1])].copy()
     agree = agreement[(agreement["probe"] == main[0]) & (agreement["wrt"] == main[1])]
     if len(agree) and agree["max_rel_diff"].max() < AGREE:
-        twinned = set(out.loc[out["impl"] == "cudnn", "cell"])
+        twinned = dict(out.loc[out["impl"] != "scratch", ["cell", "impl"]].drop_duplicates("cell").itertuples(index=False))
         out = out[out["impl"] == "scratch"]
-        out["impl"] = [("scratch = cudnn" if c in twinned else "scratch") for c in out["cell"]]
+        out["impl"] = [(f"scratch = {twinned[c]}" if c in twinned else "scratch") for c in out["cell"]]
     out["fit"] = np.where(out["one_rate"], "one rate", "not one rate")
     return out.reset_index(drop=True)
 
@@ -118,7 +133,7 @@ def theory_tables(rates: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The predicted factor on a grid of init_scale for every combination the run measured, and the
     init_scale where it crosses 1 (the edge of chaos); not for init 'critical', which picks its own scale."""
     keys = [k for k in THEORY_KEYS if k in rates]
-    combos = [c for c in rates[keys].drop_duplicates().to_dict("records") if c["init"] != "critical"]
+    combos = [c for c in rates[keys].drop_duplicates().to_dict("records") if c["init"] != "critical" and c["cell"] not in theory.MODERN]
     line = [c | {"init_scale": s, "predicted_factor": _predicted(c | {"init_scale": s})} for c in combos for s in THEORY_SCALES]
     edge = [c | {"edge_init_scale": theory.edge_init_scale(c["cell"], c["init"], float(c["forget_bias"]), int(c["input_size"]),
                                                            int(c["hidden_size"]), float(c["input_std"]))} for c in combos

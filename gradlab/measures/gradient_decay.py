@@ -10,7 +10,7 @@ import torch
 from ..cells import check, check_device, check_fits, check_init_scale, create, family
 from ..cells.cudnn import cudnn_precision
 from ..names import DTYPES, INITS, PROBES, lookup
-from ..probes import hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
+from ..probes import closed_form_hidden_norms, hidden_grad_norms, independent_step_norms, input_grad_norms, jacobian_spectra
 from . import COMMON_COLUMNS
 
 COLUMNS = COMMON_COLUMNS | {
@@ -39,7 +39,12 @@ COLUMNS = COMMON_COLUMNS | {
     "q05": "5% quantile of the singular values", "q25": "25% quantile", "q50": "median singular value", "q75": "75% quantile",
     "q95": "95% quantile", "rms": "root mean square singular value (what mean-field theory predicts: factor^distance)",
     "largest": "the largest singular value (the spectral norm)",
-    "predicted_factor": "mean-field prediction of the factor per step (gradlab.theory; docs/mean_field.md)",
+    "predicted_factor": "mean-field prediction of the factor per step (gradlab.theory; docs/mean_field.md); for lru, mingru, minlstm "
+                        "sqrt(E[a^2]) of their h_t = a_t h_{t-1} + b_t (the lru: its radius; none for a ring of radii)",
+    "closed_form": "hidden probe, h: ||dL/dh_t|| as the recurrence gives it exactly, without a backward pass, where the cell allows it "
+                   "(lru: |lambda|^k per mode; mingru: prod (1 - z_s); minlstm: prod f'_s; linear with a scaled orthogonal W_hh: rho^k); empty elsewhere",
+    "closed_form_factor": "the factor per step fitted to the closed form's curve (as factor_per_step to the measured one)",
+    "closed_form_max_rel": "largest |measured - closed form| / closed form over the steps where both are above the dtype's underflow floor",
     "factor_over_predicted": "measured factor_per_step / predicted_factor",
     "edge_init_scale": "the init_scale where the predicted factor is 1 (the edge of chaos); empty: none in (0, 40]",
     "resid_rms": "RMS distance of the curve from the fitted line, in log10 units",
@@ -69,7 +74,7 @@ class Config:
     device: str = "cpu"
 
     def validate(self) -> None:
-        check(self.cell, self.impl, self.variant, self.forget_bias)
+        check(self.cell, self.impl, self.variant, self.forget_bias, init=self.init, init_scale=self.init_scale, hidden_size=self.hidden_size)
         lookup(PROBES, self.probe, "probe")
         lookup(DTYPES, self.dtype, "dtype")
         lookup(INITS, self.init, "init")
@@ -108,8 +113,10 @@ def _run(cfg: Config) -> dict[str, list[dict]]:
     x = (torch.randn(cfg.seq_len, cfg.batch_size, cfg.input_size, generator=gen, dtype=torch.float64) * cfg.input_std).to(device, dtype)  # (T, B, I)
     direction = torch.randn(cfg.batch_size, cfg.hidden_size, generator=gen, dtype=torch.float64)
     direction = (direction / direction.norm(dim=1, keepdim=True)).to(device, dtype)  # (B, H), unit rows: ||dL/dh_{T-1}|| = 1
+    closed = None
     if cfg.probe == "hidden":
         norms = hidden_grad_norms(cell, x, direction)
+        closed = closed_form_hidden_norms(cell, x, direction)
     elif cfg.probe == "input":
         norms = {"x": input_grad_norms(cell, x, direction)}
     elif cfg.probe == "jacobian":  # the spectral norm as the curve; every singular value in a table of its own
@@ -121,8 +128,10 @@ def _run(cfg: Config) -> dict[str, list[dict]]:
     rows = []
     T = cfg.seq_len
     for wrt, values in norms.items():
+        exact = closed.cpu().tolist() if closed is not None and wrt == "h" else None  # a column only where a closed form exists
         for t, value in enumerate(values.cpu().tolist()):
-            rows.append({"wrt": wrt, "t": t, "distance": T - 1 - t, "grad_norm": value, "backend": backend})
+            rows.append({"wrt": wrt, "t": t, "distance": T - 1 - t, "grad_norm": value, "backend": backend}
+                        | ({"closed_form": exact[t]} if exact is not None else {}))
     tables = {"results": rows}
     if cfg.probe == "jacobian":
         tables["spectrum"] = [{"t": t, "distance": T - 1 - t, "sequence": b, "rank": k, "singular_value": v}

@@ -26,13 +26,18 @@ def quantity(probe: str, wrt: str) -> str:
     return NAMES.get((probe, wrt), f"||ds_T-1/ds_t||_2, s = ({wrt})" if probe == "jacobian" else f"{probe} {wrt}")
 
 
-def _disagreement(agree: pd.DataFrame, manifest: dict) -> str:
+def twins(res: pd.DataFrame) -> str:
+    """The fast twins in a run, for sentences: 'cudnn', 'scan', or 'cudnn / scan'."""
+    return " / ".join(sorted(set(res["impl"]) - {"scratch"})) or "cudnn"
+
+
+def _disagreement(agree: pd.DataFrame, manifest: dict, twin: str = "cudnn") -> str:
     """Which curves scratch and cudnn draw apart, and where: only at the dtype's underflow floor (float arithmetic
     running out), or at ordinary magnitudes (then named, with the median gap); and whether cuDNN ran float32 in TF32.
     A table derived before the gap was split by magnitude says the largest gap per dtype."""
     if "median_rel_ordinary" not in agree:
         per_dtype = "; ".join(f"{d}: up to {g['max_rel_diff'].max():.1e}" for d, g in agree.groupby("dtype"))
-        return (f"scratch and cudnn differ (relative, where both norms are above 0) {per_dtype}: both are shown. In float32 on a GPU, "
+        return (f"scratch and {twin} differ (relative, where both norms are above 0) {per_dtype}: both are shown. In float32 on a GPU, "
                 "cuDNN's RNNs use TF32 by default (the manifest records it).")
     curve = [c for c in agree.columns if c not in ("probe", "wrt", "dtype", "pairs", "max_abs_diff", "max_rel_diff", "median_rel_ordinary",
                                                    "max_rel_ordinary", "zeros_apart")]
@@ -52,7 +57,7 @@ def _disagreement(agree: pd.DataFrame, manifest: dict) -> str:
         said.append("at ordinary magnitudes: " + "; ".join(named))
     env = manifest.get("environment", {})
     tf32 = env.get("cudnn_allow_tf32") and str(env.get("cudnn_rnn_fp32_precision", "tf32")) != "ieee" and (agree["dtype"] == "float32").any()
-    return ("scratch and cudnn differ, so both are drawn: " + "; ".join(said) + "."
+    return (f"scratch and {twin} differ, so both are drawn: " + "; ".join(said) + "."
             + (" cuDNN ran float32 recurrent layers in TF32 here (cudnn_allow_tf32 in the manifest; the setting tf32 = false turns it off): "
                "a 10-bit mantissa in its matmuls, which a curve that grows for hundreds of steps carries into its norms." if tf32 else ""))
 
@@ -77,14 +82,22 @@ def view(t: Tables, manifest: dict) -> Section:
         worst = agree.loc[agree["max_rel_diff"].idxmax()]
         if one_curve:
             sec.key_points.append(
-                f"scratch and cudnn agree: max |scratch - cudnn| / norm = {worst['max_rel_diff']:.1e} over {int(agree['pairs'].sum()):,} "
+                f"scratch and {twins(res)} agree: max |scratch - {twins(res)}| / norm = {worst['max_rel_diff']:.1e} over {int(agree['pairs'].sum()):,} "
                 "norms measured by both, so each curve is drawn once (scratch) and each rate given once.")
         else:
-            sec.key_points.append(_disagreement(agree, manifest))
+            sec.key_points.append(_disagreement(agree, manifest, twins(res)))
+    if rates is not None and "closed_form_max_rel" in rates and rates["closed_form_max_rel"].notna().any():
+        exact = label_models(rates[rates["closed_form_max_rel"].notna()])
+        worst = exact.groupby("model")["closed_form_max_rel"].max()
+        sec.key_points.append(
+            "Closed forms: where the recurrence allows one (lru: |lambda|^k per mode; mingru: the product of 1 - z_s; minlstm: of f'_s; "
+            "the linear cell with a scaled orthogonal W_hh: rho^k), ||dL/dh_t|| is also computed exactly from the realised gates "
+            "without a backward pass. Largest relative gap to the measured norm: "
+            + "; ".join(f"{m} {v:.0e}" for m, v in worst.reindex(model_order(worst.index)).items()) + ".")
     if summ is not None and len(summ):
         poor = summ[summ["fit"] != "one rate"]
         if len(poor):
-            which = "; ".join(sorted(set(label_models(poor)["model"] + ", init_scale " + poor["init_scale"].map(lambda v: f"{v:g}"))))
+            which = "; ".join(sorted(set(label_models(poor)["model"] + ", init_scale " + poor["init_scale"].map(lambda v: "none" if pd.isna(v) else f"{v:g}"))))
             sec.key_points.append(f"{len(poor)} curves are not one rate (r2 < 0.95 and off the line by over 12%), marked ~ below: {which}. Read their curves, not the number.")
         split = [c for c in settings if c in summ and c not in DRAWN and c != "point" and summ[c].map(repr).nunique() > 1]
         sizes_vary = "hidden_size" in summ and summ["hidden_size"].nunique() > 1 and ("init_scale" not in summ or summ["init_scale"].nunique() < 2)
@@ -103,16 +116,21 @@ def view(t: Tables, manifest: dict) -> Section:
         for extra, gg in group_by_others(g, settings, DRAWN | {"model"}):
             name = quantity(probe, wrt)
             title = figures.fixed_title(f"{name} against distance from the loss{extra}", fixed_settings(gg, settings, DRAWN - {"seed"}))
+            exact = "closed_form" in gg and gg["closed_form"].notna().any()
             sec.figures.append((
                 f"decay-{probe}-{wrt.replace(',', '')}{extra.replace(' ', '').replace(',', '-').replace('=', '')}",
                 f"{name} (RMS over the batch of per-sequence norms; median over seeds) against distance from the loss, one panel per "
-                "model, one colour per init_scale (the recurrent spectral norm). Exact zeros are marked x at the floor of the log axis"
+                "model, one colour per init_scale (the recurrent spectral norm; the lru's eigenvalue radius). Exact zeros are marked x at "
+                "the floor of the log axis"
                 + (" dL/dc_t is the total derivative: the path through h_t = o_t tanh(c_t) and the one through c_t+1." if wrt == "c" else "") + "."
                 + (" s is the full state: h, or (h, c) for the LSTM; the norm is the spectral norm." if probe == "jacobian" else "")
-                + (" scratch and cudnn coincide; scratch is drawn." if one_curve else " Line style: impl." if two_impls else ""),
-                partial(figures.panels_of_lines, gg, "distance", "grad_norm", panel="model", hue="init_scale", title=title,
-                                        xlabel="distance from the loss (steps)", ylabel=name, style="impl" if two_impls and not one_curve else None,
-                                        panel_order=model_order(gg["model"])),
+                + (" Black dashes: the exact closed form, computed from the realised gates without a backward pass, where the cell "
+                   "allows one (lru: |lambda|^k per mode; mingru: the product of 1 - z_s; minlstm: of f'_s; linear with a scaled "
+                   "orthogonal W_hh: rho^k)." if exact else "")
+                + (" scratch and its fast twin coincide; scratch is drawn." if one_curve else " Line style: impl." if two_impls else ""),
+                partial(lines_with_closed_form, gg, "distance", "grad_norm", panel="model", hue="init_scale", title=title,
+                        xlabel="distance from the loss (steps)", ylabel=name, style="impl" if two_impls and not one_curve else None,
+                        panel_order=model_order(gg["model"])),
             ))
     if rates is not None and len(rates):
         r = label_models(one_state(rates[rates["impl"] == "scratch"] if one_curve else rates))
@@ -131,8 +149,23 @@ def view(t: Tables, manifest: dict) -> Section:
         keep = [c for c in ["model", "impl", "init_scale", "probe", "wrt", "factor_per_step", "predicted_factor", "r2", "vanish_distance",
                             "fit_points", "max_distance"] + [c for c in settings if c not in DRAWN] if c in r]
         every = r.assign(order=r["model"].map(model_order(r["model"]).index)).sort_values(["order", "init_scale", "probe"], kind="stable")
-        sec.folded.append(("Every fit" + (" (scratch; cudnn's are the same)" if one_curve else ""), every[list(dict.fromkeys(keep))]))
+        sec.folded.append(("Every fit" + (f" (scratch; {twins(res)}'s are the same)" if one_curve else ""), every[list(dict.fromkeys(keep))]))
     return sec
+
+
+def lines_with_closed_form(df: pd.DataFrame, *args, **kwargs):
+    """figures.panels_of_lines, with each panel's closed-form curves (the `closed_form` column, median over seeds) drawn
+    over it in black dashes, one per init_scale."""
+    fig = figures.panels_of_lines(df, *args, **kwargs)
+    if "closed_form" not in df:
+        return fig
+    exact = df[df["closed_form"].notna()]
+    for ax in fig.axes:
+        for _, line in exact[exact["model"] == ax.get_title()].groupby("init_scale", dropna=False):
+            curve = line.groupby("distance")["closed_form"].median()
+            curve = curve[curve > 0]
+            ax.plot(curve.index, curve.to_numpy(), ls=(0, (2, 2)), color="black", lw=0.9)
+    return fig
 
 
 def summary_table(summ: pd.DataFrame, split: list[str] = (), across: str = "init_scale") -> pd.DataFrame:
@@ -147,7 +180,9 @@ def summary_table(summ: pd.DataFrame, split: list[str] = (), across: str = "init
         theory = row.get("predicted_factor")
         predicted = "" if theory is None or pd.isna(theory) else f"predicted {theory:.3f}, "
         gone = "" if pd.isna(row["vanish_distance"]) else f", vanishes at {row['vanish_distance']:.0f}"
-        return f"{mark}{row['factor_per_step']:.3f} ({predicted}r2 {row['r2']:.3f}{gone})"
+        gap = row.get("closed_form_max_rel")
+        exact = "" if gap is None or pd.isna(gap) else f"closed form {row['closed_form_factor']:.3f} exact to {gap:.0e}, "
+        return f"{mark}{row['factor_per_step']:.3f} ({predicted}{exact}r2 {row['r2']:.3f}{gone})"
 
     def heading(v) -> str:
         return f"{across} none" if pd.isna(v) else f"{across} {v:g}"
@@ -172,9 +207,14 @@ def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
     """Mean-field theory beside the measurements: factor against init_scale with the edge of chaos, and the
     error against hidden size where it varies."""
     line, edge = t.get("theory"), t.get("edge_of_chaos")
-    if line is None or not len(line) or "predicted_factor" not in rates:
+    if "predicted_factor" not in rates:
         return
     state = rates[((rates["wrt"] == "h") & (rates["probe"] == "hidden")) | rates["probe"].isin(["independent", "jacobian"])]
+    lined = set(line["cell"]) if line is not None and len(line) else set()
+    modern_factors(sec, state[~state["cell"].isin(lined) & state["predicted_factor"].notna() & (state["probe"] == "hidden")])
+    state = state[state["cell"].isin(lined) | (state["init"] == "critical" if "init" in state else False)]
+    if not lined:
+        return
     line, edge = label_models(line), label_models(edge)
     critical = state[state["init"] == "critical"] if "init" in state else state.iloc[:0]
     if len(critical):
@@ -220,6 +260,23 @@ def theory_figures(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[
                                 "How far the measured factor is from the prediction as the network grows: the fresh-gradient probe (x) "
                                 "converges to the theory, the true gradient of the gated cells (o) does not.",
                                 partial(figures.finite_size, err, figures.fixed_title(f"finite size{extra}", fixed_settings(err, settings, DRAWN - {"seed"} | {"wrt", "hidden_size", "input_size"})))))
+
+
+def modern_factors(sec: Section, rates: pd.DataFrame) -> None:
+    """A key point for the cells without a mean field to solve (h_t = a_t * h_{t-1} + b_t): their measured factor over
+    sqrt(E[a^2]) (gradlab.theory.modern_factor). Gates of different steps read independent inputs, so the mean square
+    falls by E[a^2] per step; units differ in their weights, so far from the loss the units that keep most lead, and the
+    measured factor sits above that average."""
+    if not len(rates):
+        return
+    r = label_models(rates)
+    said = "; ".join(f"{m}{'' if pd.isna(s) else f' at init_scale {s:g}'} {f:.3f} / {p:.3f}"
+                     for m, s, f, p in r[["model", "init_scale", "factor_per_step", "predicted_factor"]].itertuples(index=False))
+    sec.key_points.append("The cells whose recurrence is h_t = a_t * h_{t-1} + b_t, measured factor per step / sqrt(E[a^2]) (their gates "
+                          "at different steps read independent inputs; the lru's a is its radius): " + said + ". A batch's RMS norm falls "
+                          "below sqrt(E[a^2]) far from the loss, towards a typical product's exp(E[log a]) (the mean square is carried by "
+                          "ever rarer sequences), and units whose weights differ lift it (the units that keep most lead); the closed "
+                          "form is exact either way.")
 
 
 def spectra_figure(sec: Section, t: Tables, rates: pd.DataFrame, settings: list[str], one_curve: bool) -> None:
