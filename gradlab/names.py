@@ -55,6 +55,7 @@ MEASURES: dict[str, str] = {
     "train": "a model trained on a task: learning curves and held-out loss against the memoryless baseline",
     "cliff": "Pascanu et al. 2013's one-unit network: its loss surface's cliff, and descent paths clipped or not",
     "throughput": "how fast each cell runs per impl (timed interleaved), against a matmul peak measured alongside",
+    "curse_of_memory": "how the state's sensitivity to the recurrent parameters, E||ds_t/dtheta||^2, grows with memory; closed forms beside it",
 }
 OPTIMIZERS: dict[str, str] = {
     "sgd": "plain SGD, no momentum: the book's scratch trainer",

@@ -71,6 +71,23 @@ def hidden_grad_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> d
     return {name: _rms_norms(grads[k * T : (k + 1) * T]) for k, name in enumerate(names)}
 
 
+def state_grad_norms(cell: Cell, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(T,) ||dL/ds_t|| for the full state handed on (h; h and c; the lru's Re and Im), L = <g, s_{T-1}> with g a fresh
+    unit-norm Gaussian direction per sequence over every part of the state: the RMS over the batch estimates the state
+    Jacobian's RMS singular value ||ds_{T-1}/ds_t||_F / sqrt(D) (Hutchinson), whose fall is the state's memory (the
+    LSTM's through c, where a loss on h alone falls within a step)."""
+    states, taps = run_steps(cell, x)
+    final = state_parts(states[-1])
+    g = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in final]
+    scale = torch.stack([v.pow(2).sum(-1) for v in g]).sum(0).sqrt()[:, None]  # (B, 1): every sequence's direction of norm 1
+    loss = sum((p * v / scale).sum() for p, v in zip(final, g))
+    targets = [e for tap in taps for e in tap]
+    grads = torch.autograd.grad(loss, targets, allow_unused=True)
+    grads = [torch.zeros_like(t) if d is None else d for t, d in zip(targets, grads)]
+    k = len(final)
+    return _rms_norms([torch.cat(grads[t * k : (t + 1) * k], dim=-1) for t in range(len(taps))])
+
+
 def closed_form_hidden_norms(cell: Cell, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor | None:
     """(T,) ||dL/dh_t|| as the recurrence gives it exactly, for the loss hidden_grad_norms takes (L = <g, h_{T-1}>), where
     the cell allows it (cells.exact_retention: the modern cells, the linear cell with a scaled orthogonal W_hh), without
@@ -199,3 +216,66 @@ def independent_step_norms(cell: Cell, x: torch.Tensor, gen: torch.Generator) ->
         cumulative[t] = cumulative[t + 1] * (energy.sum() / given.sum()).sqrt()
         split = energy / energy.sum()
     return cumulative
+
+
+class _Trajectory(torch.nn.Module):
+    """A cell driven one step at a time (its own step: the loop's, or a one-step scan), returning the full state handed
+    on ([h], [h, c], or the lru's [Re h, Im h]) at the recorded steps only: (R, B, D)."""
+
+    def __init__(self, cell: Cell, record: list[int]):
+        super().__init__()
+        self.cell, self.record = cell, set(record)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs, ctx = self.cell.prepare(x)
+        state = self.cell.init_state(x.shape[1])
+        kept = []
+        for t, inp in enumerate(inputs):
+            state = self.cell.step(inp, state, ctx)
+            if t in self.record:
+                kept.append(torch.cat(state_parts(state), dim=-1))
+        return torch.stack(kept)
+
+
+def _directions(theta: torch.Tensor, decoupled: bool) -> torch.Tensor:
+    """Tangents (K, *theta.shape) whose JVPs' squares sum to ||ds/dtheta||_F^2: every entry alone (K = numel), or, where
+    each unit of the state depends only on its own column of theta (the last axis), one tangent per row, all of whose
+    columns move together (K = numel / columns): unit j's part of that JVP is its own derivative."""
+    if decoupled:
+        rows = theta.numel() // theta.shape[-1]
+        return torch.eye(rows, dtype=theta.dtype, device=theta.device).view(rows, *theta.shape[:-1], 1).expand(rows, *theta.shape).contiguous()
+    return torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device).view(theta.numel(), *theta.shape)
+
+
+SENSITIVITY_CHUNK = 2**25  # numbers the JVPs of one chunk of directions may hold at once (256 MiB in float64)
+
+
+def parameter_sensitivity(cell: Cell, x: torch.Tensor, names: tuple[str, ...], record: list[int], decoupled: bool | None = None) -> dict[str, torch.Tensor]:
+    """{name: (R, B)} ||ds_t/dtheta||_F^2 per sequence at the recorded steps t: the squared derivatives of every number of the
+    state handed on s_t with respect to every entry of the parameter theta, summed, exactly, by forward-mode
+    differentiation through the cell's steps (torch.func.jvp, vectorised over directions): one JVP per entry of theta,
+    or one per row where the state's units do not interact (the modern cells: unit j reads only column j).
+    The curse of memory's quantity (Zucchet and Orvieto 2024; docs/curse_of_memory.md)."""
+    from torch.func import functional_call, jvp, vmap
+
+    if decoupled is None:
+        decoupled = bool(getattr(getattr(cell, "family", None), "diagonal", False))
+    trajectory = _Trajectory(cell, record)
+    params = {n: p.detach() for n, p in cell.named_parameters()}
+    out = {}
+    with torch.no_grad():
+        for name in names:
+            theta = params[name]
+            directions = _directions(theta, decoupled)
+            per_direction = len(record) * x.shape[1] * trajectory(x[:1]).shape[-1]
+            size = max(1, min(len(directions), SENSITIVITY_CHUNK // max(per_direction, 1)))
+
+            def states(value, name=name):
+                return functional_call(trajectory, {f"cell.{name}": value}, (x,), strict=False)
+
+            total = torch.zeros(len(record), x.shape[1], dtype=torch.float64, device=x.device)
+            for chunk in directions.split(size):
+                tangents = vmap(lambda v: jvp(states, (theta,), (v,))[1])(chunk)  # (k, R, B, D)
+                total += tangents.double().pow(2).sum((0, -1))
+            out[name] = total
+    return out

@@ -254,3 +254,66 @@ def edge_init_scale(cell: str, init: str, forget_bias: float, input_size: int, h
                     low: float = 1e-3, high: float = 20.0) -> float:
     """The init_scale whose predicted factor first reaches 1 for this init and input (NaN when it never does)."""
     return first_crossing(lambda s: predict(cell, init, s, forget_bias, input_size, hidden_size, input_std), low, high)
+
+
+# The curse of memory (Zucchet and Orvieto 2024; docs/curse_of_memory.md): h_t = lambda h_{t-1} + gamma x_t per unit (or
+# complex mode) with white-noise input of power beta = E|x_t|^2, h_{-1} = 0, so that h_t = gamma sum_{k<n} lambda^k x_{t-k},
+# n = t + 1. Everything below is a finite geometric sum in q = |lambda|^2.
+
+CURSE_WRT = ("|lambda|", "nu_log", "theta_log")  # the eigenvalue's modulus, and the lru's exponential parametrisation of it
+
+
+def memory_sums(q: float | np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P_m(n) = sum_{k<n} k^m q^k for m = 0, 1, 2 and n = 1 .. steps, each (steps, ...) (q may be an array, one per mode).
+    Summed term by term: the polynomial closed forms (docs/curse_of_memory.md) cancel catastrophically near q = 1
+    (their numerator is O((1 - q)^3)), a running sum of positive terms does not."""
+    q = np.asarray(q, float)
+    k = np.arange(steps, dtype=float).reshape(-1, *([1] * q.ndim))
+    terms = np.power(q, k)  # q^k, underflowing harmlessly
+    return np.cumsum(terms, 0), np.cumsum(k * terms, 0), np.cumsum(k * k * terms, 0)
+
+
+def curse_closed_form(wrt: str, variant: str, radius, steps: int, phase=0.0, input_power=1.0) -> np.ndarray:
+    """(steps,) E|dh_t/dtheta|^2 per unit (mean over the modes given), t = 0 .. steps-1, for theta the eigenvalue's
+    modulus |lambda|, nu_log (|lambda| = exp(-exp(nu))) or theta_log (phase = exp(theta)), normalised (gamma =
+    sqrt(1 - |lambda|^2), a function of lambda) or plain (gamma = 1); or wrt 'state': E|h_t|^2. radius, phase,
+    input_power: scalars or one per mode."""
+    r, phase, beta = (np.atleast_1d(np.asarray(v, float)) for v in (radius, phase, input_power))
+    r, phase, beta = np.broadcast_arrays(r, phase, beta)
+    q = r * r
+    P0, P1, P2 = memory_sums(q, steps)
+    normalised = variant == "normalised"
+    g2 = 1 - q if normalised else np.ones_like(q)  # gamma^2
+    if wrt == "state":
+        per_mode = g2 * P0
+    elif wrt in ("|lambda|", "nu_log"):
+        # d h/d|lambda| = sum_k lambda^k (gamma k / r - gamma' r) x, gamma' = r / gamma when normalised, else 0
+        per_mode = g2 * P2 / q - 2 * P1 + q / (1 - q) * P0 if normalised else P2 / q
+        if wrt == "nu_log":  # d|lambda|/dnu = -exp(nu) |lambda| = |lambda| ln |lambda|
+            per_mode = per_mode * q * np.log(r) ** 2
+    elif wrt == "theta_log":  # d lambda/dtheta = i exp(theta) lambda: gamma^2 exp(2 theta) sum k^2 q^k
+        per_mode = g2 * phase**2 * P2
+    else:
+        raise ValueError(f"no closed form for the sensitivity to {wrt!r}; there is one for: state, {', '.join(CURSE_WRT)}.")
+    return (beta * per_mode).mean(-1)
+
+
+def curse_stationary(wrt: str, variant: str, radius, phase=0.0, input_power=1.0) -> float:
+    """The same at stationarity (t -> infinity), per unit, mean over modes: plain, d/d|lambda|: (1 + q) / (1 - q)^3;
+    normalised: 1 / (1 - q)^2; nu_log: times q ln(|lambda|)^2 (normalised: bounded by 1/4 as |lambda| -> 1; plain:
+    growing as 1 / (4 (1 - |lambda|))); theta_log: gamma^2 phase^2 q (1 + q) / (1 - q)^3; state: gamma^2 / (1 - q)."""
+    r, phase, beta = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, float)) for v in (radius, phase, input_power)))
+    q = r * r
+    normalised = variant == "normalised"
+    g2 = 1 - q if normalised else np.ones_like(q)
+    if wrt == "state":
+        per_mode = g2 / (1 - q)
+    elif wrt in ("|lambda|", "nu_log"):
+        per_mode = 1 / (1 - q) ** 2 if normalised else (1 + q) / (1 - q) ** 3
+        if wrt == "nu_log":
+            per_mode = per_mode * q * np.log(r) ** 2
+    elif wrt == "theta_log":
+        per_mode = g2 * phase**2 * q * (1 + q) / (1 - q) ** 3
+    else:
+        raise ValueError(f"no closed form for the sensitivity to {wrt!r}; there is one for: state, {', '.join(CURSE_WRT)}.")
+    return float((beta * per_mode).mean())

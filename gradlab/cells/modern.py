@@ -288,6 +288,13 @@ class LRU(ModernCell):
         h = power_scan(log_lam, b, torch.complex(h0[..., :N], h0[..., N:]))
         return torch.cat([h.real, h.imag], dim=-1)
 
+    def mode_table(self) -> dict[str, torch.Tensor]:
+        """Per mode (N,), without gradient: radius |lambda|, phase, and input_power sum_i |B_ij|^2 (E|x_t B_j|^2 for inputs
+        of unit variance): what the curse of memory's closed forms read (gradlab.theory.curse_closed_form)."""
+        with torch.no_grad():
+            return {"radius": torch.exp(-torch.exp(self.nu_log)), "phase": torch.exp(self.theta_log),
+                    "input_power": (self.B_re**2 + self.B_im**2).sum(0)}
+
     def readout(self) -> torch.Tensor:
         """(H, H): Re(h C) = [Re h, Im h] @ [[C_re], [-C_im]]."""
         return torch.cat([self.C_re, -self.C_im], dim=0)

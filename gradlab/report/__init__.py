@@ -11,9 +11,10 @@ import pandas as pd
 
 from ..folder import check_tables, tables_of
 from ..store import read_json, write_text_atomic
-from . import cliff, figures, gradient_decay, page, throughput, train
+from . import cliff, curse_of_memory, figures, gradient_decay, page, throughput, train
 
-VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view, "throughput": throughput.view}  # measure -> its view
+VIEWS = {"gradient_decay": gradient_decay.view, "train": train.view, "cliff": cliff.view, "throughput": throughput.view,
+         "curse_of_memory": curse_of_memory.view}  # measure -> its view
 
 
 def view_of(measure: str):
