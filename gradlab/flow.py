@@ -1,9 +1,11 @@
 """gradlab's gradient-flow instruments on your own model: every torch.nn.RNN, GRU and LSTM inside any module,
-per layer, for your own loss (`gradient_flow`), and a recorder for your own training loop (`watch`).
+and every gradlab cell (gradlab.cells.create: linear, rnn, gru, lstm, lru, mingru, minlstm, in any impl), per layer,
+for your own loss (`gradient_flow`), and a recorder for your own training loop (`watch`).
 
 Measured calls run each watched layer one step at a time from the module's own parameters (torch.nn's
-equations, so outputs and parameter gradients are torch.nn's to float rounding) with a zero "tap" added to
-every state; the gradient w.r.t. a tap is the gradient w.r.t. that state. Other calls run the fused kernel.
+equations, so outputs and parameter gradients are torch.nn's to float rounding; a gradlab cell's own step) with a
+zero "tap" added to every state; the gradient w.r.t. a tap is the gradient w.r.t. that state. Other calls run the
+fused kernel (a gradlab cell: its own forward).
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .cells import FusedCell, ModernCell, ScratchCell, convert, output_gate_of, output_of, state_parts
 from .probes import _rms_norms, spectra_from_taps
 
 RECURRENT = (nn.RNN, nn.GRU, nn.LSTM)
+GRADLAB_CELLS = (ScratchCell, FusedCell, ModernCell)  # gradlab's own cells, whatever the impl
 FLOW_PROBES = ("hidden", "input", "gates", "weights", "jacobian")
+CELL_PROBES = ("hidden", "input", "jacobian")  # what the instruments read on a gradlab cell (gates and weights read torch.nn's layout)
+
+
+def is_cell(module: nn.Module) -> bool:
+    """A gradlab cell (gradlab.cells.create), not a torch.nn layer."""
+    return isinstance(module, GRADLAB_CELLS)
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Layer:
     projected: torch.Tensor | None = None  # (T, B, G*H) x_t W_ih^T + b_ih, without gradient
     initial: list[torch.Tensor] = field(default_factory=list)  # the state before step 0: [h] or [h, c] (B, H)
     states: list[list[torch.Tensor]] = field(default_factory=list)  # per step the state handed on, [h] or [h, c], without gradient
+    raw: torch.Tensor | None = None  # a gradlab cell's inputs (T, B, I) or token ids (T, B), without gradient (its Jacobians project them)
 
     def state_taps(self) -> dict[str, list[torch.Tensor]]:
         """The taps whose gradients are the total dL/dh_t and dL/dc_t."""
@@ -57,6 +68,8 @@ class Layer:
 
 def unsupported(module: nn.RNNBase) -> str | None:
     """Why gradlab.flow cannot measure a layer (None: it can)."""
+    if is_cell(module):
+        return None
     if module.bidirectional:
         return "bidirectional (a backward direction has its own time axis): gradlab.flow measures unidirectional layers only"
     if getattr(module, "proj_size", 0):
@@ -68,11 +81,13 @@ def recurrent_modules(model: nn.Module, skipped: dict[str, str] | None = None) -
     """Every torch.nn.RNN/GRU/LSTM inside `model` that the instruments can drive, by its name there ('' for the
     model itself). One they cannot (bidirectional, projected) is left out and named in `skipped` (name ->
     why) with a warning; an error says what is supported when none is left."""
-    found = {name: m for name, m in model.named_modules() if isinstance(m, RECURRENT)}
+    cells = [name for name, m in model.named_modules() if is_cell(m)]
+    inside = lambda name: any(name.startswith(f"{c}.") if c else name != c for c in cells)  # noqa: E731  (a FusedCell's own torch.nn layer)
+    found = {name: m for name, m in model.named_modules() if is_cell(m) or (isinstance(m, RECURRENT) and not inside(name))}
     if not found:
         raise ValueError(
-            f"no torch.nn.RNN, GRU or LSTM inside {type(model).__name__}: gradlab.flow measures those "
-            "(any number of layers, batch_first or not). For gradlab's own cells use gradlab.probes."
+            f"no torch.nn.RNN, GRU or LSTM inside {type(model).__name__}, nor any gradlab cell: gradlab.flow measures those "
+            "(torch.nn's: any number of layers, batch_first or not; gradlab's: any cell from gradlab.cells.create, any impl)."
         )
     left_out = {name: why for name, m in found.items() if (why := unsupported(m))}
     usable = {name: m for name, m in found.items() if name not in left_out}
@@ -188,6 +203,85 @@ def _stepwise_forward(module: nn.RNNBase, record: list[Layer], inputs, hx=None, 
     return out, h_n
 
 
+def _cell_forward(cell, record: list[Layer], inputs: torch.Tensor, state=None, gate_taps: bool = True):
+    """A gradlab cell's forward(x, state) -> (outputs (T, B, H), state), one step at a time through its own step (the
+    loop's, a one-step scan, or the fused kernel with T = 1) with taps: on the input (float inputs; token ids have
+    none), on each h_t handed on, and for the LSTM on c_t twice, before h_t is formed from it (the total dL/dc_t, its
+    path through h_t = o_t tanh(c_t) added as gradlab.probes does) and as handed on (the state Jacobian's). The
+    outputs are each step's output (h_t; the lru's readout of its state); the values are the cell's own."""
+    x_tap = torch.zeros_like(inputs, requires_grad=True) if inputs.is_floating_point() else None
+    x = inputs if x_tap is None else inputs + x_tap
+    layer = Layer(x=x_tap, gates=tuple(cell.family.gates), module=cell, index=0)
+    steps, ctx = cell.prepare(x)
+    state = cell.init_state(x.shape[1]) if state is None else state
+    lstm = len(cell.family.state) > 1
+    output_gate = output_gate_of(cell, inputs.detach()) if lstm else None
+    layer.raw = inputs.detach()
+    layer.initial = [p.detach() for p in state_parts(state)]
+    outputs = []
+    for t, inp in enumerate(steps):
+        h_before = state_parts(state)[0]
+        parts = state_parts(cell.step(inp, state, ctx))
+        tap_h = torch.zeros_like(parts[0], requires_grad=True)
+        if lstm:
+            h, c = parts
+            tap_total, tap_c = torch.zeros_like(c, requires_grad=True), torch.zeros_like(c, requires_grad=True)
+            c_total = c + tap_total
+            o = output_gate(t, h_before)  # free of c_t: a constant for the path through tanh(c_t)
+            parts = [h + o * (torch.tanh(c_total) - torch.tanh(c)) + tap_h, c_total + tap_c]
+            layer.c.append(tap_total)
+            layer.c_handed.append(tap_c)
+        else:
+            parts = [parts[0] + tap_h]
+        layer.h.append(tap_h)
+        state = tuple(parts) if lstm else parts[0]
+        layer.states.append([p.detach() for p in parts])
+        outputs.append(output_of(cell, state, inp))
+    layer.final = list(parts)
+    record.append(layer)
+    return torch.stack(outputs), state
+
+
+def _cell_spectra(layer: Layer, sequences: int | None = None, chunk: int = 64) -> torch.Tensor:
+    """(T, n, D) every singular value of d s_{T-1} / d s_t of a gradlab cell (float64, largest first), as chained_spectra
+    does for torch.nn's: each step's own Jacobian from one vectorised reverse pass, through the scratch twin's step
+    (the same function: the fused kernel and the one-step scan are no functions torch.func can differentiate by
+    vmap), chained from the last step back."""
+    cell = layer.module
+    twin = cell if isinstance(cell, ScratchCell) else convert(cell, "scratch")
+    step_of = getattr(twin, "loop_step", twin.step)
+    with torch.no_grad():
+        projected = twin.project(layer.raw)  # (T, B, K)
+    B = projected.shape[1]
+    n = B if sequences is None else min(sequences, B)
+    parts = len(layer.initial)
+    H = layer.initial[0].shape[-1]
+    before = [layer.initial] + layer.states[:-1]
+    s_prev = torch.stack([torch.cat(p, dim=-1)[:n] for p in before])  # (T, n, D)
+    xw = projected[:, :n]  # (T, n, K)
+    with torch.no_grad():
+        weights = twin.recurrent()
+
+    def step(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # one sequence: (D,), (K,) -> (D,)
+        state = tuple(s[k * H : (k + 1) * H][None] for k in range(parts))
+        inp = twin.per_step(x[None, None])[0]
+        out = state_parts(step_of(inp, state if parts > 1 else state[0], weights))
+        return torch.cat([p[0] for p in out])
+
+    local = torch.func.vmap(torch.func.jacrev(step))
+    flat_s, flat_x = s_prev[1:].reshape(-1, s_prev.shape[-1]), xw[1:].reshape(-1, xw.shape[-1])
+    with torch.no_grad():
+        pieces = [local(flat_s[i : i + chunk], flat_x[i : i + chunk]) for i in range(0, len(flat_s), chunk)]
+    T, D = s_prev.shape[0], s_prev.shape[-1]
+    steps = torch.cat(pieces).view(T - 1, n, D, D) if pieces else s_prev.new_zeros(0, n, D, D)
+    jac = torch.eye(D, dtype=s_prev.dtype, device=s_prev.device).expand(n, D, D)
+    out = [torch.linalg.svdvals(jac.double())]
+    for t in range(T - 2, -1, -1):
+        jac = jac @ steps[t]
+        out.append(torch.linalg.svdvals(jac.double()))
+    return torch.stack(out[::-1])
+
+
 class _Forward:
     """A watched layer's forward: step by step with taps on the calls `when` accepts, the fused kernel on the
     rest. A copy of the model (copy.deepcopy: keeping the best model, an EMA) gets the class's plain forward,
@@ -202,7 +296,8 @@ class _Forward:
     def __call__(self, inputs, hx=None):
         if torch.is_grad_enabled() and self.when(self.name, self.module):
             record: list[Layer] = []
-            out = _stepwise_forward(self.module, record, inputs, hx, self.gate_taps)
+            forward = _cell_forward if is_cell(self.module) else _stepwise_forward
+            out = forward(self.module, record, inputs, hx, self.gate_taps)
             self.on_call(self.name, record)
             return out
         return self.fused(self.module, inputs, hx)
@@ -260,7 +355,9 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
                   jacobian_batch: int = 2) -> dict:
     """||dL/dh_t|| (and the total ||dL/dc_t||: every path from c_t, the one through h_t included), ||dL/dx_t||,
     the gates and W_hh's gradient by step, and the spectra of ds_{T-1}/ds_t for every torch.nn RNN/GRU/LSTM
-    inside `model`, per layer, for the loss `loss_fn()` returns (it calls the model).
+    inside `model`, per layer, for the loss `loss_fn()` returns (it calls the model); and for every gradlab cell inside
+    it (gradlab.cells.create, any cell and impl: its state s, h or (h, c) or the lru's (Re h, Im h)) the probes hidden,
+    input (float inputs) and jacobian.
 
     probes: any of "hidden", "input", "gates" (||dL/da_t|| for each gate's pre-activation a, torch.nn's gate
     order: i, f, g, o; r, z, n; h for the RNN), "weights" (each step's part of dL/dW_hh, dL/d(h_{t-1} W_hh^T)^T
@@ -281,6 +378,7 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
         raise ValueError(f"unknown probe {', '.join(map(repr, unknown)) or '(none given)'}; gradlab.flow measures: {', '.join(FLOW_PROBES)}.")
     skipped: dict[str, str] = {}
     modules = recurrent_modules(model, skipped)
+    refuse_cell_probes(modules, probes)
     calls: dict[str, list[list[Layer]]] = {name: [] for name in modules}
     with _measured(modules, lambda name, layers: calls[name].append(layers)):
         loss = loss_fn()
@@ -312,6 +410,16 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], torch.Tensor], probes:
     return tables
 
 
+def refuse_cell_probes(modules: dict, probes) -> None:
+    """A ValueError where a probe that reads torch.nn's gate layout (gates, weights) is asked of a gradlab cell."""
+    cells = [name or "(the model)" for name, m in modules.items() if is_cell(m)]
+    wrong = [p for p in probes if p not in CELL_PROBES]
+    if cells and wrong:
+        raise ValueError(f"probe{'s' * (len(wrong) > 1)} {', '.join(wrong)} read{'s' * (len(wrong) == 1)} torch.nn's gate layout; "
+                         f"{', '.join(cells)} {'is a gradlab cell' if len(cells) == 1 else 'are gradlab cells'}, on which gradlab.flow "
+                         f"measures {', '.join(CELL_PROBES)} (gradlab.probes has the rest for its own cells).")
+
+
 def _taps(layer: Layer, probes) -> Iterator[tuple[str, str, torch.Tensor, int | None, int]]:
     """(probe, wrt, tap, t, T) for every tap a probe reads: per step, or one tap for all steps (t None)."""
     T = len(layer.h)
@@ -319,7 +427,7 @@ def _taps(layer: Layer, probes) -> Iterator[tuple[str, str, torch.Tensor, int | 
         for wrt, taps in layer.state_taps().items():
             for t, tap in enumerate(taps):
                 yield "hidden", wrt, tap, t, T
-    if "input" in probes:
+    if "input" in probes and layer.x is not None:  # a gradlab cell fed token ids has no input tap
         yield "input", "x", layer.x, None, T
     if "gates" in probes:
         for t, tap in enumerate(layer.pre):
@@ -365,10 +473,10 @@ def _spectrum_frame(layer: Layer, jacobian_batch: int):
     import numpy as np
     import pandas as pd
 
-    spectra = chained_spectra(layer, jacobian_batch).cpu().numpy()  # (T, n, D)
+    spectra = (_cell_spectra if is_cell(layer.module) else chained_spectra)(layer, jacobian_batch).cpu().numpy()  # (T, n, D)
     T, n, D = spectra.shape
     t, b, r = np.meshgrid(np.arange(T), np.arange(n), np.arange(D), indexing="ij")
-    floor = torch.finfo(layer.projected.dtype).eps * spectra[..., :1]  # largest first
+    floor = torch.finfo(layer.initial[0].dtype).eps * spectra[..., :1]  # largest first
     return pd.DataFrame({"t": t.ravel(), "distance": T - 1 - t.ravel(), "sequence": b.ravel(), "rank": r.ravel(), "singular_value": spectra.ravel(),
                          "rounding_floor": np.broadcast_to(floor, spectra.shape).ravel()})
 
@@ -417,6 +525,8 @@ class Recorder:
         self.every, self.gates, self.sinks = every, gates, list(sinks)
         skipped: dict[str, str] = {}
         self.modules = recurrent_modules(model, skipped)
+        if gates:
+            refuse_cell_probes(self.modules, ("hidden", "gates", "weights"))
         self.skipped = _skipped_frame(skipped)  # the layers it cannot measure (module, because), as gradient_flow's tables["skipped"]
         self.seen = {name: 0 for name in self.modules}  # training calls (train mode, gradients enabled) so far
         self.global_step: int | None = None  # the caller's own step (set_step), else each layer's training calls
@@ -469,8 +579,9 @@ class Recorder:
                 record["slots"][key], record["zeros"][key] = None, (tap.shape, tap.dtype, tap.device)
                 tap.register_hook(self._store(record, key))
         self.records.append(record)
-        # The first layer's input tap: every output of the call depends on it, so it lives exactly as long as the graph.
-        weakref.finalize(layers[0].x, self._let_go, record).atexit = False
+        # The first layer's input tap (or first state's): every output of the call depends on it, so it lives exactly as long as the graph.
+        first = layers[0].x if layers[0].x is not None else layers[0].h[0]  # a gradlab cell fed token ids: its first state's tap
+        weakref.finalize(first, self._let_go, record).atexit = False
 
     def _store(self, record: dict, key: tuple):
         def hook(grad: torch.Tensor) -> None:

@@ -588,3 +588,86 @@ def test_the_chained_jacobian_equals_backpropagating_every_basis_vector(kind):
         parts = layer.handed_taps()
         before = spectra_from_taps(layer.final, [[taps[t] for taps in parts] for t in range(12)], 2)
         torch.testing.assert_close(flow.chained_spectra(layer, 2), before, rtol=1e-9, atol=1e-12)
+
+
+# gradlab's own cells inside a user's model (issue 39.4): every cell, every impl.
+GRADLAB = [("rnn", "scratch"), ("rnn", "cudnn"), ("gru", "scratch"), ("gru", "cudnn"), ("lstm", "scratch"), ("lstm", "cudnn"),
+           ("linear", "scratch"), ("lru", "scratch"), ("lru", "scan"), ("mingru", "scan"), ("minlstm", "scratch")]
+
+
+def _cell(cell: str, impl: str, I: int = 3, H: int = 4):  # noqa: E741
+    init = "paper" if cell in ("lru", "mingru", "minlstm") else "xavier"
+    return create(cell, impl, I, H, init=init, seed=2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("cell,impl", GRADLAB)
+def test_a_gradlab_cell_inside_a_users_model_equals_gradlabs_own_probes(cell, impl):
+    """gradient_flow finds a gradlab cell in the user's model (its fused twin's own torch.nn layer not a second time) and
+    measures what gradlab.probes measures on the cell: ||dL/dh_t|| (and the LSTM's total ||dL/dc_t||), ||dL/dx_t||,
+    and every singular value of ds_{T-1}/ds_t; the outputs and parameter gradients stay the cell's own."""
+    from gradlab.cells import hidden_of
+
+    holder = nn.Module()
+    holder.rnn = _cell(cell, impl)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 3, 3, generator=gen, dtype=torch.float64)
+    direction = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+
+    def loss():
+        return (hidden_of(holder.rnn(x)[1]) * direction).sum()
+
+    tables = flow.gradient_flow(holder, loss, probes=("hidden", "input", "jacobian"), jacobian_batch=2)
+    res = tables["results"]
+    assert set(res["module"]) == {"rnn"}
+    for wrt, expected in probes.hidden_grad_norms(holder.rnn, x, direction).items():
+        got = res[(res.probe == "hidden") & (res.wrt == wrt)].sort_values("t")["grad_norm"].to_numpy()
+        torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-12, atol=1e-15)
+    got = res[res.probe == "input"].sort_values("t")["grad_norm"].to_numpy()
+    torch.testing.assert_close(torch.tensor(got), probes.input_grad_norms(holder.rnn, x, direction), rtol=1e-10, atol=1e-15)
+    spec = tables["spectrum"].sort_values(["t", "sequence", "rank"])
+    expected = probes.jacobian_spectra(holder.rnn, x[:, :2])
+    torch.testing.assert_close(torch.tensor(spec["singular_value"].to_numpy()).view_as(expected), expected, rtol=1e-10, atol=1e-13)
+    names, params = zip(*holder.named_parameters())
+    plain = torch.autograd.grad(loss(), params, allow_unused=True)  # the cell's own forward
+    with flow.watch(holder, every=1) as recorder:
+        measured = loss()
+        measured.backward()
+    assert measured.item() == pytest.approx(loss().item(), rel=1e-13)
+    for n, p, g in zip(names, params, plain):
+        if g is None:  # no path from this loss (the lru's readout, when the loss reads its state)
+            assert p.grad is None or not p.grad.any(), n
+        else:
+            torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-15)
+    table = recorder.table()
+    again = res[res.probe == "hidden"].sort_values(["wrt", "t"])["grad_norm"].to_numpy()
+    torch.testing.assert_close(torch.tensor(table.sort_values(["wrt", "t"])["grad_norm"].to_numpy()), torch.tensor(again), rtol=1e-12, atol=1e-15)
+
+
+def test_a_model_with_torch_nn_and_gradlab_cells_and_token_ids():
+    """Both kinds in one model, each measured per layer; a gradlab cell fed token ids has no input tap (its inputs are
+    rows of its own weights) and its state probes still run; the torch.nn-only probes refuse a gradlab cell, saying so."""
+
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lru = create("lru", "scan", 7, 4, init="paper", seed=0, dtype=torch.float64)
+            self.lstm = nn.LSTM(4, 5).double()
+
+        def forward(self, ids):
+            y, _ = self.lru(ids)
+            return self.lstm(y)[0].pow(2).sum()
+
+    model = Both()
+    ids = torch.randint(0, 7, (6, 2), generator=torch.Generator().manual_seed(0))
+    res = flow.gradient_flow(model, lambda: model(ids), probes=("hidden", "input"))["results"]
+    assert set(res["module"]) == {"lru", "lstm"}
+    assert set(res.loc[res["module"] == "lru", "probe"]) == {"hidden"} and "input" in set(res.loc[res["module"] == "lstm", "probe"])
+    with pytest.raises(ValueError, match="gates read.*lru is a gradlab cell.*hidden, input, jacobian"):
+        flow.gradient_flow(model, lambda: model(ids), probes=("hidden", "gates"))
+    with pytest.raises(ValueError, match="gradlab cell"):
+        flow.watch(model, gates=True)
+
+
+def test_a_model_without_any_recurrent_layer_says_what_is_measured():
+    with pytest.raises(ValueError, match="no torch.nn.RNN, GRU or LSTM inside Linear, nor any gradlab cell"):
+        flow.gradient_flow(nn.Linear(2, 2), lambda: torch.zeros(()))
