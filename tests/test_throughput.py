@@ -136,3 +136,39 @@ def test_time_shares_sum_to_one_and_put_a_matmul_in_matmul():
     assert shares["matmul"] > 0.5
     x = torch.randn(200, 200)
     assert time_shares(lambda: [torch.tanh(x) for _ in range(20)], repeats=3)["element-wise"] > 0.3
+
+
+@pytest.mark.parametrize("cell", ["lru", "mingru", "minlstm"])
+@pytest.mark.parametrize("impl", ["scratch", "scan"])
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_modern_cells_flops_match_torchs_flop_counter(cell, impl, backward):
+    from gradlab.measures.throughput import flops_of
+
+    T, B, I, H = 7, 3, 5, 6
+    layer = create(cell, impl, I, H, init="xavier")
+    x = torch.randn(T, B, I)
+    with FlopCounterMode(display=False) as counter:
+        out, _ = layer(x)
+        if backward:
+            out.sum().backward()
+    assert counter.get_total_flops() == flops_of(cell, T, B, I, H, backward)
+
+
+def test_a_modern_cell_is_timed_against_its_scan_and_a_reference_interleaved():
+    """The ratio is to the cell's own fast twin (scan), and a reference cell's kernel (lstm/cudnn) is timed on the same
+    data in the same interleaved runs, with its own FLOP count."""
+    from gradlab.measures.throughput import flops_of
+
+    rows = {r["impl"]: r for r in run(Config(cell="mingru", impls=("scratch", "scan"), reference="lstm/cudnn", seq_len=64, batch_size=4,
+                                             hidden_size=16, repeats=3, warmup=1))["results"]}
+    assert set(rows) == {"scratch", "scan", "lstm/cudnn (reference)"} and {r["twin"] for r in rows.values()} == {"scan"}
+    assert rows["scan"]["ratio_to_fused"] == 1.0 or rows["scan"]["noisy"]
+    assert rows["lstm/cudnn (reference)"]["ratio_to_reference"] == 1.0 or rows["lstm/cudnn (reference)"]["noisy"]
+    assert rows["scratch"]["backend"] == "python-loop" and rows["scan"]["backend"] == "log-space-scan"
+    assert rows["lstm/cudnn (reference)"]["flops"] == flops_of("lstm", 64, 4, 16, 16, True) != rows["scan"]["flops"]
+    with pytest.raises(ValueError, match="no cudnn implementation"):
+        Config(cell="lru", impls=("scratch", "cudnn")).validate()
+    with pytest.raises(ValueError, match="reference names CELL/IMPL"):
+        Config(cell="lru", impls=("scratch", "scan"), reference="lstm").validate()
+    with pytest.raises(ValueError, match="no scan implementation"):
+        Config(cell="lru", impls=("scratch", "scan"), reference="lstm/scan").validate()

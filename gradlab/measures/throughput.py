@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cells import check, check_device, check_fits, create
+from ..cells import check, check_device, check_fits, create, family
+from ..cells.modern import layer_flops as modern_layer_flops
 from ..names import DTYPES, lookup
 from ..timeshare import BUCKETS, time_shares
 from ..timing import interleaved_times, layer_flops, matmul_peak, sync
@@ -30,7 +31,12 @@ COLUMNS = COMMON_COLUMNS | {
     "tokens_per_s": "sequence steps times batch per second", "flops": "matmul FLOPs per call, 2 per multiply-add (timing.py)",
     "gflops": "achieved matmul GFLOP/s", "peak_gflops": "an n x n matmul's GFLOP/s measured in the same point, same device and dtype",
     "peak_fraction": "gflops / peak_gflops", "peak_mem_bytes": "peak CUDA memory allocated (empty on CPU: not measured)",
-    "ratio_to_fused": "ms_median over the fused kernel's (cudnn) in the same point", "matmul_only_ms": "lyrics_epoch: the epoch's matmuls run alone",
+    "ratio_to_fused": "ms_median over the fast twin's in the same point (twin: cudnn's fused kernel, or the modern cells' scan)",
+    "twin": "the impl ratio_to_fused divides by: cudnn for rnn, gru, lstm; scan for lru, mingru, minlstm",
+    "reference": "CELL/IMPL timed interleaved with the point's impls on the same data (e.g. lstm/cudnn beside a modern cell's loop and "
+                 "scan); its row's impl reads 'CELL/IMPL (reference)'; empty: none",
+    "ratio_to_reference": "ms_median over the reference's in the same point",
+    "matmul_only_ms": "lyrics_epoch: the epoch's matmuls run alone",
     "epoch_over_matmuls": "lyrics_epoch: the epoch's time over its matmuls' time alone",
     "ratio_to_book": "lyrics_epoch: ms_median over the book's code's",
     "time_shares": "whether each impl was also profiled (torch.profiler) for where its time goes",
@@ -58,6 +64,14 @@ class Config:
     optimizer: str = "rmsprop"  # train_step: the long-range studies' optimiser and clipping (Arjovsky et al. 2016)
     lr: float = 1e-3
     clip: str = "norm:1"
+    reference: str = ""  # CELL/IMPL timed beside the point's impls (workload cell): another cell's kernel on the same data
+
+    def reference_cell(self) -> tuple[str, str] | None:
+        """(cell, impl) of the reference, or None."""
+        if not self.reference:
+            return None
+        cell, _, impl = self.reference.partition("/")
+        return cell, impl
 
     def validate(self) -> None:
         lookup({w: w for w in WORKLOADS}, self.workload, "workload")
@@ -87,16 +101,23 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         check_device(self.device)
         check_fits(self.cell, self.hidden_size, self.input_size or self.hidden_size, self.seq_len, self.batch_size, self.dtype, self.device)
+        if self.reference:
+            if "/" not in self.reference or self.workload != "cell":
+                raise ValueError(f"reference names CELL/IMPL (e.g. lstm/cudnn), timed beside workload cell's impls; got {self.reference!r} "
+                                 f"for workload {self.workload!r}.")
+            cell, impl = self.reference_cell()
+            check(cell, impl, init="xavier", hidden_size=self.hidden_size)
+            check_fits(cell, self.hidden_size, self.input_size or self.hidden_size, self.seq_len, self.batch_size, self.dtype, self.device)
         if self.noise_retries < 0:
             raise ValueError(f"noise_retries must be >= 0, got {self.noise_retries}.")
         if self.warmup < 0 or (self.input_size is not None and self.input_size < 1):
             raise ValueError("warmup must be >= 0 and input_size >= 1 (or none).")
 
 
-def _layer_call(cfg: Config, impl: str, x: torch.Tensor):
-    """A function running one forward (and backward) of a fresh layer, and the layer."""
+def _layer_call(cfg: Config, impl: str, x: torch.Tensor, cell_name: str | None = None):
+    """A function running one forward (and backward) of a fresh layer (of cfg.cell, or `cell_name`), and the layer."""
     base = "scratch" if impl == GRAPHED else impl
-    cell = create(cfg.cell, base, x.shape[-1], cfg.hidden_size, init="xavier", seed=cfg.seed, dtype=x.dtype, device=x.device)
+    cell = create(cell_name or cfg.cell, base, x.shape[-1], cfg.hidden_size, init="xavier", seed=cfg.seed, dtype=x.dtype, device=x.device)
     backward = cfg.mode == "forward+backward"
 
     def call() -> None:
@@ -160,6 +181,9 @@ def _cell_rows(cfg: Config) -> list[dict]:
         x = torch.randn(cfg.seq_len, cfg.batch_size, I, generator=gen, dtype=torch.float64).to(device, dtype)  # (T, B, I)
         for impl in cfg.impls:
             calls[impl], cells[impl] = _layer_call(cfg, impl, x)
+        if cfg.reference:
+            ref_cell, ref_impl = cfg.reference_cell()
+            calls[REFERENCE.format(cfg.reference)], cells[REFERENCE.format(cfg.reference)] = _layer_call(cfg, ref_impl, x, ref_cell)
     peak_mem = {}
     if device.type == "cuda":
         for impl, call in calls.items():
@@ -169,9 +193,10 @@ def _cell_rows(cfg: Config) -> list[dict]:
             peak_mem[impl] = torch.cuda.max_memory_allocated()
     times, attempts = timed_until_quiet(calls, device, cfg.repeats, cfg.warmup, cfg.noise_retries)
     peak = matmul_peak(device, dtype)
-    flops = layer_flops(cfg.cell, cfg.seq_len, cfg.batch_size, I, cfg.hidden_size, cfg.mode == "forward+backward" or cfg.workload == "train_step")
+    backward = cfg.mode == "forward+backward" or cfg.workload == "train_step"
     rows = []
     for impl, ts in times.items():
+        flops = flops_of(cfg.reference_cell()[0] if impl.endswith(" (reference)") else cfg.cell, cfg.seq_len, cfg.batch_size, I, cfg.hidden_size, backward)
         q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0], ts[0], ts[0])
         seconds, relative = statistics.median(ts), spread(ts)
         rows.append({"impl": impl, "ms_median": seconds * 1e3, "ms_iqr": (q3 - q1) * 1e3, "spread": relative,
@@ -182,10 +207,26 @@ def _cell_rows(cfg: Config) -> list[dict]:
         for r in rows:
             shares = time_shares(calls[r["impl"]], repeats=3, warmup=1)
             r.update({f"share_{b.replace(' ', '_').replace('-', '_')}": shares[b] for b in BUCKETS})
-    fused = next((r for r in rows if r["impl"] == "cudnn"), None)
+    twin = next((i for i in family(cfg.cell).impls if i != "scratch"), None)
+    rows = [r | {"twin": twin} for r in rows]
+    reference = next((r for r in rows if r["impl"].endswith(" (reference)")), None)
+    if reference is not None:
+        rows = [r | {"ratio_to_reference": float("nan") if r["noisy"] or reference["noisy"] else r["ms_median"] / reference["ms_median"]} for r in rows]
+    fused = next((r for r in rows if r["impl"] == twin), None)
     if fused is None or fused["noisy"]:  # a ratio to noise is no ratio
         return [r | {"ratio_to_fused": float("nan")} for r in rows]
     return [r | {"ratio_to_fused": float("nan") if r["noisy"] else r["ms_median"] / fused["ms_median"]} for r in rows]
+
+
+REFERENCE = "{} (reference)"  # the reference's impl in the table: 'lstm/cudnn (reference)'
+
+
+def flops_of(cell: str, seq_len: int, batch_size: int, input_size: int, hidden_size: int, backward: bool) -> int:
+    """Matmul FLOPs of one layer of the cell (timing.layer_flops for the classic cells; the modern cells have no recurrent
+    matmul: cells.modern.layer_flops)."""
+    if family(cell).diagonal:
+        return modern_layer_flops(cell, seq_len, batch_size, input_size, hidden_size, backward)
+    return layer_flops(cell, seq_len, batch_size, input_size, hidden_size, backward)
 
 
 NOISY_SPREAD = 0.5  # IQR over median above this: the timing is noise (quiet runs: at most 0.22 on the 2-core CPU, 0.29 on an H200)

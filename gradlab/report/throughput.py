@@ -92,6 +92,8 @@ def _ratio_sentence(ratios: pd.DataFrame) -> str:
             said.append(f"{impl} {cell} " + " and ".join(f"{r:.2f} at {s}" for r, s in zip(g["ratio_to_fused"], g["shape"])))
         else:
             said.append(f"{impl} {cell} {g['ratio_to_fused'].min():.2f} to {g['ratio_to_fused'].max():.2f} over {len(g)} shapes")
+    if "twin" in ratios and (ratios["twin"] == "scan").any():
+        return "Time over the fast twin's (the fused kernel's; the scan's for lru, mingru, minlstm; below 1: faster than it): " + "; ".join(said) + "."
     return "Time over the fused kernel's (below 1: faster than it): " + "; ".join(said) + "."
 
 
@@ -122,16 +124,30 @@ def view(t: Tables, manifest: dict) -> Section:
         sec.key_points.append(f"NOISE: {len(noisy)} timing{'s' * (len(noisy) != 1)} spread too widely to mean anything (IQR above half the "
                               "median, after retries): " + "; ".join(f"{r.impl} {r.cell} at {r.shape} ({r.ms_median:.3g} ms, IQR {r.ms_iqr:.3g} ms)"
                                                                   for r in noisy.itertuples()) + ". No ratio is quoted for them; rerun on a quiet machine.")
-    ratios = res[(res["impl"] != "cudnn") & res["ratio_to_fused"].notna()]
+    twin = res["twin"].fillna("cudnn") if "twin" in res else pd.Series("cudnn", index=res.index)
+    ratios = res[(res["impl"] != twin) & res["ratio_to_fused"].notna()]
     if len(ratios):
         sec.key_points.append(_ratio_sentence(ratios))
         wide = ratios.pivot_table(index=["cell", *SHAPE, "shape", "mode"], columns="impl", values="ratio_to_fused", aggfunc="first")  # shape names the workload
-        wide.columns = [f"{c} / fused" for c in wide.columns]
+        wide.columns = [f"{c} / {'twin' if 'twin' in res and (res['twin'] == 'scan').any() else 'fused'}" for c in wide.columns]
         wide = wide.reset_index().drop(columns=SHAPE)  # sorted by the numbers, shown as one label
         sec.summaries.append(("Time over the fused kernel's (1: as fast; below 1: faster)", wide))
         sec.figures.append(("ratio", "Median time of each impl over the fused kernel's (cuDNN on a GPU, PyTorch's own on a CPU), per "
                             "cell and shape; dashed: 1, as fast.",
                             partial(bars_by_shape, ratios, "ratio_to_fused", "time / fused kernel's", figures.fixed_title("time over the fused kernel", fixed), line=1.0)))
+    if "ratio_to_reference" in res and res["ratio_to_reference"].notna().any():
+        ref = res[res["ratio_to_reference"].notna() & ~res["impl"].str.endswith(" (reference)")]
+        who = res.loc[res["impl"].str.endswith(" (reference)"), "impl"].iloc[0].removesuffix(" (reference)")
+        sec.key_points.append(f"Against {who}, timed interleaved in the same points on the same data (time over its; below 1: faster): "
+                              + "; ".join(f"{r.impl} {r.cell} {r.ratio_to_reference:.2f} at {r.shape}" for r in ref.sort_values(["cell", "impl", *SHAPE]).itertuples())
+                              + ".")
+    lengths = res[res["workload"] == "cell"] if "workload" in res else res
+    if lengths["seq_len"].nunique() >= 3:
+        sec.figures.append(("length", "Median time of one layer's call against the sequence length (log-log), one panel per cell, one colour "
+                            "per impl: a loop's time grows as T; a scan's as T log T in work but log T in depth.",
+                            partial(figures.panels_of_lines, lengths.assign(time_ms=lengths["ms_median"]), "seq_len", "time_ms", panel="cell",
+                                    hue="impl", title=figures.fixed_title("time against length", fixed_settings(lengths, settings, untitled)),
+                                    xlabel="sequence length T", ylabel="ms per call", logx=True, runs=None)))
     above = res[res["peak_fraction"] > 1]
     if len(above):
         tf32 = manifest.get("environment", {}).get("cudnn_allow_tf32")
