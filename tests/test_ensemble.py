@@ -105,6 +105,35 @@ def test_batched_bptt_passes_gradcheck_and_equals_each_models_own_pass(fn, gates
             torch.testing.assert_close(mine.grad, batched.grad[:, e] if batched.dim() == 4 else batched.grad[e], rtol=1e-12, atol=1e-15)
 
 
+def test_members_that_differ_only_in_lr_train_as_one_batched_pass_each_its_solo_run(monkeypatch):
+    """A learning-rate sweep of one setting (the tuned profile's four rates, one seed) is one ensemble: every step one
+    forward and backward over all four members (ensemble_outputs called once per step with the four models), each
+    member bit for bit its solo run at one thread in float64, each judged on the test set as its solo run is; and the
+    runner's grouping puts them in one group."""
+    from gradlab.training import ensemble as engine
+
+    rates = (3e-4, 1e-3, 3e-3, 1e-2)
+    cfgs = [Config(cell="gru", seed=0, lr=lr, dtype="float64", test_size=300, **SMALL) for lr in rates]
+    widths = []
+    batched = engine.ensemble_outputs
+    monkeypatch.setattr(engine, "ensemble_outputs", lambda models, x, mask: widths.append(len(models)) or batched(models, x, mask))
+    members = train_ensemble(cfgs)
+    assert widths == [4] * SMALL["steps"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for ens, cfg in zip(members, cfgs):
+            solo = train(cfg)
+            assert_follows(ens, solo, rtol=0)
+            assert ens.run["ensemble_size"] == 4 and ens.run["test_loss"] == solo.run["test_loss"]
+    finally:
+        torch.set_num_threads(threads)
+    assert len({m.steps[-1]["loss"] for m in members}) == 4  # the rates made four different runs
+    items = [(f"k{i}", None) for i in range(4)]
+    (group, why), = groups(items, cfgs, train_measure, parse_mode("auto"))
+    assert [k for k, _ in group] == ["k0", "k1", "k2", "k3"] and why is None
+
+
 def test_what_cannot_join_an_ensemble_says_why():
     assert "impl 'cudnn'" in solo_reason(Config(impl="cudnn", **SMALL))
     assert "no written-out BPTT" in solo_reason(Config(cell="linear", **SMALL)) and "(reset_before)" in solo_reason(Config(cell="gru", variant="reset_before", **SMALL))

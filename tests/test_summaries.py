@@ -170,3 +170,86 @@ def test_the_steps_to_solve_figure_draws_every_seed_and_the_censored_ones_above_
     median_line = [ln for ln in ax.lines if len(ln.get_xdata()) == 2][0]
     assert median_line.get_ydata()[0] == 500 and median_line.get_ydata()[1] > 2000  # T 20: 1 of 3 solved, its median beyond the budget
     figures.close(fig)
+
+
+def _swept(val: dict, test: dict, steps: dict | None = None) -> pd.DataFrame:
+    """A final table over learning rates: per (lr, lag), each seed's validation and test verdicts."""
+    rows = []
+    for (lr, lag), per_seed in val.items():
+        for seed, v in enumerate(per_seed):
+            t = test[(lr, lag)][seed]
+            rows.append({"task": "adding", "cell": "gru", "lr": lr, "seq_len": lag, "seed": seed, "point": f"{lr}-{lag}-{seed}",
+                         "val_solved": v, "val_steps_to_solve": (steps or {}).get((lr, lag), 500.0) if v else float("nan"),
+                         "kept_val_loss_ratio": 0.05 if v else 0.5, "solved": t, "steps_to_solve": 700.0 if t else float("nan"),
+                         "test_loss_ratio": 0.05 if t else 0.5, "test_solved": t})
+    return pd.DataFrame(rows)
+
+
+SWEPT = ["task", "cell", "lr", "seq_len", "seed", "point"]
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_never_by_the_test_set():
+    """Validation says 1e-3 reaches lag 40 and 1e-2 lag 10; the test set says the reverse. The choice is 1e-3, and it
+    stays 1e-3 whatever the test columns hold (removed, or made to favour either rate): selection reads no test column.
+    Fails if select_lr read solved / test_solved / test_loss_ratio."""
+    from gradlab.derived.train import select_lr
+
+    val = {(1e-3, 10): [True] * 3, (1e-3, 20): [True] * 3, (1e-3, 40): [True, True, False],
+           (1e-2, 10): [True] * 3, (1e-2, 20): [False] * 3, (1e-2, 40): [False] * 3}
+    test = {(1e-3, 10): [True] * 3, (1e-3, 20): [False] * 3, (1e-3, 40): [False] * 3,
+            (1e-2, 10): [True] * 3, (1e-2, 20): [True] * 3, (1e-2, 40): [True] * 3}
+    final = _swept(val, test)
+    chosen = select_lr(final, SWEPT)
+    assert chosen.loc[chosen["lr_selected"], "lr"].tolist() == [1e-3] and chosen["rank"].tolist() == [1, 2]
+    assert chosen.loc[chosen["lr_selected"], "val_longest_lag_solved"].tolist() == [40]
+    test_columns = ["solved", "steps_to_solve", "test_loss_ratio", "test_solved"]
+    for other in (final.drop(columns=test_columns), final.assign(solved=True, test_solved=True, test_loss_ratio=0.0),
+                  final.assign(solved=final["lr"] == 1e-2, test_solved=final["lr"] == 1e-2)):
+        pd.testing.assert_frame_equal(select_lr(other, SWEPT), chosen)
+
+
+@pytest.mark.parametrize("val, steps, ratio_at, chosen", [
+    ({10: ([True] * 3, [True, True, False])}, {}, None, 1e-3),  # the same longest lag, more seeds solved over the lags: 1e-3
+    ({10: ([True] * 3, [True] * 3)}, {(1e-3, 10): 900.0, (1e-2, 10): 300.0}, None, 1e-2),  # then fewer steps to solve
+    ({10: ([False] * 3, [False] * 3)}, {}, 1e-2, 1e-2),  # nothing solved: the lower validation loss ratio at the shortest lag
+    ({10: ([True] * 3, [True] * 3)}, {}, None, 1e-3),  # a tie in everything: the lower rate
+])
+def test_the_rule_that_chooses_a_learning_rate_breaks_ties_in_its_stated_order(val, steps, ratio_at, chosen):
+    from gradlab.derived.train import select_lr
+
+    v = {(lr, lag): per[i] for lag, per in val.items() for i, lr in enumerate((1e-3, 1e-2))}
+    final = _swept(v, {k: [False] * 3 for k in v}, steps)
+    if ratio_at:
+        final.loc[final["lr"] == ratio_at, "kept_val_loss_ratio"] = 0.3
+    sel = select_lr(final, SWEPT)
+    assert sel.loc[sel["lr_selected"], "lr"].tolist() == [chosen]
+
+
+def test_every_table_of_a_sweep_names_the_learning_rate_and_the_chosen_one():
+    """longest_lag and by_setting have a row per rate with lr and lr_selected; the tuned table gives each setting's chosen
+    rate, the longest lag at it (test) beside the one at 3e-3 and at every rate; the page's tables name the rate too."""
+    from gradlab.derived.train import by_setting, marked, select_lr, tuned
+    from gradlab.report.page import Section
+    from gradlab.report.train import longest, own_rates, success
+
+    val = {(lr, lag): [lr == 1e-2 or lag == 10] * 3 for lr in (3e-3, 1e-2) for lag in (10, 20)}
+    test = {(lr, lag): [lr == 3e-3 or lag == 10] * 3 for lr in (3e-3, 1e-2) for lag in (10, 20)}
+    final = _swept(val, test).assign(diverged_step=None, loss_over_baseline=0.5, forget_bias=0.0, variant=None, steps=2000)
+    cols = ["task", "cell", "forget_bias", "variant", "lr", "seq_len", "seed", "point"]
+    sel = select_lr(final, cols)
+    lag = marked(longest_lag(final, cols), sel, cols)
+    rates = marked(by_setting(final, cols), sel, cols)
+    assert lag[["lr", "lr_selected", "longest_lag_solved", "val_longest_lag_solved"]].values.tolist() == [[3e-3, False, 20, 10], [1e-2, True, 10, 20]]
+    assert rates.loc[rates["lr_selected"], "lr"].tolist() == [1e-2, 1e-2]
+    row = tuned(lag, sel, cols).iloc[0]
+    assert (row["lr"], row["longest_lag_solved"], row["reference_lr"], row["longest_lag_at_reference_lr"]) == (1e-2, 10, 3e-3, 20)
+    assert row["longest_lag_by_lr"] == "0.003: 20; 0.01: 10" and row["val_longest_lag_by_lr"] == "0.003: 10; 0.01: 20"
+    sec = Section()
+    longest(sec, lag, cols, tuned=True)  # in the page's order (report.train.view)
+    success(sec, rates, cols, marked(final, sel, cols))
+    own_rates(sec, tuned(lag, sel, cols), cols)
+    (_, summary), = sec.summaries
+    assert summary["lr (chosen on validation)"].tolist() == ["0.01"] and summary["longest lag at 0.003"].tolist() == ["20"]
+    assert all("lr" in table for _, table in sec.tables)
+    assert sec.key_points[0].startswith("Each model at its own learning rate, chosen on validation per task and model (1 settings, rates 0.003 0.01): "
+                                        "adding: gru 0.01. Against the one rate 0.003, the longest lag solved on the test set changes in 1 of 1 settings")

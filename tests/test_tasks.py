@@ -149,14 +149,81 @@ def test_train_config_has_every_task_parameter():
     assert set(param_fields()) <= fields and set(TrainConfig.__dataclass_fields__) <= fields
 
 
-def test_each_task_declares_its_success_rule_and_what_its_lag_means():
+def test_each_task_declares_its_success_rule_whose_it_is_and_what_its_lag_means():
+    """Each rule names whose it is: temporal order's is its source's (Pascanu et al. 2013); adding's 10% line, and
+    copy's and recall's use of Pascanu's rule, are gradlab's own, each saying why and what the source does instead;
+    adding keeps Hochreiter and Schmidhuber 1997's per-sequence rule beside it, moved to gradlab's scale."""
     from gradlab.tasks import build
+    from gradlab.tasks.adding import HS_TOLERANCE
 
     rules = {name: build(name, {}).success for name in ("adding", "copy", "temporal_order", "recall")}
     assert {n: r.kind for n, r in rules.items()} == {"adding": "loss_ratio", "copy": "error_rate", "temporal_order": "error_rate",
                                                      "recall": "error_rate"}
-    assert "Pascanu et al. 2013" in rules["temporal_order"].source and "Arjovsky" in rules["adding"].source
+    assert {n: r.whose for n, r in rules.items()} == {"adding": "gradlab", "copy": "gradlab", "temporal_order": "Pascanu et al. 2013",
+                                                      "recall": "gradlab"}
+    assert rules["temporal_order"].threshold == 0.01 and "10,000 fresh sequences" in rules["temporal_order"].source
+    assert "Arjovsky" in rules["adding"].source and "draw no line" in rules["adding"].source and "R^2" in rules["adding"].source
+    assert "Arjovsky" in rules["copy"].source and "Pascanu et al. 2013" in rules["copy"].source and "Pascanu et al. 2013" in rules["recall"].source
+    described = {n: r.describe(0.1, 0.01, on="test") for n, r in rules.items()}
+    assert described["temporal_order"].startswith("under 1% of the test answers wrong (Pascanu et al. 2013's rule: ")
+    assert all(described[n].count("gradlab's own line") == 1 for n in ("adding", "copy", "recall"))
+    (hs,) = build("adding", {}).also
+    assert (hs.kind, hs.whose, hs.name, hs.threshold, hs.tolerance) == ("sequence_error", "Hochreiter and Schmidhuber 1997", "hs", 1 / 2000, HS_TOLERANCE)
+    assert HS_TOLERANCE == 2 * 0.04  # their target is the sum scaled to [0, 1]; gradlab's sum spans [0, 2]
+    assert "Hochreiter and Schmidhuber 1997's rule: " in hs.describe(0.1, 0.01, on="test")
+    assert build("copy", {}).also == () and task_class("lyrics").success.kind == "none"
     assert "T + copy_len" in build("copy", {}).lag and "T/2" in build("adding", {}).lag and "T - 1" in build("recall", {}).lag
+
+
+def test_the_hs_columns_count_each_sequence_answered_0_08_or_more_from_its_sum_and_judge_by_1_in_2000():
+    """An answer 0.079 off is right, 0.08 off wrong, NaN wrong (not skipped); hs_solved needs fewer than 1 in 2,000 wrong."""
+    from gradlab.measures.train import Config
+    from gradlab.training.loop import judge
+
+    task = build("adding", {})
+    batch = task.sample(torch.Generator().manual_seed(0), 5, 6)
+    target = batch.targets()  # (1, 5, 1)
+    outputs = target + torch.tensor([0.0, 0.079, -0.08, 0.5, float("nan")]).view(1, 5, 1)
+    sums = task.score(outputs, batch)
+    assert (sums["hs_wrong"], sums["sequences"]) == (3, 5)
+    assert task.finish(sums | {"loss": 1.0, "count": 5})["val_hs_error_rate"] == pytest.approx(3 / 5)
+    hist = {"val_loss": 0.001, "val_metric": 0.001, "baseline": 1 / 6}
+    assert judge(task, Config(), hist | {"val_hs_error_rate": 4 / 10_000})["hs_solved"]
+    assert not judge(task, Config(), hist | {"val_hs_error_rate": 5 / 10_000})["hs_solved"]
+
+
+def test_the_test_set_is_a_stream_of_its_own_apart_from_training_and_validation():
+    """The test set's generator seed is no training seed and no eval_seed (a config that would make it one is refused:
+    torch reads only a seed's low 32 bits, so a seed of its own is the only way apart), the same whatever the run's
+    seed, and no sequence of it is drawn by training (seeds 0-4, the studies' seeds, eval_seed among them) or by
+    validation (recall at T 12: 6.9e10 sequences, so a shared one would be a shared stream). Fails if the test set
+    were drawn from eval_seed, or from the run's own seed."""
+    from gradlab.measures.train import Config
+    from gradlab.tasks.base import fresh_test_stream
+
+    task = build("recall", {"test_size": 3000, "eval_size": 1000})
+    assert task.test_stream() == fresh_test_stream(0) and fresh_test_stream(0) != fresh_test_stream(1)
+    assert task.test_stream() not in set(range(100)) | {task.eval_seed}
+    assert torch.equal(torch.rand(3, generator=torch.Generator().manual_seed(2**32 + 7)), torch.rand(3, generator=torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError, match="the test set's stream"):
+        Config(task="recall", seed=fresh_test_stream(0)).validate()
+    with pytest.raises(ValueError, match="the test set's stream"):
+        build("recall", {"eval_seed": fresh_test_stream(3), "test_seed": 3}).check(12)
+    Config(task="recall", seed=fresh_test_stream(0), test_size=0).validate()  # no test set: nothing to keep apart
+
+    def sequences(batches) -> set:
+        return {tuple(col) for b in batches for col in b.x.T.tolist()}
+
+    test = list(task.test_batches(12, "cpu"))
+    assert sum(b.x.shape[1] for b in test) == 3000 and len(sequences(test)) == 3000
+    assert sequences(test) == sequences(build("recall", {"test_size": 3000}).test_batches(12, "cpu"))  # the same for every run
+    validation = sequences(task.held_out(50, 12, "cpu"))
+    training = set()
+    for seed in range(5):
+        stream = task.stream(torch.Generator().manual_seed(seed), 50, 12, "cpu")
+        training |= sequences(next(stream) for _ in range(40))
+    assert len(validation) == 1000 and len(training) == 10_000
+    assert not sequences(test) & validation and not sequences(test) & training
 
 
 @pytest.mark.parametrize("task, metric, ratio, solved, left", [

@@ -249,6 +249,96 @@ def test_synthetic_run_stops_once_solved_and_records_the_step():
     assert all(h["val_loss"] >= 0.1 * r.run["baseline"] for h in r.history[:-1])
 
 
+RECALL = dict(task="recall", cell="lstm", hidden_size=16, seq_len=3, batch_size=32, optimizer="adam", lr=0.03, steps=400, eval_every=20,
+              n_symbols=4, eval_size=200, test_size=2000)
+
+
+def _tables(result, cfg) -> dict:
+    """One run's tables as a run folder holds them (its settings in every row), for the derived tables."""
+    import dataclasses
+
+    import pandas as pd
+
+    from gradlab.measures.train import tables_of
+
+    config = dataclasses.asdict(cfg)
+    return {name: pd.DataFrame([config | row | {"point": "p0"} for row in rows]) for name, rows in tables_of(result, cfg).items()
+            if name in ("results", "runs", "steps")}
+
+
+def test_a_run_solved_on_validation_but_not_on_the_test_set_reads_not_solved():
+    """The verdict is the test set's: a run whose validation met the rule (and stopped it) but whose fresh test
+    sequences say otherwise (here the test answers are another task's: shuffled) is not solved in final, by_setting
+    or longest_lag, while val_solved keeps what validation said. Fails if the verdict read solved_step again."""
+    from gradlab.derived.train import derive
+    from gradlab.measures.train import Config
+
+    cfg = Config(stop_when_solved=True, keep_best=True, **RECALL)
+    task = cfg.make_task()
+    honest = task.test_batches
+
+    def shuffled(length, device):
+        for b in honest(length, device):
+            yield Batch(b.x, b.y[:, torch.randperm(b.y.shape[1], generator=torch.Generator().manual_seed(0))], b.mask)
+
+    task.test_batches = shuffled
+    r = train(cfg, task=task)
+    run = r.run
+    assert run["solved_step"] is not None and run["val_solved"] and run["verdict_from"] == "test"
+    assert not run["test_solved"] and run["test_error_rate"] > 0.5 and run["test_sequences"] == 2000
+    columns = list(Config.__dataclass_fields__)
+    d = derive(_tables(r, cfg), columns)
+    f = d["final"].iloc[0]
+    assert f["val_solved"] and f["val_steps_to_solve"] == run["kept_step"]
+    assert not f["solved"] and math.isnan(f["steps_to_solve"]) and f["verdict_from"] == "test"
+    assert d["by_setting"].iloc[0]["seeds_solved_of"] == "0/1" and d["by_setting"].iloc[0]["val_seeds_solved_of"] == "1/1"
+    assert math.isnan(d["longest_lag"].iloc[0]["longest_lag_solved"]) and d["longest_lag"].iloc[0]["val_longest_lag_solved"] == 3
+
+
+def test_the_kept_model_is_judged_once_on_the_test_set_and_steps_to_solve_is_its_step():
+    """The test columns are the kept (best-validation) model's scores on the fresh test set, against the memoryless
+    loss of that set itself; steps to solve is the kept checkpoint's step, not the first evaluation under the rule."""
+    from gradlab.derived.train import derive
+    from gradlab.measures.train import Config
+    from gradlab.training.loop import evaluating
+
+    cfg = Config(keep_best=True, **(RECALL | {"steps": 200}))
+    r = train(cfg)
+    run = r.run
+    assert run["kept"] == "best" and run["kept_step"] == run["best_step"] == min(r.history, key=lambda h: h["val_loss"])["step"]
+    task = cfg.make_task()
+    with evaluating(r.model):
+        again = evaluate(r.model, task, list(task.test_batches(3, "cpu")))
+    assert run["test_loss"] == pytest.approx(again["val_loss"], rel=1e-6) and run["test_error_rate"] == pytest.approx(1 - again["val_metric"])
+    assert run["test_baseline"] == pytest.approx(math.log(4)) and run["test_loss_ratio"] == pytest.approx(run["test_loss"] / math.log(4))
+    assert run["test_solved"] == (run["test_error_rate"] < 0.01)
+    f = derive(_tables(r, cfg), list(Config.__dataclass_fields__))["final"].iloc[0]
+    assert f["solved"] == run["test_solved"]
+    if f["solved"]:
+        assert f["steps_to_solve"] == run["kept_step"]
+    adding = train(Config(task="adding", cell="gru", hidden_size=8, seq_len=6, batch_size=16, steps=20, eval_every=10, eval_size=100, test_size=500))
+    assert adding.run["test_baseline"] != pytest.approx(1 / 6, rel=1e-3)  # the memoryless MSE of these 500 test sequences, not the theory's
+    assert 0 <= adding.run["test_hs_error_rate"] <= 1 and "test_hs_solved" in adding.run and adding.run["kept"] == "last"
+
+
+def test_a_solved_run_stops_once_validation_meets_the_rule_with_the_margin_to_spare():
+    """stop_margin 0.5: the run goes on past its first solved evaluation until validation's error rate is under half the
+    rule's 1% (0 of 200 wrong), the same run as with margin 1 up to where that one stopped."""
+    from gradlab.measures.train import Config
+
+    quick = RECALL | {"lr": 0.01, "eval_every": 5}  # seed 0: 1 of 200 wrong at step 25 (solved), 0 at step 30
+    at_rule = train(Config(stop_when_solved=True, **quick))
+    spare = train(Config(stop_when_solved=True, stop_margin=0.5, **quick))
+    first = at_rule.run["solved_step"]
+    assert at_rule.run["stopped_solved_step"] == first == at_rule.run["steps_done"]
+    stop = spare.run["stopped_solved_step"]
+    assert stop is not None and stop > first == spare.run["solved_step"] and spare.run["steps_done"] == stop
+    assert [h["val_loss"] for h in spare.history[: len(at_rule.history)]] == [h["val_loss"] for h in at_rule.history]
+    assert spare.history[-1]["error_rate"] < 0.005 and all(h["error_rate"] >= 0.005 for h in spare.history[:-1])
+    with pytest.raises(ValueError, match="stop_margin must be in"):
+        Config(stop_margin=0.0).validate()
+
+
 def test_a_task_parameter_of_another_task_is_an_error():
     from gradlab.measures.train import Config
 

@@ -24,9 +24,13 @@ COLUMNS = COMMON_COLUMNS | {
     "clip": "clipping strategy: none, norm:THETA (global norm), value:THETA (element-wise)",
     "steps": "optimiser steps asked for", "eval_every": "steps between evaluations on the held-out set",
     "solve_fraction": "solved (adding, and a task judged by its loss): held-out loss below this fraction of the memoryless loss of the held-out data",
-    "solve_error": "solved (copy, temporal order, recall: tasks judged by their answers): under this share of held-out answers wrong",
-    "stop_when_solved": "whether a run stops at its first solved evaluation",
-    "eval_size": "held-out sequences of a synthetic task", "eval_seed": "seed of the held-out sequences",
+    "solve_error": "solved (copy, recall: tasks judged by their answers with gradlab's line): under this share of the answers wrong (temporal order: Pascanu et al.'s 1%, fixed)",
+    "stop_when_solved": "whether a run stops once its validation set meets the task's rule with stop_margin to spare",
+    "stop_margin": "the share of the rule's threshold the validation set must reach to stop a run (1: the rule itself; 0.5: half its line, so that the kept model is not one at its first dip)",
+    "eval_size": "validation (held-out) sequences of a synthetic task: they choose the kept checkpoint, stop a run and choose the learning rate",
+    "eval_seed": "seed of the validation sequences",
+    "test_size": "fresh test sequences of a synthetic task, read once by the kept model: the verdict (0: no test set, the verdict from validation)",
+    "test_seed": "the test set's stream: its generator is seeded with tasks.base.fresh_test_stream(test_seed), a seed no training or validation stream may take",
     "n_symbols": "symbols to remember (copy, recall)", "copy_len": "symbols copied (copy)",
     "n_distractors": "distractor alphabet size (recall)", "sampling": "lyrics: consecutive or random batches",
     "setting": "lyrics: book (first 10,000 characters) or full training text",
@@ -36,7 +40,7 @@ COLUMNS = COMMON_COLUMNS | {
     # per evaluation (results) and per step (steps)
     "step": "optimiser steps taken", "epoch": "lyrics: epochs completed (results), epoch of the step (steps)",
     "train_loss": "mean training loss over the last epoch (lyrics) or since the last evaluation (nats, or MSE)",
-    "val_loss": "held-out loss (nats per scored target, or MSE); NaN once diverged",
+    "val_loss": "validation (held-out) loss (nats per scored target, or MSE); NaN once diverged",
     "val_metric": "accuracy (0-1), MSE, or perplexity (lyrics), on the held-out set",
     "baseline": "the task's memoryless baseline: the loss of the best predictor that ignores the past",
     "grad_norm": "median global gradient L2 norm before clipping, over the steps since the last evaluation",
@@ -48,15 +52,36 @@ COLUMNS = COMMON_COLUMNS | {
     "val_ppl": "lyrics: held-out perplexity over in-vocabulary targets",
     # per run (runs, final)
     "parameters": "trainable parameters", "steps_done": "optimiser steps taken", "steps_per_epoch": "lyrics: batches per epoch",
-    "diverged_step": "the step whose loss or gradient was not finite", "solved_step": "first evaluation step at which the task's success rule held",
-    "left_step": "first evaluation step with held-out loss under 0.9 x the baseline (left the baseline)",
+    "diverged_step": "the step whose loss or gradient was not finite",
+    "solved_step": "validation: the first evaluation step at which the task's success rule held on the validation set (selection's; the verdict is test_solved)",
+    "left_step": "validation: the first evaluation step with validation loss under 0.9 x its baseline (left the baseline)",
+    "stopped_solved_step": "the step at which the validation set met the rule with stop_margin to spare and the run stopped (empty: it did not)",
+    "kept_step": "the step of the kept model (best: the lowest validation loss; last: the run's last evaluation): the model tested, and steps to solve",
+    "val_solved": "validation: the task's rule held on the validation set at the kept checkpoint (what the choice of a learning rate reads)",
+    "val_steps_to_solve": "validation: the kept checkpoint's step where val_solved",
+    "kept_val_loss_ratio": "the kept model's validation loss over the memoryless loss of the validation set",
+    "verdict_from": "the set the verdict (solved, steps_to_solve) was read on: test (a fresh test set) or validation (a run without one)",
+    "rules_beside": "rules kept beside the verdict, each with its columns' prefix (adding, hs: Hochreiter and Schmidhuber 1997's per-sequence rule)",
+    "val_hs_error_rate": "adding: share of the validation sequences answered 0.08 or more from their sum (Hochreiter and Schmidhuber 1997's 0.04 on their scale)",
+    "hs_solved": "adding: Hochreiter and Schmidhuber 1997's rule held on validation at this evaluation (under 1 in 2,000 sequences wrong)",
+    "test_baseline": "the memoryless loss of the test set itself (the best predictor that ignores the past, on the same test targets)",
+    "test_baseline_rel_se": "its relative standard error (0: exact whatever the draw)",
+    "test_loss_ratio": "test_loss / test_baseline: the kept model's test loss over the memoryless loss of the test set",
+    "test_error_rate": "share of the test answers wrong (1 - test accuracy); empty where the metric is not an accuracy",
+    "test_solved": "the verdict: the task's success rule held on the fresh test set, for the kept model",
+    "test_left_baseline": "the kept model's test loss under 0.9 x the memoryless loss of the test set",
+    "test_hs_error_rate": "adding: share of the test sequences answered 0.08 or more from their sum (Hochreiter and Schmidhuber 1997's 0.04 on their scale)",
+    "test_hs_solved": "adding: Hochreiter and Schmidhuber 1997's rule on the test set: under 1 in 2,000 test sequences wrong",
+    "test_seconds": "seconds to read the test set (in chunks, once)", "test_sequences": "sequences in the test set read",
+    "val_sequences": "sequences in the validation set (a synthetic task)",
     "baseline_theory": "the task's memoryless loss in theory (the data's own is 'baseline')",
     "baseline_rel_se": "relative standard error of the held-out data's memoryless loss (0: exact whatever the draw)",
     "success_rule": "when a run of this task counts as solved, and whose rule that is",
     "lag_meaning": "what seq_len (T) means for how far back the task reaches",
-    "loss_ratio": "val_loss / baseline (the memoryless loss of the same held-out data)",
-    "error_rate": "share of held-out answers wrong (1 - accuracy); NaN where the metric is not an accuracy",
-    "left_baseline": "held-out loss went under 0.9 x the baseline (Arjovsky et al. 2016's sense of beating it): at this evaluation (results), at some evaluation (final)",
+    "loss_ratio": "val_loss / baseline (the memoryless loss of the same validation data)",
+    "error_rate": "share of validation answers wrong (1 - accuracy); NaN where the metric is not an accuracy",
+    "left_baseline": "loss under 0.9 x the memoryless loss of the same data (Arjovsky et al. 2016 beat it and draw no line; the 0.9 margin is gradlab's): "
+                     "at this validation evaluation (results); the kept model on the test set, or at some validation evaluation for a run without one (final)",
     "steps_to_leave": "the first step it did", "seeds_left_of": "seeds that left the baseline / seeds run", "left_rate": "share of the seeds that left the baseline",
     "seeds_censored": "seeds that did not solve within their budget (steps): counted as beyond it in steps_to_solve_median",
     "train_seconds": "training seconds in all (evaluation excluded)", "train_chars": "lyrics: training characters",
@@ -68,7 +93,20 @@ COLUMNS = COMMON_COLUMNS | {
     "unigram_entropy": "lyrics: entropy of the training characters (nats): the baseline",
     "final_train_loss": "train_loss at the last evaluation", "final_val_loss": "val_loss at the last evaluation",
     "best_val_loss": "lowest val_loss of the run", "loss_over_baseline": "final_val_loss / baseline (1: no better than ignoring the past)",
-    "solved": "the task's success rule held: at this evaluation (results), at some evaluation (final)", "steps_to_solve": "the first such step",
+    "solved": "the task's success rule held: on validation at this evaluation (results); the verdict (final and the tables): on the fresh test set for the kept model (test_solved), on validation for a run without a test set",
+    "steps_to_solve": "the verdict's step: the kept checkpoint's step where the test set says solved (a run without a test set: its first solved validation evaluation)",
+    "lr_selected": "whether the row's learning rate is the one its setting (task, cell, forget bias, every setting but lr, lag and seed) chose on validation (derived.train.select_lr)",
+    "val_seeds_solved_of": "seeds solved on validation / seeds run", "seeds_hs_solved_of": "adding: seeds solved by Hochreiter and Schmidhuber 1997's rule on the test set / seeds run",
+    "test_loss_ratio_median": "median test_loss_ratio over the seeds", "test_loss_ratio_q25": "its 25% quantile", "test_loss_ratio_q75": "its 75% quantile",
+    "val_seeds_solved": "per lag tried: seeds solved on validation / seeds run", "val_longest_lag_solved": "longest_lag_solved on validation (what the choice of a learning rate reads)",
+    "val_solved_total": "lr_selection: seeds solved on validation over every lag tried",
+    "val_steps_to_solve_median": "lr_selection: median over seeds of the validation steps to solve at the longest lag solved on validation (one that did not solve: beyond its budget)",
+    "val_loss_ratio_shortest": "lr_selection: median kept_val_loss_ratio over seeds at the shortest lag tried",
+    "rank": "lr_selection: the rate's place by the rule (1: chosen)",
+    "lrs_tried": "tuned: the learning rates tried", "reference_lr": "tuned: the rate of the untuned profile, 3e-3 (empty: not tried)",
+    "longest_lag_at_reference_lr": "tuned: longest_lag_solved (test) at the reference rate",
+    "seeds_solved_at_reference_lr": "tuned: seeds solved per lag (test) at the reference rate",
+    "longest_lag_by_lr": "tuned: longest_lag_solved (test) at every rate tried", "val_longest_lag_by_lr": "tuned: the same on validation (what the choice read)",
     "seconds_per_epoch": "lyrics: training seconds per epoch",
     "clip_threshold": "the norm (value: element) bound in force at the step; NaN without clipping",
     "clip_cosine": "cosine between the clipped and the unclipped gradient (1: direction kept)",
@@ -127,7 +165,8 @@ COLUMNS = COMMON_COLUMNS | {
     "eval_streams": "lyrics: parallel streams the held-out texts are scored as, each from a zero state (0: batch_size; 1: one stream, as the n-grams)",
     "best_step": "the evaluation step with the lowest held-out loss", "kept": "best or last: the parameters the run ended with",
     "stopped_early_step": "the step at which patience ended the run (empty: it did not)",
-    "test_loss": "loss on the test blocks of the kept model (lyrics, split blocks)", "test_metric": "its metric (lyrics: perplexity)",
+    "test_loss": "loss of the kept model on the test set (a synthetic task's fresh test sequences; lyrics, split blocks: the test blocks)",
+    "test_metric": "its metric (accuracy, MSE; lyrics: perplexity)",
     "test_ppl": "lyrics: test perplexity of the kept model", "test_lines": "lyrics: test lines never seen in training",
     "test_chars": "lyrics: test characters", "test_targets_scored": "lyrics: test targets in the vocabulary (scored once each)",
     "test_unigram_loss": "lyrics: the unigram baseline's loss on the test text (nats)",
@@ -319,9 +358,13 @@ def run_ensemble(cfgs: list, progress: bool = False) -> list[dict[str, list[dict
 
 
 def succeeded(tables: dict) -> bool:
-    """A run succeeded when it solved its task (by the task's own success rule): the ladder's test."""
-    runs = tables["runs"]
-    return bool(pd.DataFrame(runs)["solved_step"].notna().any())
+    """The ladder's test: a run succeeded when either set says it solved its task (by the task's own rule): the fresh
+    test set (test_solved, the verdict) or the validation set at some evaluation (solved_step, what selection reads).
+    Either, so that a lag the ladder leaves out is one neither the verdict nor the selection of a learning rate would
+    have counted: neither set's longest lag is cut short by the other's failures."""
+    runs = pd.DataFrame(tables["runs"])
+    test = runs["test_solved"].fillna(False).astype(bool) if "test_solved" in runs else pd.Series(False, index=runs.index)
+    return bool((runs["solved_step"].notna() | test).any())
 
 
 from ..derived.train import derive  # noqa: E402,F401  (tables made from the rows; outside the source digest)

@@ -34,14 +34,18 @@ def _who_solved(final: pd.DataFrame, settings: list[str]) -> str:
         return r["model"] + "".join(f", {c} {r[c]}" for c in others) + f" at T {int(r['seq_len'])}"
 
     said = [f"{name(r)} at step {int(r['steps_to_solve']):,}" for _, r in rows[solved].iterrows()]
-    text = ("Solved: " + "; ".join(said) + ".") if said else "No run solved its lag."
+    on = f" (on the {_verdict_set(final)} set)" if "verdict_from" in final else ""
+    text = (f"Solved{on}: " + "; ".join(said) + ".") if said else f"No run solved its lag{on}."
     not_solved = []
     for _, r in rows[~solved].iterrows():
         diverged_at = r.get("diverged_step")
         left = " (left the baseline)" if bool(r.get("left_baseline", False)) else ""
-        error = f", {100 * r['error_rate']:.1f}% of answers wrong" if pd.notna(r.get("error_rate", float("nan"))) else ""
-        not_solved.append(f"{name(r)} (diverged at step {int(diverged_at):,})" if pd.notna(diverged_at) else
-                          f"{name(r)} ({r['loss_over_baseline']:.2f} x the baseline{error} after {int(r['step']):,} steps){left}")
+        tested = r.get("verdict_from") == "test" and pd.notna(r.get("test_loss_ratio", float("nan")))
+        ratio, rate = (r["test_loss_ratio"], r.get("test_error_rate")) if tested else (r["loss_over_baseline"], r.get("error_rate"))
+        error = f", {100 * rate:.1f}% of answers wrong" if rate is not None and pd.notna(rate) else ""
+        where = f"on the test set, the model kept at step {int(r['kept_step']):,}" if tested and pd.notna(r.get("kept_step")) else f"after {int(r['step']):,} steps"
+        not_solved.append(f"{name(r)} (diverged at step {int(diverged_at):,})" if pd.notna(diverged_at) and not tested else
+                          f"{name(r)} ({ratio:.2f} x the baseline{error} {where}){left}")
     return text + (" Not solved: " + "; ".join(not_solved) + "." if not_solved else "")
 
 
@@ -50,10 +54,17 @@ def view(t: Tables, manifest: dict) -> Section:
     settings = manifest.get("columns", [])
     sec = Section()
     tasks = list(dict.fromkeys(t["results"]["task"])) if "task" in t["results"] else [None]
+    curves, per_task = t, settings  # the tables the curves and flow figures read, and the settings that split them
+    final = t.get("final")
+    if final is not None and "lr_selected" in final and not final["lr_selected"].astype(bool).all():  # a learning-rate sweep
+        chosen = set(final.loc[final["lr_selected"].astype(bool), "point"])
+        whole = ("final", "runs", "longest_lag", "by_setting", "tuned", "lr_selection", "skipped")  # every rate: tables that name it
+        curves = {name: df if name in whole or "point" not in df else df[df["point"].isin(chosen)] for name, df in t.items()}  # the chosen rates
+        per_task = [c for c in settings if c != "lr"]  # each model at its own rate in one figure (the tuned table names them)
     for task in tasks:
-        sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in t.items()}
+        sub = {name: df[df["task"] == task] if task is not None and "task" in df else df for name, df in curves.items()}
         before, drawn = len(sec.key_points), len(sec.figures)
-        _one_task(sec, sub, settings, task if len(tasks) > 1 else None)
+        _one_task(sec, sub, per_task, task if len(tasks) > 1 else None)
         if len(tasks) > 1:  # each task's figures in files of their own: '<task>-flow-seq_len10', not one file per stem for all
             sec.figures[drawn:] = [(stem if str(task) in stem else f"{task}-{stem}", caption, draw)
                                    for stem, caption, draw in sec.figures[drawn:]]
@@ -64,8 +75,11 @@ def view(t: Tables, manifest: dict) -> Section:
     language_model = "val_ppl" in t["results"] and t["results"]["val_ppl"].notna().all()
     if not language_model:  # a language model is never 'solved': its page leads with perplexities against baselines
         init_effect(sec, t.get("final"), settings)
-        longest(sec, t.get("longest_lag"), settings)  # all tasks at once: the table the study exists for, first
+        longest(sec, t.get("longest_lag"), settings, tuned=t.get("tuned") is not None)  # all tasks at once: the table the study exists for, first
         success(sec, t.get("by_setting"), settings, t.get("final"))
+        own_rates(sec, t.get("tuned"), settings)  # with a learning-rate sweep: each cell at its own rate, before all
+        lr_figures(sec, t.get("final"), t.get("lr_selection"), settings)
+        verdict_note(sec, t.get("runs"), t.get("final"))
     left_out(sec, t.get("skipped"), manifest.get("ladder"))
     return sec
 
@@ -130,17 +144,27 @@ def success(sec: Section, rates: pd.DataFrame | None, settings: list[str], final
     per task; and the seeds behind every setting, in a table."""
     if rates is None or not len(rates) or "seq_len" not in rates:
         return
-    r = label_models(rates)
+    swept = "lr_selected" in rates and not rates["lr_selected"].all()  # several learning rates per setting: the tables read each one's own
+    every = label_models(rates)
+    r = every[every["lr_selected"].astype(bool)] if swept else every
+    if swept and final is not None and "lr_selected" in final:
+        final = final[final["lr_selected"].astype(bool)]
     counts = sorted(set(r["seeds"].astype(int)))
     sec.key_points.insert(0, f"Seeds behind each setting: {' to '.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} "
                              f"({len(r)} settings); solved k/n counts the seeds that met their task's rule (said per task below) "
                              f"within the budget of {_budget(r)} steps, left k/n those whose held-out loss went under {LEFT_BASELINE:g} of the baseline.")
-    keep = [c for c in ["task", "model", "impl", "seq_len", "seeds_solved_of", "seeds_left_of", "steps_to_solve_median", "steps_to_solve_min",
-                        "steps_to_solve_max", "seeds_censored", "loss_over_baseline_median", "loss_over_baseline_q25", "loss_over_baseline_q75",
-                        "seeds_diverged"] if c in r]
-    sec.tables.append((f"Over seeds, per setting, within {_budget(r)} steps: solved k/n, left the baseline k/n, steps to solve (the median over "
-                       "every seed, a seed that did not solve counted as beyond the budget: inf; the range over the seeds that solved), "
-                       "final held-out loss / baseline (median and interquartile range over the seeds that did not diverge)", r[keep]))
+    keep = [c for c in ["task", "model", "impl", "lr", "seq_len", "seeds_solved_of", "val_seeds_solved_of", "seeds_hs_solved_of", "seeds_left_of",
+                        "steps_to_solve_median", "steps_to_solve_min", "steps_to_solve_max", "seeds_censored", "test_loss_ratio_median",
+                        "loss_over_baseline_median", "loss_over_baseline_q25", "loss_over_baseline_q75", "seeds_diverged"] if c in r]
+    on = _verdict_set(final)
+    title = (f"Over seeds, per setting, within {_budget(r)} steps" + (", each model at its own learning rate (chosen on validation)" if swept else "")
+             + f": solved k/n (on the {on} set), on validation k/n (what chose the learning rate), left the baseline k/n, steps to solve "
+             "(the kept checkpoint's step; the median over every seed, a seed that did not solve counted as beyond the budget: inf; the range "
+             "over the seeds that solved), test loss / its memoryless loss (median), final validation loss / baseline (median and "
+             "interquartile range over the seeds that did not diverge)")
+    sec.tables.append((title, r[keep]))
+    if swept:
+        sec.folded.append(("The same at every learning rate tried", every[keep]))
     if r["seq_len"].nunique() < 2:
         return
     panel = "task" if "task" in r else "model"
@@ -185,11 +209,13 @@ def _one_task(sec: Section, t: Tables, settings: list[str], task: str | None) ->
             spread = f"{data.min():.4g}" if data.min() == data.max() else f"{data.min():.4g} to {data.max():.4g}"
             se = (f"; the memoryless loss of the held-out data is {spread} (theory {theory:.4g}), its sampling error "
                   f"{100 * runs['baseline_rel_se'].max():.1f}% at most" if runs["baseline_rel_se"].max() > 0 else "")
-            sec.key_points.append(f"{named}Solved means {r['success_rule']}; {r['lag_meaning']}{se}.")
+            beside = (f" Beside it: {r['rules_beside']}." if "rules_beside" in runs and isinstance(r.get("rules_beside"), str) and r["rules_beside"] else "")
+            sec.key_points.append(f"{named}Solved means {r['success_rule']}; {r['lag_meaning']}{se}.{beside}")
     if final is not None and len(final):
-        cols = _varying(final, settings) + (["epoch", "train_ppl", "val_ppl", "best_step", "test_ppl", "seconds_per_epoch"] if lyrics else
+        cols = _varying(final, settings) + (["lr"] if "lr" in final and final["lr"].nunique() > 1 else []) + (["epoch", "train_ppl", "val_ppl", "best_step", "test_ppl", "seconds_per_epoch"] if lyrics else
                                             ["step", "final_val_loss", "baseline", "baseline_theory", "loss_over_baseline", "error_rate",
-                                             "left_baseline", "steps_to_leave", "solved", "steps_to_solve"])
+                                             "kept_step", "kept_val_loss_ratio", "val_solved", "test_loss_ratio", "test_error_rate", "test_hs_error_rate",
+                                             "left_baseline", "steps_to_leave", "solved", "steps_to_solve", "verdict_from"])
         cols += [c for c in ("diverged_step",) if c in final and final[c].notna().any()]
         per_run = (f"{named}final evaluation per run".capitalize(), final[[c for c in dict.fromkeys(cols) if c in final]])
         (sec.folded if len(final) > 12 else sec.summaries).append(per_run)  # many runs: the per-setting tables lead, these are folded
@@ -420,24 +446,173 @@ def accuracy(sec: Section, curves: pd.DataFrame, settings: list[str], x: str, xl
                                     log=False, title=figures.fixed_title(f"held-out accuracy{extra}", fixed_settings(g, settings, DRAWN)))))
 
 
-def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str]) -> None:
-    """The longest lag solved by most seeds, per task and model (0: none of the lags tried)."""
+def _verdict_set(final: pd.DataFrame | None) -> str:
+    """The set the verdicts of these runs were read on: test, validation (runs without a test set), or both."""
+    if final is None or "verdict_from" not in final or not len(final):
+        return "held-out"
+    sets = set(final["verdict_from"].dropna())
+    return "test" if sets == {"test"} else "validation" if sets <= {"validation"} else "test (validation where a run had no test set)"
+
+
+def _lr_text(v: float) -> str:
+    return f"{v:g}"
+
+
+def longest(sec: Section, lag: pd.DataFrame | None, settings: list[str], tuned: bool = False) -> None:
+    """The longest lag solved by most seeds, per task, model and learning rate (0: none of the lags tried). With a
+    learning-rate sweep (tuned: its table leads), this table of every rate tried follows it."""
     if lag is None or not len(lag) or lag["lags_tried"].str.contains(" ").sum() == 0:
         return
     lag = label_models(lag).assign(longest=lag["longest_lag_solved"].fillna(0))
-    varied = [c for c in settings if c in lag and c not in ("task", "cell", "forget_bias", "variant", "impl", "seq_len", "seed", "point")
+    varied = [c for c in settings if c in lag and c not in ("task", "cell", "forget_bias", "variant", "impl", "seq_len", "seed", "point", "lr")
               and lag[c].nunique(dropna=False) > 1]  # e.g. the init a study varies: part of each row's name, or rows repeat
     for c in varied:
         lag["model"] = lag["model"] + ", " + c.replace("_", " ") + " " + lag[c].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
-    sec.summaries.insert(0, (f"Longest lag solved (by most seeds, every shorter lag tried solved too) within {_budget(lag)} steps, per task and model: "
-                             "a limit of this budget, not of the cell",
-                             lag[[c for c in ["task", "model", "impl", "lags_tried", "seeds_solved", "longest_lag_solved"] if c in lag]]))
+    cols = [c for c in ["task", "model", "impl", "lr", "lags_tried", "seeds_solved", "longest_lag_solved", "val_seeds_solved", "val_longest_lag_solved",
+                        "lr_selected"] if c in lag and (c != "lr_selected" or tuned)]
+    title = (f"Longest lag solved (by most seeds, every shorter lag tried solved too) within {_budget(lag)} steps, per task, model and learning "
+             "rate (seeds solved on the verdict's set; val_: on validation): a limit of this budget, not of the cell")
+    if tuned:
+        sec.tables.append((title + "; lr_selected: the rate chosen on validation", lag[cols]))
+        lag = lag[lag["lr_selected"].astype(bool)]  # the bars: each model at its own rate
+    else:
+        sec.summaries.insert(0, (title, lag[cols]))
     if len(lag) < 2:  # one bar: the table above says it
         return
-    sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model; 0: none of the lags tried.",
+    sec.figures.append(("longest-lag", "The longest lag (seq_len) solved by most of its seeds, per task and model"
+                        + (" at its own learning rate (chosen on validation)" if tuned else "") + "; 0: none of the lags tried.",
                         partial(figures.bars, lag, "task", "longest", hue="model", ylabel="longest lag solved (steps)",
-                                title=figures.fixed_title("longest lag solved", fixed_settings(lag, settings, DRAWN | {"task"})),
+                                title=figures.fixed_title("longest lag solved", fixed_settings(lag, settings, DRAWN | {"task", "lr"})),
                                 order=list(dict.fromkeys(lag["task"])))))
+
+
+def own_rates(sec: Section, table: pd.DataFrame | None, settings: list[str]) -> None:
+    """With a learning-rate sweep: per task and model, the longest lag solved on the test set at the rate chosen on
+    validation (the rule: derived.train.SELECTION_RULE), beside the one at the untuned profile's rate and at every
+    rate tried; first on the page."""
+    from ..derived.train import REFERENCE_LR, SELECTION_RULE
+
+    if table is None or not len(table):
+        return
+    t = label_models(table)
+
+    def say(v: float) -> str:
+        return "none" if pd.isna(v) else f"{v:g}"
+
+    ref = f"{REFERENCE_LR:g}"
+    shown = t.assign(**{"lr (chosen on validation)": t["lr"].map(_lr_text), f"longest lag at {ref}": t["longest_lag_at_reference_lr"].map(say),
+                        "longest lag": t["longest_lag_solved"].map(say)})
+    cols = [c for c in ["task", "model", "lr (chosen on validation)", "lags_tried", "seeds_solved", "longest lag", f"longest lag at {ref}",
+                        "seeds_solved_at_reference_lr", "longest_lag_by_lr", "val_longest_lag_by_lr"] if c in shown]
+    sec.summaries.insert(0, (f"Longest lag solved on the fresh test set within {_budget(t)} steps, per task and model at its own learning rate "
+                             f"(chosen on validation: {SELECTION_RULE}), beside the one at {ref}, the one rate every cell trained at "
+                             "before, and at every rate tried (longest_lag_by_lr: test; val_longest_lag_by_lr: what the choice read)",
+                             shown[cols]))
+    has_ref = t["longest_lag_at_reference_lr"].notna() | t["reference_lr"].notna()
+    differ = t[has_ref & (t["longest_lag_solved"].fillna(0) != t["longest_lag_at_reference_lr"].fillna(0))]
+    said = "; ".join(f"{r['task']} {r['model']} {say(r['longest_lag_at_reference_lr'])} -> {say(r['longest_lag_solved'])} at {_lr_text(r['lr'])}"
+                     for _, r in differ.iterrows())
+    chosen = "; ".join(f"{task}: " + ", ".join(f"{r['model']} {_lr_text(r['lr'])}" for _, r in g.iterrows()) for task, g in t.groupby("task", sort=False))
+    against = (f" Against the one rate {ref}, the longest lag solved on the test set changes in {len(differ)} of {int(has_ref.sum())} settings"
+               + (f": {said}." if said else ".")) if has_ref.any() else f" ({ref}, the one rate every cell trained at before, was not tried.)"
+    sec.key_points.insert(0, f"Each model at its own learning rate, chosen on validation per task and model ({len(t)} settings, rates "
+                          f"{t['lrs_tried'].iloc[0]}): {chosen}.{against} Curves and gradient flow below: each model at its own rate.")
+
+
+def _steps_against_lr(df: pd.DataFrame, title: str, model_order: list, chosen: dict) -> "figures.plt.Figure":
+    """Steps to solve against the learning rate (log axes), one panel per lag, one colour per model: each seed a point, a
+    seed that did not solve within its budget a triangle above the budget line, a line through the median over seeds
+    (those counted as beyond the budget), each model's chosen rate ringed."""
+    plt = figures.plt
+    lags = sorted(df["seq_len"].unique())
+    fig, axes = figures.panel_grid(len(lags), 4, width=3.0, height=2.5, sharey=True)
+    colours = figures.palette(model_order, hue="model")
+    budget = float(df["steps"].max())
+    above = budget * 1.35
+    models = [m for m in model_order if m in set(df["model"])]
+    rates = sorted(df["lr"].unique())
+    offsets = {m: 1 + 0.06 * (i - (len(models) - 1) / 2) for i, m in enumerate(models)}
+    for ax in axes.flat[len(lags):]:
+        ax.set_visible(False)
+    for ax, lag in zip(axes.flat, lags):
+        g = df[df["seq_len"] == lag]
+        for model in models:
+            m = g[g["model"] == model]
+            if not len(m):
+                continue
+            solved = m["solved"].astype(bool)
+            x = m["lr"].astype(float) * offsets[model]
+            ax.scatter(x[solved], m.loc[solved, "steps_to_solve"].astype(float), color=colours[model], s=14, alpha=0.8, zorder=3)
+            ax.scatter(x[~solved], np.full(int((~solved).sum()), above), color=colours[model], marker="^", s=18, alpha=0.8, zorder=3)
+            medians = []
+            for lr, per in m.groupby("lr"):
+                values = np.sort(np.where(per["solved"].astype(bool), per["steps_to_solve"].astype(float), np.inf))
+                middle = values[(len(values) - 1) // 2 : len(values) // 2 + 1]
+                medians.append((lr * offsets[model], float(middle.mean()) if np.isfinite(middle).all() else above))
+            xs, ys = zip(*medians)
+            ax.plot(xs, ys, color=colours[model], lw=1.1)
+            if model in chosen:
+                pick = [y for xv, y in medians if np.isclose(xv, chosen[model] * offsets[model])]
+                if pick:
+                    ax.scatter([chosen[model] * offsets[model]], pick, s=90, facecolors="none", edgecolors=colours[model], lw=1.2, zorder=4)
+        ax.axhline(budget, color="0.3", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(rates, [f"{v:g}" for v in rates])
+        ax.minorticks_off()
+        ax.set_title(f"T {lag}", fontsize=9)
+        ax.set_xlabel("learning rate")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"steps to solve (triangles: > {budget:,.0f})")
+    handles = {m: plt.Line2D([], [], color=colours[m], lw=1.1, marker="o", markersize=4) for m in models}
+    handles[f"not solved within {budget:,.0f} steps"] = plt.Line2D([], [], color="0.3", lw=0, marker="^", markersize=5)
+    handles["the rate chosen on validation"] = plt.Line2D([], [], color="0.3", lw=0, marker="o", markersize=9, markerfacecolor="none")
+    fig.suptitle(title, fontsize=10)
+    for ax in fig.axes:
+        figures.powers_of_ten_only(ax)
+    fig.tight_layout()
+    figures.legend_below(fig, handles)
+    return fig
+
+
+def lr_figures(sec: Section, final: pd.DataFrame | None, selection: pd.DataFrame | None, settings: list[str]) -> None:
+    """With a learning-rate sweep: per task, steps to solve (the verdict) against the rate, one panel per lag, one colour
+    per model: how much each answer owes its rate."""
+    if final is None or selection is None or not len(final) or "lr" not in final or final["lr"].nunique() < 2 or "steps_to_solve" not in final:
+        return
+    f = label_models(final)
+    sel = label_models(selection)
+    for task in dict.fromkeys(f["task"]) if "task" in f else [None]:
+        g = f[f["task"] == task] if task is not None else f
+        chosen = {r["model"]: float(r["lr"]) for _, r in sel[(sel["task"] == task) & sel["lr_selected"].astype(bool)].iterrows()} if task is not None else {}
+        on = _verdict_set(g)
+        sec.figures.append((f"{task}-steps-against-lr" if task else "steps-against-lr",
+                            f"{task}: steps to solve (on the {on} set: the kept checkpoint's step) against the learning rate, one panel per lag, "
+                            "one colour per model: each seed a point, a seed that did not solve within its budget a triangle above the budget "
+                            "line, the line the median over seeds; ringed: each model's rate, chosen on validation for all lags together.",
+                            partial(_steps_against_lr, g, model_order=model_order(g["model"]), chosen=chosen,
+                                    title=figures.fixed_title(f"{task}: steps to solve against the learning rate",
+                                                              fixed_settings(g, settings, DRAWN | {"task", "seq_len", "lr"})))))
+
+
+def verdict_note(sec: Section, runs: pd.DataFrame | None, final: pd.DataFrame | None) -> None:
+    """How a run's verdict is read, apart from what chose its checkpoint, stopped it and chose its learning rate."""
+    if runs is None or not len(runs) or "verdict_from" not in runs or not (runs["verdict_from"] == "test").any():
+        return
+    r = runs[runs["verdict_from"] == "test"]
+    sizes = sorted({int(v) for v in r["test_sequences"].dropna()}) if "test_sequences" in r else []
+    evals = sorted({int(v) for v in r["val_sequences"].dropna()}) if "val_sequences" in r else []
+    kept = "the checkpoint with the lowest validation loss" if (r.get("kept", pd.Series(["last"])) == "best").all() else "the model at the run's end (or its best checkpoint where kept)"
+    margins = sorted({float(v) for v in r["stop_margin"].dropna()}) if "stop_margin" in r else [1.0]
+    stop = (f"stopped a run once it met its task's rule at {' / '.join(f'{m:g}' for m in margins)} of the rule's threshold" if (r.get("stop_when_solved", pd.Series([False])).astype(bool)).any()
+            else "did not stop a run")
+    seconds = r["test_seconds"].astype(float) if "test_seconds" in r else pd.Series(dtype=float)
+    sec.notes.append(f"Verdicts: a run is solved when its task's rule holds on a fresh test set of {' / '.join(f'{n:,}' for n in sizes)} sequences "
+                     "(a seed stream of its own, never drawn in training or validation), read once, at the end, by the kept model: "
+                     f"{kept}; steps to solve are that checkpoint's step. The validation set ({' / '.join(f'{n:,}' for n in evals)} sequences, "
+                     f"read at every evaluation) chose the checkpoint, {stop}, and chose the learning rate where several were tried; "
+                     "its own verdict is the val_ columns. Each ratio to the memoryless loss is taken on the very set it scores."
+                     + (f" Reading the test set took {seconds.median():.1f} s per run (median; {seconds.sum() / 60:.1f} min in all)." if len(seconds) else ""))
 
 
 def flow(sec: Section, flow_table: pd.DataFrame | None, settings: list[str]) -> None:

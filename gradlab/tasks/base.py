@@ -4,6 +4,7 @@ metric and its memoryless baseline. Synthetic tasks only say how to sample one b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
@@ -52,21 +53,55 @@ def loss_of(spec: Spec, outputs: torch.Tensor, targets: torch.Tensor, reduction:
 
 @dataclass(frozen=True)
 class Success:
-    """When a run counts as having solved its task, and who counts it so. kind "error_rate": the share of
-    held-out answers wrong is under `threshold` (None: the run's solve_error); "loss_ratio": the held-out loss
-    is under the run's solve_fraction times the memoryless loss of the same held-out data; "none": a task
-    that is never solved (a language model)."""
+    """When a run counts as having solved its task, and whose rule that is. kind "error_rate": the share of
+    answers wrong is under `threshold` (None: the run's solve_error); "loss_ratio": the loss is under the run's
+    solve_fraction times the memoryless loss of the same data; "sequence_error": the share of sequences whose
+    answer lies `tolerance` or more from its target is under `threshold`; "none": a task that is never solved
+    (a language model). `whose`: the paper whose rule this is for this very task, or "gradlab" where gradlab
+    draws the line itself (`source` then says why, and what the literature does instead). `name`: a rule kept
+    beside the verdict (Task.also) gives its columns this prefix (hs: hs_error_rate, hs_solved)."""
 
     kind: str
     source: str
     threshold: float | None = None
+    whose: str = "gradlab"
+    tolerance: float | None = None
+    name: str = ""
 
-    def describe(self, solve_fraction: float, solve_error: float) -> str:
+    @property
+    def own(self) -> bool:
+        """gradlab's own line, not the rule of the task's source."""
+        return self.whose == "gradlab"
+
+    def line(self, solve_fraction: float, solve_error: float, on: str = "held-out") -> str:
+        """The rule in numbers, on the set named `on` (test, validation, held-out)."""
         if self.kind == "error_rate":
-            return f"under {100 * (self.threshold or solve_error):g}% of the held-out answers wrong ({self.source})"
+            return f"under {100 * (self.threshold or solve_error):g}% of the {on} answers wrong"
         if self.kind == "loss_ratio":
-            return f"held-out loss under {solve_fraction:g} x the memoryless loss of the held-out data ({self.source})"
+            return f"{on} loss under {solve_fraction:g} x the memoryless loss of the {on} data"
+        if self.kind == "sequence_error":
+            return (f"under {100 * (self.threshold or solve_error):g}% of the {on} sequences answered {self.tolerance:g} or more "
+                    "from their target")
         return "never: no rule applies to this task"
+
+    def describe(self, solve_fraction: float, solve_error: float, on: str = "held-out") -> str:
+        """The rule in numbers and whose it is: '<line> (Pascanu et al. 2013's rule: ...)' or '<line> (gradlab's own line: why)'."""
+        if self.kind == "none":
+            return self.line(solve_fraction, solve_error, on)
+        whose = "gradlab's own line" if self.own else f"{self.whose}'s rule"
+        return f"{self.line(solve_fraction, solve_error, on)} ({whose}: {self.source})"
+
+
+TEST_STREAM = "gradlab test set"  # what the test set's seed is derived from: a stream apart from every training and validation one
+
+
+def fresh_test_stream(test_seed: int) -> int:
+    """The seed of the test set's generator: 32 bits of sha256('gradlab test set <test_seed>'). torch's CPU generator
+    reads only the low 32 bits of a seed (manual_seed(2**32 + 1) draws what manual_seed(1) draws), so the test
+    stream is a 32-bit seed of its own, and a training seed or eval_seed equal to it is refused (TrainConfig.validate):
+    no training or validation stream is the test stream. (Distinct streams are distinct draws; a task with few
+    possible sequences, temporal order or recall at T 10, may still draw the same sequence twice by chance.)"""
+    return int.from_bytes(hashlib.sha256(f"{TEST_STREAM} {test_seed}".encode()).digest()[:4], "little")
 
 
 from ..names import LEFT_BASELINE  # noqa: E402  (a number the report reads too, without torch)
@@ -103,6 +138,7 @@ class Task:
     name: ClassVar[str]
     min_length: ClassVar[int] = 1
     success: ClassVar[Success] = Success("loss_ratio", "gradlab's default rule for a task that names none")
+    also: ClassVar[tuple[Success, ...]] = ()  # rules kept beside the verdict, each in columns of its own (adding: Hochreiter and Schmidhuber's)
     lag: ClassVar[str] = "T: steps per sequence"  # what seq_len means for how far back the task reaches
     keeps_weights: ClassVar[bool] = False  # a run keeps its trained model (the point's 'weights' table), to be analysed again later
 
@@ -186,12 +222,18 @@ class Task:
 
 @dataclass
 class SyntheticTask(Task):
-    """A task drawn fresh every step by `sample`; held out: `eval_size` sequences from `eval_seed`."""
+    """A task drawn fresh every step by `sample`. Validation (the held-out set): `eval_size` sequences from
+    `eval_seed`, read at every evaluation: it chooses the kept checkpoint, stops a solved run and chooses a
+    learning rate. Test: `test_size` fresh sequences from a stream of their own (fresh_test_stream), read once, at
+    the end, by the kept model: the verdict (Pascanu et al. 2013 judged temporal order on 10,000 fresh sequences)."""
 
     eval_size: int = 1000  # held-out sequences: the loss is a mean over 1000 draws
     eval_seed: int = 1  # its own stream: every run, whatever its seed, is scored on the same sequences
+    test_size: int = 10_000  # fresh test sequences, read once by the kept model: the verdict (Pascanu et al. 2013's count); 0: no test set
+    test_seed: int = 0  # the test set's stream is seeded with fresh_test_stream(test_seed), never a training or validation seed
 
     EVAL_CHUNK: ClassVar[int] = 250  # held-out sequences per forward pass (bounds the (T, B, H) outputs)
+    TEST_CHUNK_STEPS: ClassVar[int] = 50_000  # test sequences per forward pass x their length: the (T, B, 4H) gates of a chunk stay near 50 MB at H 64
 
     def sample(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device = "cpu") -> Batch:
         raise NotImplementedError
@@ -202,6 +244,11 @@ class SyntheticTask(Task):
             raise ValueError(f"eval_size must be >= 1, got {self.eval_size}.")
         if not 0 <= self.eval_seed <= 2**32 - 1:
             raise ValueError(f"eval_seed must be in 0 .. 2**32 - 1 (as every seed), got {self.eval_seed}.")
+        if self.test_size < 0 or not 0 <= self.test_seed <= 2**32 - 1:
+            raise ValueError(f"test_size must be >= 0 (0: no test set) and test_seed in 0 .. 2**32 - 1, got {self.test_size} and {self.test_seed}.")
+        if self.test_size and self.eval_seed == self.test_stream():
+            raise ValueError(f"eval_seed {self.eval_seed} is the test set's stream (test_seed {self.test_seed}): the validation set would be the test set; "
+                             "choose another eval_seed or test_seed.")
 
     def stream(self, gen: torch.Generator, batch_size: int, length: int, device: str | torch.device) -> Iterator[Batch]:
         while True:
@@ -220,6 +267,18 @@ class SyntheticTask(Task):
         gen = torch.Generator().manual_seed(self.eval_seed)
         sizes = [min(self.EVAL_CHUNK, self.eval_size - k) for k in range(0, self.eval_size, self.EVAL_CHUNK)]
         return [self.sample(gen, n, length, device) for n in sizes]
+
+    def test_stream(self) -> int:
+        """The seed of the test set's generator (fresh_test_stream)."""
+        return fresh_test_stream(self.test_seed)
+
+    def test_batches(self, length: int, device: str | torch.device) -> Iterator[Batch]:
+        """The fresh test set, drawn chunk by chunk from its own stream (never held whole: 10,000 copy sequences of
+        T 640 would be 53 MB of ids), the same for every run of the same task, length and test_seed."""
+        gen = torch.Generator().manual_seed(self.test_stream())
+        chunk = max(1, min(2000, self.TEST_CHUNK_STEPS // length))
+        for k in range(0, self.test_size, chunk):
+            yield self.sample(gen, min(chunk, self.test_size - k), length, device)
 
 
 def last_step(length: int) -> torch.Tensor:

@@ -27,8 +27,9 @@ class Copy(SyntheticTask):
     """
 
     name = "copy"
-    success = Success("error_rate", "the answers are the symbols written back; Pascanu et al. 2013's rule for classification, per copied "
-                                    "symbol; Arjovsky et al. 2016 report the loss against the baseline, which 'left the baseline' shows")
+    success = Success("error_rate", "Arjovsky et al. 2016 report the cross-entropy against the memoryless one and draw no line "
+                                    "(beating it: 'left the baseline'); gradlab judges the answers, the symbols written back, by "
+                                    "Pascanu et al. 2013's rule for classification (under 1% wrong), each copied symbol one answer")
     lag = "T: each of the copy_len symbols waits T + copy_len steps before it is written back"
     n_symbols: int = 8  # categories (Arjovsky et al. 2016)
     copy_len: int = 10  # symbols to remember

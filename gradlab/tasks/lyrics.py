@@ -43,7 +43,7 @@ class Lyrics(Task):
     keeps_weights: ClassVar[bool] = True  # a run's kept model stays in its folder (points/KEY.weights.parquet): its analyses can be redone
 
     name = "lyrics"
-    success = Success("none", "a language model is compared with baselines, not solved")
+    success = Success("none", "a language model is compared with baselines, not solved", whose="nobody")
     lag = "T: characters per training batch (truncated BPTT)"
     sampling: str = "consecutive"
     setting: str = "book"

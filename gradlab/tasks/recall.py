@@ -25,7 +25,9 @@ class Recall(SyntheticTask):
 
     name = "recall"
     min_length = 2
-    success = Success("error_rate", "Pascanu et al. 2013's rule for classification tasks; Hochreiter and Schmidhuber 1997 judge each sequence")
+    success = Success("error_rate", "a task of gradlab's, with no source rule of its own: Pascanu et al. 2013's rule for "
+                                    "classification (under 1% of the answers wrong); Hochreiter and Schmidhuber 1997 judged their "
+                                    "noise-free long-lag task per sequence")
     lag = "T: the token to recall lies T - 1 steps before the answer"
     n_symbols: int = 8  # K: tokens to remember
     n_distractors: int = 8  # D: the distractor alphabet

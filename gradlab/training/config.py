@@ -45,7 +45,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations on the fixed held-out set
     solve_fraction: float = 0.1  # solved (tasks judged by their loss, adding): held-out loss below this fraction of the data's memoryless loss
     solve_error: float = 0.01  # solved (tasks judged by their answers: copy, temporal order, recall): under this share of held-out answers wrong
-    stop_when_solved: bool = False
+    stop_when_solved: bool = False  # stop once the validation set meets the task's rule with stop_margin to spare (the test set judges the kept model)
+    stop_margin: float = 1.0  # the share of the rule's threshold validation must reach to stop a run: 1 stops at the rule itself; 0.5 at half its line
     patience: int = 0  # early stopping: evaluations in a row without a new best held-out loss before the run ends; 0: never
     keep_best: bool = False  # end with the parameters of the best held-out evaluation: they are tested, analysed and sampled
     probe_steps: tuple[int, ...] = ()  # steps at which ||dL/dh_t|| is measured on held-out data (0: at initialisation)
@@ -97,6 +98,8 @@ class TrainConfig:
         check_fits(self.cell, self.hidden_size, 0, self.seq_len, self.batch_size, self.dtype, self.device)
         if not 0 < self.solve_fraction <= 1:
             raise ValueError(f"solve_fraction must be in (0, 1], got {self.solve_fraction}.")
+        if not 0 < self.stop_margin <= 1:
+            raise ValueError(f"stop_margin must be in (0, 1] (the share of the rule's threshold validation must reach to stop a solved run), got {self.stop_margin}.")
         if not 0 < self.solve_error < 1:
             raise ValueError(f"solve_error must be in (0, 1) (the share of held-out answers wrong under which a run is solved), got {self.solve_error}.")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.probe_steps) or self.probe_size < 1:
@@ -113,6 +116,9 @@ class TrainConfig:
             raise ValueError(f"probe_steps {beyond} lie beyond the run's {self.steps} steps: probe at steps 0 .. {self.steps}.")
         task = self.make_task()
         task.check(self.seq_len)
+        if getattr(task, "test_size", 0) and self.seed == task.test_stream():
+            raise ValueError(f"seed {self.seed} is the test set's stream (test_seed {task.test_seed}): the model would train on its test set; "
+                             "choose another seed or test_seed.")
         if self.label_smoothing and task.spec.loss != "cross_entropy":
             raise ValueError(f"label_smoothing smooths class targets; task {self.task!r} is scored by {task.spec.loss}.")
         if self.embedding and task.spec.input != "tokens":

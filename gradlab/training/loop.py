@@ -151,7 +151,7 @@ class Run:
         if 0 in self.probe_at:
             self.result.tables.setdefault("flow", []).extend(flow_rows(self.model, task, self.held_out, cfg.probe_size, 0))
         self.window: list[dict] = []  # step rows since the last evaluation
-        self.diverged_step = self.solved_step = self.left_step = self.diverged_reason = self.stopped_step = None
+        self.diverged_step = self.solved_step = self.left_step = self.diverged_reason = self.stopped_step = self.stopped_solved_step = None
         self.best = {"val_loss": math.inf, "step": None, "params": None, "since": 0}  # the best held-out evaluation so far
         self.recent_losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
         self.guess = task.guess_loss(cfg.seq_len)
@@ -197,6 +197,8 @@ class Run:
         hist["lr_now"] = self.opt.param_groups[0]["lr"]  # under a schedule, the rate in force (the setting lr is the start)
         if hist["solved"] and self.solved_step is None:
             self.solved_step = step
+        if finite and cfg.stop_when_solved and self.stopped_solved_step is None and judge(task, cfg, hist, cfg.stop_margin)["solved"]:
+            self.stopped_solved_step = step  # validation meets the rule with stop_margin to spare: the run has shown what it can do
         if hist["left_baseline"] and self.left_step is None:
             self.left_step = step
         best = self.best
@@ -215,7 +217,7 @@ class Run:
         if finite and cfg.patience and best["since"] >= cfg.patience:
             self.stopped_step = step
             self.running = False
-        elif not finite or (self.solved_step is not None and cfg.stop_when_solved) or step == cfg.steps:
+        elif not finite or self.stopped_solved_step is not None or step == cfg.steps:
             self.running = False
         return self.running
 
@@ -226,10 +228,17 @@ class Run:
         if cfg.keep_best and best["params"] is not None:
             model.load_state_dict(best["params"])  # the selected model: what is tested and analysed
         usable = self.diverged_step is None or (cfg.keep_best and best["params"] is not None)  # a diverged run keeps no model ... unless its best
-        tested = {}
-        test_set = task.test_set(cfg.batch_size, cfg.seq_len, self.device) if hasattr(task, "test_set") else None
-        if usable and test_set:
-            tested = {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
+        kept_best = cfg.keep_best and best["params"] is not None
+        kept_step = best["step"] if kept_best else (result.history[-1]["step"] if result.history else None)
+        kept_row = next((h for h in result.history if h["step"] == kept_step), None)
+        tested = {"kept_step": kept_step, "val_solved": bool(usable and kept_row is not None and kept_row["solved"])}  # selection's verdict
+        if hasattr(task, "test_batches"):  # a synthetic task: its validation set's size, as run (a config may leave eval_size to the task)
+            tested["val_sequences"] = sum(b.x.shape[1] for b in self.held_out)
+        judged_on = "test" if hasattr(task, "test_batches") and getattr(task, "test_size", 0) else "validation"
+        if usable and judged_on == "test":  # the verdict: the fresh test set, read once
+            tested |= verdict_on_test_set(model, task, cfg, self.device)
+        elif usable and hasattr(task, "test_set") and (test_set := task.test_set(cfg.batch_size, cfg.seq_len, self.device)):
+            tested |= {f"test_{k[4:]}": v for k, v in evaluate(model, task, test_set).items()}  # val_loss -> test_loss
         if usable and cfg.eval_modes:  # the held-out texts read with long context: neural cache, dynamic evaluation, mixed with counting
             extras, tables = task.long_context(model, tuple(cfg.eval_modes))
             tested |= extras
@@ -242,11 +251,14 @@ class Run:
         result.run = {
             "backend": model.cell.last_backend, "parameters": sum(p.numel() for p in self.params), "baseline": self.baseline,
             "baseline_theory": self.baseline_theory, "baseline_rel_se": self.baseline_rel_se,
-            "success_rule": task.success.describe(cfg.solve_fraction, cfg.solve_error), "lag_meaning": task.lag,
+            "success_rule": task.success.describe(cfg.solve_fraction, cfg.solve_error, on=judged_on),
+            **({"rules_beside": "; ".join(f"{r.name}: {r.describe(cfg.solve_fraction, cfg.solve_error, on=judged_on)}" for r in task.also)} if task.also else {}),
+            "verdict_from": judged_on if task.success.kind != "none" else None, "lag_meaning": task.lag,
             "steps_done": len(result.steps), "steps_per_epoch": self.per_epoch, "diverged": self.diverged_step is not None,
             "diverged_step": self.diverged_step, "diverged_reason": self.diverged_reason, "solved_step": self.solved_step, "left_step": self.left_step,
             "best_step": best["step"], "best_val_loss": best["val_loss"] if best["step"] is not None else math.nan,
-            "kept": "best" if cfg.keep_best and best["params"] is not None else "last", "stopped_early_step": self.stopped_step, **tested,
+            "kept": "best" if kept_best else "last", "stopped_early_step": self.stopped_step, "stopped_solved_step": self.stopped_solved_step,
+            **tested,
             "train_seconds": sum(r["seconds"] for r in result.steps), **task.stats(), **run_extras,
         }
         return result
@@ -289,20 +301,52 @@ def flow_rows(model: SeqModel, task: Task, held_out: list, size: int, step: int)
             for wrt, values in norms.items() for t, v in enumerate(values.cpu().tolist())]
 
 
-def judge(task: Task, cfg: TrainConfig, hist: dict) -> dict:
-    """An evaluation against the task's success rule (tasks.base.Success) and the weaker 'left the baseline':
-    loss_ratio (held-out loss over the memoryless loss of the same data), error_rate (the share of answers
-    wrong, where the metric is an accuracy), solved, left_baseline."""
+def judge(task: Task, cfg: TrainConfig, hist: dict, margin: float = 1.0) -> dict:
+    """An evaluation (val_loss, val_metric and the memoryless loss of the same data, baseline) against the task's
+    success rule (tasks.base.Success), each rule the task keeps beside it (Task.also: <name>_solved) and the weaker
+    'left the baseline': loss_ratio (the loss over the memoryless loss of the same data), error_rate (the share of
+    answers wrong, where the metric is an accuracy), solved, left_baseline. `margin` scales every rule's threshold
+    (0.5: met with half the line to spare: the stopping test of stop_margin)."""
     ratio = hist["val_loss"] / hist["baseline"] if hist["baseline"] else float("nan")
     error = 1.0 - hist["val_metric"] if task.spec.metric == "accuracy" else None  # None: no answers to be wrong (NaN in the tables)
-    rule = task.success
-    if rule.kind == "error_rate" and error is not None:
-        solved = error < (rule.threshold if rule.threshold is not None else cfg.solve_error)
-    elif rule.kind == "loss_ratio":
-        solved = ratio < cfg.solve_fraction
-    else:
-        solved = False
-    return {"loss_ratio": ratio, "error_rate": error, "solved": bool(solved), "left_baseline": bool(ratio < LEFT_BASELINE)}
+
+    def meets(rule) -> bool:
+        if rule.kind == "error_rate" and error is not None:
+            return error < margin * (rule.threshold if rule.threshold is not None else cfg.solve_error)
+        if rule.kind == "loss_ratio":
+            return ratio < margin * cfg.solve_fraction
+        if rule.kind == "sequence_error":
+            return hist.get(f"val_{rule.name}_error_rate", float("nan")) < margin * (rule.threshold if rule.threshold is not None else cfg.solve_error)
+        return False
+
+    return ({"loss_ratio": ratio, "error_rate": error, "solved": meets(task.success), "left_baseline": bool(ratio < LEFT_BASELINE)}
+            | {f"{rule.name}_solved": meets(rule) for rule in task.also})
+
+
+@torch.no_grad()
+def verdict_on_test_set(model: SeqModel, task: Task, cfg: TrainConfig, device: torch.device) -> dict:
+    """The kept model on the task's fresh test set (SyntheticTask.test_batches: its own stream, drawn chunk by chunk,
+    never seen in training or by the validation that chose the model), read once and judged by the task's rules against
+    the memoryless loss of the test set itself: test_loss, test_metric, test_baseline (and its relative standard error),
+    test_loss_ratio, test_error_rate, test_solved, test_left_baseline (and adding's test_hs_error_rate, test_hs_solved), test_seconds."""
+    start = time.perf_counter()
+    sums: dict[str, float] = {}
+    targets = []  # only for a task whose memoryless loss depends on the draw (adding: one number per sequence)
+    reads_targets = type(task).data_baseline is not Task.data_baseline
+    count = 0
+    with evaluating(model):
+        for batch in task.test_batches(cfg.seq_len, device):
+            count += batch.x.shape[1]
+            outputs, _ = model(batch.x, None, batch.mask)
+            for key, value in task.score(outputs, batch).items():
+                sums[key] = sums.get(key, 0) + value
+            if reads_targets:
+                targets.append(Batch(batch.x[:0], batch.targets()))  # the scored targets alone (data_baseline reads targets())
+    scores = task.finish(sums)  # val_loss, val_metric, ...: the same sums the validation set gives
+    baseline, rel_se = task.data_baseline(targets, cfg.seq_len)
+    verdict = judge(task, cfg, scores | {"baseline": baseline})
+    return ({f"test_{k[4:]}": v for k, v in scores.items()} | {"test_baseline": baseline, "test_baseline_rel_se": rel_se}
+            | {f"test_{k}": v for k, v in verdict.items()} | {"test_sequences": count, "test_seconds": time.perf_counter() - start})
 
 
 def _history_row(model: SeqModel, task: Task, held_out: list, window: list[dict], per_epoch: int | None,
