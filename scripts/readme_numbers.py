@@ -253,9 +253,15 @@ def _language_models(root: Path, run: str) -> str:
     final, runs = table(root, run, "final"), table(root, run, "runs")
     over = _context_over_seeds(root, run) if (root / "reports" / run / "context_over_seeds.parquet").exists() else None
     rows = []
+    modes = "test_best_loss" in runs and runs["test_best_loss"].notna().any()
     for cell, f in final.groupby("cell", sort=False):
         row = {"model": cell, "test perplexity": span(f["test_ppl"], 3), "best validation perplexity": span(np.exp(f["best_val_loss"].astype(float)), 3),
                "seeds": str(len(f))}
+        if modes:
+            r_ = runs[runs["cell"] == cell]
+            picked = ", ".join(sorted({MODE_NAMES.get(m, m) for m in r_["eval_best_mode"].astype(str)}))
+            row["long context (best mode on validation)"] = f"{span(np.exp(r_['test_best_loss'].astype(float)), 3)} ({picked})"
+            row["mixed with counting"] = span(np.exp(r_["test_mix_loss"].astype(float)), 4)
         if over is not None and "replace_context_median" in over:
             for split, name in (("held out", "context used, held out"), ("training", "context used, training text")):
                 o = over[(over["cell"] == cell) & (over["split"] == split)]
@@ -273,11 +279,46 @@ def _language_models(root: Path, run: str) -> str:
             baselines.append({"model": f"Kneser-Ney {n}-gram",
                               "test perplexity": f"{g(math.exp(r[f'test_mkn{n}_loss']))} ({g(math.exp(r[f'test_kn{n}_loss']))})",
                               "best validation perplexity": f"{g(math.exp(r[f'val_mkn{n}_loss']))} ({g(math.exp(r[f'val_kn{n}_loss']))})"})
+            if modes and f"test_mkn{n}cache_loss" in runs:
+                baselines[-1]["long context (best mode on validation)"] = (f"{g(math.exp(r[f'test_mkn{n}cache_loss']))} "
+                                                                          f"({g(math.exp(r[f'test_kn{n}cache_loss']))}), its cache")
     out = pd.DataFrame(rows + baselines)
+    long = (" Long context: each held-out text read as one stream from its start, the settings of each mode chosen on the validation "
+            "text and the test text read once; the network's modes are Grave et al.'s neural cache, Krause et al.'s dynamic "
+            "evaluation and both, the one best on validation shown; the n-grams' is a cache of the last "
+            f"{int(r['ngram_cache_window']):,} held-out characters (unigram to 5-gram counts, each target scored before it joins, "
+            "weights by EM on validation); mixed with counting: the network's distribution mixed with the static and the cached "
+            "5-gram's, weights on validation." if modes else "")
     return (markdown(out.fillna("")) + f"\n\nmedian (range) over seeds; the n-grams: interpolated Kneser-Ney with Chen and Goodman's "
             f"modified discounts (in brackets: one discount, 0.75); {int(r['test_targets_scored']):,} test targets, "
             f"{int(r['vocab_size']):,} characters in the vocabulary; context used: the fewest characters k from which no longer k "
-            "shows evidence (95% interval) of costing over 1% when the ones before are replaced by unrelated text.\n\n" + source(root, run))
+            "shows evidence (95% interval) of costing over 1% when the ones before are replaced by unrelated text (Terms)." + long
+            + "\n\n" + source(root, run))
+
+
+MODE_NAMES = {"stream": "plain", "cache": "neural cache", "dynamic": "dynamic evaluation", "dynamic_cache": "dynamic evaluation + cache"}
+
+
+@block("lyrics-long-context")
+def lyrics_long_context(root: Path) -> str:
+    """Where each reader gains: per band of distance back to the last occurrence of the target's context."""
+    run = "lyrics-counting"
+    b, runs = table(root, run, "by_distance"), table(root, run, "runs")
+    best = runs.groupby("cell", sort=False)["test_best_loss"].median().idxmin()
+    part = b[b["cell"] == best]
+    cols = {"net_loss": f"{best}", "cache_loss": f"{best} + neural cache", "dynamic_loss": f"{best}, dynamic evaluation",
+            "ngram_loss": "5-gram", "ngram_cache_loss": "5-gram + cache", "mix_loss": f"{best} mixed with counting"}
+    rows = []
+    for band, g_ in part.groupby("band", sort=False):
+        share = 100 * g_["share"].iloc[0]
+        row = {"the context last seen": "never" if band == "never" else f"{band} characters back",
+               "share of test targets": f"{share:.0f}%" if share >= 1 else f"{share:.1f}%"}
+        row |= {name: f"{g_[c].median():.2f}" for c, name in cols.items() if c in g_}
+        rows.append((int(g_["distance_from"].iloc[0]), row))
+    return (markdown(pd.DataFrame([r for _, r in sorted(rows, key=lambda x: x[0])]))
+            + f"\n\nmean test loss in nats per band of how far back the target's {int(part['context_chars'].iloc[0])}-character context "
+            f"last occurred in the text read so far ({best}, the cell best in long context: median over {part['seed'].nunique()} seeds; "
+            "the counting columns are the same for every seed).\n\n" + source(root, run))
 
 
 @block("lyrics-counting-gap")
@@ -308,34 +349,62 @@ def _by_cell(df: pd.DataFrame, col: str) -> dict[str, float]:
 
 @block("lyrics-counting-finding")
 def lyrics_counting_finding(root: Path) -> str:
-    """The reference run's verdict against the n-grams, what it gained over the generalise recipe, and how far back
-    its networks look, in words."""
+    """The reference run's verdict against counting, without and with long context; what it gained over the generalise
+    recipe; and how far back its networks look under the replace probe, in words."""
     run = "lyrics-counting"
     final, runs, over = table(root, run, "final"), table(root, run, "runs"), _context_over_seeds(root, run)
     r = runs.iloc[0]
     grams = {n: math.exp(r[f"test_mkn{n}_loss"]) for n in (2, 3, 4, 5)}
-    top = min(grams, key=grams.get)
+    cached = {n: math.exp(r[f"test_mkn{n}cache_loss"]) for n in (2, 3, 4, 5)}
+    top, top_cached = min(grams, key=grams.get), min(cached, key=cached.get)
     test = _by_cell(final, "test_ppl")
     before = _by_cell(table(root, "lyrics-generalise", "final"), "test_ppl")
     best = min(test, key=test.get)
     beaten = [c for c, f in final.groupby("cell", sort=False) if (f["test_ppl"].astype(float) < grams[top]).all()]
+    ppl = runs.assign(best_ppl=np.exp(runs["test_best_loss"].astype(float)), mix_ppl=np.exp(runs["test_mix_loss"].astype(float)),
+                      stream_ppl=np.exp(runs["test_stream_loss"].astype(float)))
+    long = _by_cell(ppl, "best_ppl")
+    long_best = min(long, key=long.get)
+    long_beaten = [c for c, f in ppl.groupby("cell", sort=False) if (f["best_ppl"] < cached[top_cached]).all()]
+    mixed = [c for c, f in ppl.groupby("cell", sort=False) if (f["mix_ppl"] < cached[top_cached]).all()]
+    picked = ppl[ppl["cell"] == long_best]["eval_best_mode"].astype(str).value_counts()
     held, trained = over[over["split"] == "held out"].set_index("cell"), over[over["split"] == "training"].set_index("cell")
-    used, order = held["replace_context_median"].max(), held["shuffle_context_median"].max()
-    longer = {c: v for c, v in held["effective_context_median"].items() if v > used}
+    bands = table(root, run, "by_distance")
+    bands = bands[bands["cell"] == bands["cell"].iloc[0]].groupby("band", sort=False).first().reset_index().sort_values("distance_from")
+    far = bands[(bands["distance_from"] > 10) & (bands["distance_from"] <= 1000)]  # the bands a line's repetition falls in
     verdict = (f"**Every seed of {', '.join(beaten)} beats counting.**" if beaten else
                "**No network beats counting.** Every seed of every cell loses on the test text:")
     others = [c for c in test if c != best]
-    return (f"{verdict} the {best.upper()}, the best, at {span(final[final['cell'] == best]['test_ppl'])} against the "
-            f"modified {top}-gram's {g(grams[top])}, {100 * (test[best] / grams[top] - 1):.0f}% above it (the bigram: {g(grams[2])}); "
-            + ", ".join(f"{c} {g(test[c])}" for c in others) + ". Against the generalise recipe: "
-            + ", ".join(f"{c} {g(before[c])} -> {g(test[c])}" for c in test if c in before)
-            + f". On held-out text no k beyond {g(used)} characters shows evidence of costing over 1% when the text before is "
-            f"replaced by unrelated text, and the order of the characters beyond {g(order)} does not matter either (shuffle "
-            "probe); on training text " + ", ".join(f"{c} {g(v)}" for c, v in trained["replace_context_median"].items())
-            + ". Cutting the context to a zero state reads longer (" + ", ".join(f"{c} {g(v)}" for c, v in longer.items())
-            + ") because a zero state costs in itself (" + ", ".join(f"{c} {100 * held.loc[c, 'warmup_median']:.1f}%" for c in longer)
-            + f", the warm-up column of the page): an offset, not content. Khandelwal et al. found about 200 tokens used: on "
-            f"{int(r['train_chars']):,} characters of training text these networks use a few.\n\n" + source(root, run, "lyrics-generalise"))
+    static = (f"{verdict} the {best.upper()}, the best, at {span(final[final['cell'] == best]['test_ppl'])} against the "
+              f"modified {top}-gram's {g(grams[top])}, {100 * (test[best] / grams[top] - 1):.0f}% above it (the bigram: {g(grams[2])}); "
+              + ", ".join(f"{c} {g(test[c])}" for c in others) + ". Against the generalise recipe: "
+              + ", ".join(f"{c} {g(before[c])} -> {g(test[c])}" for c in test if c in before) + ".")
+    with_long = (f" **Read with long context, {'every seed of ' + ', '.join(long_beaten) + ' beats' if long_beaten else 'no network beats'} "
+                 f"counting with a cache.** The held-out songs repeat their lines, and counting with a cache of the last "
+                 f"{int(r['ngram_cache_window']):,} held-out characters scores {g(cached[top_cached])} (the {top_cached}-gram; "
+                 f"{g(grams[top_cached])} without it). The networks' best mode on validation reaches "
+                 + ", ".join(f"{c} {span(ppl[ppl['cell'] == c]['best_ppl'])}" for c in long) + " on test ("
+                 + ", ".join(f"{MODE_NAMES.get(m, m)} for {n} of {picked.sum()} {long_best} seeds" for m, n in picked.items())
+                 + f"): a cache or dynamic evaluation takes the {long_best.upper()} from {span(ppl[ppl['cell'] == long_best]['stream_ppl'])} "
+                 f"to {span(ppl[ppl['cell'] == long_best]['best_ppl'])}, {g(long[long_best] / cached[top_cached], 2)} times counting's. "
+                 + (f"Mixed with counting, every seed of {', '.join(mixed)} scores below counting alone ("
+                    + ", ".join(f"{c} {span(ppl[ppl['cell'] == c]['mix_ppl'], 4)}" for c in mixed)
+                    + f" against {g(cached[top_cached], 4)}), by {100 * (1 - ppl['mix_ppl'].max() / cached[top_cached]):.1f} to "
+                    f"{100 * (1 - ppl['mix_ppl'].min() / cached[top_cached]):.1f}%, the network weighted "
+                    f"{ppl['mix_net'].min():.2f} to {ppl['mix_net'].max():.2f}: what the network knows that counting does not is little."
+                    if mixed else "Mixed with counting, no network gets below counting alone on every seed."))
+    context = (" How far back they look (the replace probe, heads from unrelated text: Terms), on held-out text: "
+               + ", ".join(f"{c} {g(v)} characters" for c, v in held["replace_context_median"].items())
+               + " (median over seeds; the cut probe: " + ", ".join(f"{c} {g(v)}" for c, v in held["effective_context_median"].items())
+               + "); on training text " + ", ".join(f"{c} {g(v)}" for c, v in trained["replace_context_median"].items())
+               + f". Khandelwal et al. found about 200 tokens used by word-level LSTMs on large corpora: on {int(r['train_chars']):,} "
+               f"characters of training text these networks use at most {g(held['replace_context_median'].max())} characters of unseen "
+               f"text, while the text's own long-range structure is repetition: for {100 * far['share'].sum():.0f}% of the test targets "
+               f"the {int(far['context_chars'].iloc[0])} characters before them last occurred {far['band'].iloc[0].split('-')[0]} to "
+               f"{far['band'].iloc[-1].split('-')[-1]} characters back, where counting with a cache scores "
+               + " and ".join(f"{v:.2f}" for v in far["ngram_cache_loss"]) + " nats against the 5-gram's "
+               + " and ".join(f"{v:.2f}" for v in far["ngram_loss"]) + " (table below).")
+    return static + with_long + context + "\n\n" + source(root, run, "lyrics-generalise")
 
 
 @block("lyrics-counting-limits")
@@ -371,9 +440,13 @@ def lyrics_counting_limits(root: Path) -> str:
             f"at 512 units, run after the reference run, scored {100 * (1 - wide['best_val_ppl'] / chosen['best_val_ppl']):.0f}% better on its "
             f"one seed, within that spread, at {wide['parameters'] / chosen['parameters']:.1f} times the parameters. Training stops at "
             f"{int(r['steps']):,} steps of {int(r['seq_len']) * int(r['batch_size']):,} characters (about {epochs:.0f} epochs) and at what 2 "
-            "cores train in minutes (no recipe with a model beyond 512 units, averaged weights or a cache of the recent text was run). "
+            "cores train in minutes: no recipe with a model beyond 512 units or averaged weights was run, and none that teaches the "
+            f"network itself to copy (truncation beyond {int(r['seq_len'])} characters, a curriculum of repeated lines). "
             "A network that beats the n-gram may exist; none of these gets within "
-            f"{100 * (search['best_val_ppl'] / search['best_kn_val_ppl']).min() - 100:.0f}% of it on validation text.\n\n"
+            f"{100 * (search['best_val_ppl'] / search['best_kn_val_ppl']).min() - 100:.0f}% of it on validation text. The long-context "
+            "modes' settings (the neural cache's theta, window and share; dynamic evaluation's rule, rate and decay, 20-character "
+            f"segments) are chosen on one validation text of {int(r['val_chars']):,} characters from small grids, and each of them, like "
+            "counting's cache, reads only the held-out text before the target: what they gain is repetition within the held-out songs.\n\n"
             + source(root, run) + " *And `reports/lyrics-recipe-search.csv`.*")
 
 
@@ -561,7 +634,12 @@ def _headline(root: Path, run: str) -> str:
     if run in ("lyrics-generalise", "lyrics-counting"):
         f, runs = table(root, run, "final"), table(root, run, "runs")
         best = min(math.exp(runs[f"test_mkn{n}_loss"].iloc[0]) for n in (2, 3, 4, 5))
-        return "test perplexity " + ", ".join(f"{c} {g(v['test_ppl'].median())}" for c, v in f.groupby("cell", sort=False)) + f"; best n-gram {g(best)}"
+        said = "test perplexity " + ", ".join(f"{c} {g(v['test_ppl'].median())}" for c, v in f.groupby("cell", sort=False)) + f"; best n-gram {g(best)}"
+        if "test_best_loss" in runs and runs["test_best_loss"].notna().any():  # read with long context, against counting with a cache
+            long = {c: math.exp(v["test_best_loss"].median()) for c, v in runs.groupby("cell", sort=False)}
+            cached = min(math.exp(runs[f"test_mkn{n}cache_loss"].iloc[0]) for n in (2, 3, 4, 5))
+            said += f"; with long context {', '.join(f'{c} {g(v)}' for c, v in long.items())} against counting with a cache {g(cached)}"
+        return said
     if run == "clipping-quick":
         c = table(root, run, "clipping")
         return f"share of steps clipped: {g(100 * c['fraction_clipped'].min())}% to {g(100 * c['fraction_clipped'].max())}% across strategies"
