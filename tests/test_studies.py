@@ -57,21 +57,27 @@ def _long_range(profile: str, overrides: list[str] = ()) -> list:
     return expand(resolve(load_study("long-range"), Config, profile, list(overrides)), Config)[0]
 
 
-def test_the_tuned_profile_trains_every_cell_at_four_rates_and_the_long_one_at_the_chosen_rate():
-    """tuned: four tasks, rnn, gru and lstm (forget bias 0 and 1), at least 4 log-spaced rates around 3e-3, 3 seeds, lags
-    doubling, each run keeping its best-on-validation checkpoint for the test set, in ensembles (scratch cells). long:
-    10,000 steps, each model at one rate; once reports/long-range-tuned is committed, the rate its tuned table chose."""
+def test_the_tuned_profiles_train_every_cell_at_several_rates_and_the_long_one_at_the_chosen_rate():
+    """tuned (sized for a 2-core session): adding and temporal order, rnn, gru and lstm (forget bias 1), 3 rates half a
+    decade apart around 3e-3, 3 seeds, lags doubling to 320; tuned-full: four tasks, both forget biases, 4 rates, lags to
+    640. Each run keeps its best-on-validation checkpoint for the test set, in ensembles (scratch cells). long: 10,000
+    steps, each model at one rate; once reports/long-range-tuned is committed, the rate its tuned table chose."""
     from pathlib import Path
 
     from gradlab.measures.train import ensemble_reason
 
-    points = _long_range("tuned")
-    assert {p.task for p in points} == {"adding", "copy", "temporal_order", "recall"}
-    assert {(p.cell, p.forget_bias) for p in points} == {("rnn", 0.0), ("gru", 0.0), ("lstm", 0.0), ("lstm", 1.0)}
-    rates = sorted({p.lr for p in points})
-    assert len(rates) >= 4 and 3e-3 in rates and all(2.5 < b / a < 4 for a, b in zip(rates, rates[1:]))  # about half a decade apart
-    assert {p.seed for p in points} == {0, 1, 2} and sorted({p.seq_len for p in points}) == [10 * 2**k for k in range(7)]
-    assert all(p.keep_best and p.stop_when_solved and p.stop_margin == 0.5 and ensemble_reason(p) is None for p in points)
+    for profile, tasks, models, n_rates, longest in [
+        ("tuned", {"adding", "temporal_order"}, {("rnn", 0.0), ("gru", 0.0), ("lstm", 1.0)}, 3, 320),
+        ("tuned-full", {"adding", "copy", "temporal_order", "recall"}, {("rnn", 0.0), ("gru", 0.0), ("lstm", 0.0), ("lstm", 1.0)}, 4, 640),
+    ]:
+        points = _long_range(profile)
+        assert {p.task for p in points} == tasks, profile
+        assert {(p.cell, p.forget_bias) for p in points} == models, profile
+        rates = sorted({p.lr for p in points})
+        assert len(rates) == n_rates and 3e-3 in rates and all(2.5 < b / a < 4 for a, b in zip(rates, rates[1:])), profile  # half a decade apart
+        assert {p.seed for p in points} == {0, 1, 2}, profile
+        assert sorted({p.seq_len for p in points}) == [10 * 2**k for k in range(7) if 10 * 2**k <= longest], profile
+        assert all(p.keep_best and p.stop_when_solved and p.stop_margin == 0.5 and ensemble_reason(p) is None for p in points)
     long = _long_range("long")
     assert all(p.steps >= 10_000 for p in long)
     chosen_in_profile = {(p.task, p.cell, p.forget_bias): p.lr for p in long}
