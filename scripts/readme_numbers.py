@@ -68,10 +68,30 @@ def report_file(root: Path, name: str, made_by: str) -> Path:
 
 
 def minutes(m: dict) -> float | None:
+    """The wall time of a run's last sitting (started to ended in its manifest)."""
     try:
         return (datetime.fromisoformat(m["ended"]) - datetime.fromisoformat(m["started"])).total_seconds() / 60
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def resumed(m: dict) -> tuple[int, float] | None:
+    """(points an earlier sitting computed, minutes of wall time all the run's points took over its workers) for a run
+    whose last sitting reused points, whose own wall time would understate the run's; None for a run made in one go."""
+    cached = m.get("points_cached") or 0
+    points = [p for p in (m.get("points") or []) if isinstance(p, dict) and isinstance(p.get("seconds"), (int, float))]
+    if not cached or not points:
+        return None
+    return cached, sum(p["seconds"] for p in points) / max(1, int(m.get("workers") or 1)) / 60
+
+
+def took_said(m: dict) -> str:
+    """How long a run took, for the line under a block."""
+    took, again = minutes(m), resumed(m)
+    if again:
+        return (f", about {again[1]:.0f} min of its points' compute over {m.get('workers') or 1} worker(s), in more than"
+                f" one sitting (the last, {took:.1f} min, reused {again[0]} of {len(m.get('points') or [])} points)")
+    return f", {took:.1f} min of wall time" if took is not None and took >= 0.05 else ""
 
 
 def source(root: Path, *runs: str) -> str:
@@ -79,10 +99,8 @@ def source(root: Path, *runs: str) -> str:
     said = []
     for run in runs:
         m = manifest(root, run)
-        took = minutes(m)
         commit = (m.get("code") or {}).get("commit") or "unknown"
-        said.append(f"`reports/{run}`: `{' '.join(m.get('argv') or [])}` at {commit[:7]}"
-                    + (f", {took:.1f} min of wall time" if took is not None and took >= 0.05 else ""))
+        said.append(f"`reports/{run}`: `{' '.join(m.get('argv') or [])}` at {commit[:7]}" + took_said(m))
     return "*From " + "; ".join(said) + ".*"
 
 
@@ -655,9 +673,10 @@ def study_map(root: Path) -> str:
     rows = []
     for study, question, command, run, section in STUDIES:
         m = manifest(root, run)
-        took = minutes(m)
+        again = resumed(m)
+        took = again[1] if again else minutes(m)
         rows.append({"study": f"`{study}`", "question": question, "command": f"`{command}`",
-                     "time": (f"{took:.0f} min" if took >= 1 else f"{60 * took:.0f} s") if took is not None else "",
+                     "time": ("about " if again else "") + ((f"{took:.0f} min" if took >= 1 else f"{60 * took:.0f} s") if took is not None else ""),
                      "headline (the committed run)": _headline(root, run), "section": section})
     return (markdown(pd.DataFrame(rows)) + "\n\ntime: the wall time of the committed run, on this project's 2-core machine (other runs may "
             "have shared the cores: each page's manifest says how many workers it had). " + source(root, *[s[3] for s in STUDIES]))

@@ -354,3 +354,33 @@ def test_every_position_drawn_gives_the_gap_itself():
     gap, lo, hi = gap_interval(ref + diff, ref, population=5000)
     _, lo2, hi2 = gap_interval(ref + diff, ref)
     assert lo2 < lo < gap < hi < hi2 and (hi - lo) / (hi2 - lo2) == pytest.approx(math.sqrt(1 - 500 / 5000), rel=0.05)
+
+
+# issue 37.4: every committed context table comes from the fixed probe
+
+PROBE_FIX = "a8d49d3"  # the commit whose replace probe takes its heads from unrelated text (DONOR_RULE)
+
+
+def test_every_committed_context_table_was_made_by_code_with_the_fixed_replace_probe():
+    """A context table made before the fix measured the text's next few characters, not unrelated text: every
+    reports/* run that holds one names, in its manifest and in every point, a commit the fix is an ancestor of
+    (and code not dirty). Fails if an old run folder comes back."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("no git history here to place the runs' commits")
+    if subprocess.run(["git", "cat-file", "-e", PROBE_FIX + "^{commit}"], cwd=root, capture_output=True).returncode:
+        pytest.skip("a shallow clone: the fix's commit is not in this history")
+    runs = sorted(p.parent for p in (root / "reports").glob("*/context.parquet"))
+    assert {r.name for r in runs} >= {"lyrics-full", "lyrics-context", "lyrics-generalise", "lyrics-counting"}
+    for run in runs:
+        m = json.loads((run / "manifest.json").read_text())
+        commits = {m["code"]["commit"]} | {p["computed_by"]["commit"] for p in m["points"] if p.get("computed_by")}
+        assert not m["code"]["dirty"] and not any(p["computed_by"]["dirty"] for p in m["points"] if p.get("computed_by")), run.name
+        for commit in commits:
+            ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", PROBE_FIX, commit], cwd=root, capture_output=True)
+            assert ancestor.returncode == 0, f"{run.name}: made at {commit[:7]}, before the fixed replace probe ({PROBE_FIX})"
