@@ -90,6 +90,18 @@ def test_the_tuned_profiles_train_every_cell_at_several_rates_and_the_long_one_a
         assert lr == pytest.approx(chosen.loc[key]), (key, lr, chosen.loc[key])
 
 
+def test_the_modern_long_range_profile_trains_the_diagonal_cells_on_the_tuned_profiles_settings():
+    """modern: the lru, minGRU and minLSTM through their scans, at the paper's init, on exactly the tuned profile's tasks,
+    lags, rates, seeds, width, budget and selection, so their rows stand beside long-range-tuned's row for row."""
+    tuned, modern = _long_range("tuned"), _long_range("modern")
+    assert {p.cell for p in modern} == {"lru", "mingru", "minlstm"}
+    assert {p.impl for p in modern} == {"scan"} and {p.init for p in modern} == {"paper"}
+    for axis in ("task", "seq_len", "lr", "seed", "hidden_size", "steps", "batch_size", "optimizer", "clip", "eval_every",
+                 "keep_best", "stop_when_solved", "stop_margin", "test_size", "eval_size", "probe_steps"):
+        assert {repr(getattr(p, axis)) for p in modern} == {repr(getattr(p, axis)) for p in tuned}, axis
+    assert len(modern) == 2 * 3 * 6 * 3 * 3
+
+
 def test_a_small_tuned_run_chooses_each_rate_on_validation_and_judges_on_the_test_set(tmp_path):
     """The tuned profile end to end on a small grid: the rates of one setting train as one ensemble, every run has its
     test_* verdict columns, the tables and the page name each model's chosen rate."""

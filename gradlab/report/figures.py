@@ -15,16 +15,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-CELL_ORDER = ("linear", "rnn", "gru", "lstm")  # simplest first
+CELL_ORDER = ("linear", "diagonal", "rnn", "gru", "lstm", "lru", "mingru", "minlstm")  # simplest first, the classics before the 2020s' cells
 NAMELESS = {"model", "split", "quantity", "recorded"}  # panels and legend entries named by their value alone
 PAGE_PX = 1060  # the report's column (1100 px less its padding): a wider PNG is shrunk, and its text with it
 DPI = 110
 PAGE_IN = PAGE_PX / DPI
 TITLE_CHARS_PER_IN = 12  # characters of a 9 pt title per inch of panel (DejaVu Sans averages about 5.5 pt a character)
 MIN_FONT_PT = 7.0  # 10.7 px at DPI: the smallest text a figure may carry, at the page's own width
-CELL_COLOURS = {"linear": "#7f7f7f", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868"}  # every figure, every study
+CELL_COLOURS = {"linear": "#7f7f7f", "diagonal": "#3c3c3c", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868",
+                "lru": "#c44e52", "mingru": "#64b5cd", "minlstm": "#a23582"}  # every figure, every study
 IMPL_COLOURS = {"scratch": "#8172b3", "cudnn": "#937860", "scratch-graph": "#da8bc3", "scratch-compiled": "#8c8c8c", "book": "#ccb974"}
-SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45))  # a cell's variants: darker or lighter than the cell
+SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45), ("scan", 0.45))  # a cell's variants: darker or lighter than the cell
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
 
 
@@ -63,8 +64,9 @@ def ordered(values, order: tuple = CELL_ORDER) -> list:
 
 
 def model_colour(label) -> tuple | None:
-    """A model label's colour: its cell's (rnn blue, gru orange, lstm green, linear grey), darker for a forget
-    bias or the reset_before GRU, lighter for the fused impl; None for a label that names no cell."""
+    """A model label's colour: its cell's (rnn blue, gru orange, lstm green, linear grey; the diagonal recurrence dark
+    grey, lru red, mingru cyan, minlstm plum), darker for a forget bias or the reset_before GRU, lighter for the fused
+    impl or the scan; None for a label that names no cell."""
     text = str(label)
     cell = text.split(" ")[0].rstrip(",")
     if cell not in CELL_COLOURS:
