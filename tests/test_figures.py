@@ -113,6 +113,15 @@ def test_one_colour_per_cell_across_figures_and_studies(pages):
     assert len({next(iter(colours[m])) for m in ("rnn", "gru", "lstm", "lstm, forget bias 1")}) == 4
 
 
+def test_every_cell_and_variant_a_study_draws_side_by_side_has_its_own_colour():
+    """The curse of memory's figure draws the diagonal recurrence and the lru normalised and plain beside every other cell:
+    no two of its labels may share a colour, nor a modern cell take a classic cell's."""
+    labels = ["linear", "diagonal (normalised)", "diagonal (plain)", "rnn", "gru", "lstm", "lstm, forget bias 1", "lru (normalised)",
+              "lru (plain)", "mingru", "minlstm", "lru scan", "mingru scan", "lstm cudnn"]
+    hexes = [matplotlib.colors.to_hex(figures.model_colour(m)) for m in labels]
+    assert len(set(hexes)) == len(labels), dict(zip(labels, hexes))
+
+
 def test_a_page_without_figures_has_no_figures_section(pages):
     assert "<h2>Figures</h2>" not in pages["throughput-book"]["page"]
     assert "<h2>Figures</h2>" in pages["throughput-quick"]["page"]

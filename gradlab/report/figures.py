@@ -25,7 +25,7 @@ MIN_FONT_PT = 7.0  # 10.7 px at DPI: the smallest text a figure may carry, at th
 CELL_COLOURS = {"linear": "#7f7f7f", "diagonal": "#3c3c3c", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868",
                 "lru": "#c44e52", "mingru": "#64b5cd", "minlstm": "#a23582"}  # every figure, every study
 IMPL_COLOURS = {"scratch": "#8172b3", "cudnn": "#937860", "scratch-graph": "#da8bc3", "scratch-compiled": "#8c8c8c", "book": "#ccb974"}
-SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45), ("scan", 0.45))  # a cell's variants: darker or lighter than the cell
+SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45), ("scan", 0.45), ("(plain)", 0.5))  # a cell's variants: darker or lighter than the cell
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
 
 
@@ -66,7 +66,7 @@ def ordered(values, order: tuple = CELL_ORDER) -> list:
 def model_colour(label) -> tuple | None:
     """A model label's colour: its cell's (rnn blue, gru orange, lstm green, linear grey; the diagonal recurrence dark
     grey, lru red, mingru cyan, minlstm plum), darker for a forget bias or the reset_before GRU, lighter for the fused
-    impl or the scan; None for a label that names no cell."""
+    impl, the scan or a diagonal recurrence without its normalisation (plain); None for a label that names no cell."""
     text = str(label)
     cell = text.split(" ")[0].rstrip(",")
     if cell not in CELL_COLOURS:
