@@ -29,6 +29,7 @@ DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/ensembles.md", "docs/libra
 BLOCK = re.compile(r"(<!-- numbers (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 BLOCKS: dict[str, Callable[[Path], str]] = {}
 CELLS = ["linear", "rnn", "gru", "lstm"]
+CELLS_ALL = [*CELLS, "lru", "mingru", "minlstm"]
 
 
 class MissingRun(FileNotFoundError):
@@ -217,6 +218,48 @@ def long_range_lags(root: Path) -> str:
     return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; in brackets the "
             "median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most "
             "solved); **bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder).\n\n"
+            + source(root, run))
+
+
+@block("long-range-tuned")
+def long_range_tuned(root: Path) -> str:
+    """Per task and model at the learning rate chosen on validation: the chosen rate, seeds solved on the fresh test set
+    at each lag with the censored median step, the longest lag; beside it the longest lag at 3e-3 and at every rate."""
+    run = "long-range-tuned"
+    by = table(root, run, "by_setting")
+    tuned = table(root, run, "tuned")
+    by = by[by["lr_selected"].astype(bool)].assign(model=models(by[by["lr_selected"].astype(bool)]))
+    tuned = tuned.assign(model=models(tuned))
+    lags = sorted(by["seq_len"].unique())
+    budget = int(by["steps"].max()) if "steps" in by else None
+    rows = []
+    order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
+    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS.index(kv[0][1].split(",")[0]), kv[0][1]))
+    for (task, model), g_ in groups:
+        t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
+        best = float(t["longest_lag_solved"]) if pd.notna(t["longest_lag_solved"]) else None
+        row = {"task": task.replace("_", " "), "model": model, "lr": f"{t['lr']:g}"}
+        for T in lags:
+            r = g_[g_["seq_len"] == T]
+            if not len(r):
+                row[f"T {T}"] = ""
+                continue
+            r = r.iloc[0]
+            median = r["steps_to_solve_median"]
+            cell = r["seeds_solved_of"] + (f" ({g(median, 4)})" if np.isfinite(median) else "")
+            row[f"T {T}"] = f"**{cell}**" if best == T else cell
+        row["longest lag"] = f"**{best:g}**" if best else "none"
+        ref = t["longest_lag_at_reference_lr"]
+        row["at 3e-3"] = "none" if pd.isna(ref) else f"{ref:g}"
+        row["at each rate"] = t["longest_lag_by_lr"]
+        rows.append(row)
+    seeds = int(by["seeds"].max()) if "seeds" in by else 3
+    return (markdown(pd.DataFrame(rows)) + f"\n\nlr: the rate chosen on validation for the task and model (over all its lags; the rule: "
+            f"the longest lag its seeds solve on validation, then the most seeds solved, then the fewest steps). T columns, at that rate: seeds "
+            f"solved / run ({seeds} seeds) within {budget:,} steps, judged once on 10,000 fresh test sequences by the kept checkpoint; in brackets "
+            "the median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most solved); "
+            "**bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder). at 3e-3 and "
+            "at each rate: the longest lag the same test reads at the one rate the lags profile used, and at every rate tried.\n\n"
             + source(root, run))
 
 
@@ -507,6 +550,30 @@ def throughput_quick(root: Path) -> str:
     wide = res.pivot_table(index="shape", columns="cell", values="ratio_to_fused", aggfunc="first", sort=False)
     wide = wide[[c for c in ("rnn", "gru", "lstm") if c in wide.columns]].map(lambda v: f"{v:.2f}").reset_index()
     return markdown(wide) + "\n\nscratch time over the fused kernel's (below 1: faster), interleaved in each point.\n\n" + source(root, run)
+
+
+@block("throughput-modern")
+def throughput_modern(root: Path) -> str:
+    """The modern cells' loop against their scan against the LSTM's fused kernel, per length (forward and backward)."""
+    run = "throughput-modern"
+    res = table(root, run, "results")
+    rows = []
+    for (cell, T), q in res.groupby(["cell", "seq_len"], sort=True):
+        q = q.set_index("impl")
+        twin = "scan" if "scan" in q.index else "cudnn"
+        row = {"cell": cell, "T": f"{int(T):,}", "loop, ms": g(q.loc["scratch", "ms_median"]) if "scratch" in q.index else "",
+               "twin": twin, "twin, ms": g(q.loc[twin, "ms_median"]) if twin in q.index else "",
+               "loop / twin": f"{q.loc['scratch', 'ratio_to_fused']:.2f}" if "scratch" in q.index else ""}
+        ref = q.loc[twin, "ratio_to_reference"] if twin == "scan" and "ratio_to_reference" in q and twin in q.index else float("nan")
+        row["twin / the LSTM's fused kernel"] = f"{ref:.2f}" if pd.notna(ref) else ""
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda i: (CELLS_ALL.index(out["cell"].iloc[i]), int(out["T"].iloc[i].replace(",", ""))))]
+    shape = res.iloc[0]
+    return (markdown(out) + f"\n\nforward and backward of one layer, B {int(shape['batch_size'])}, H {int(shape['hidden_size'])}, float32, "
+            "the median of the repeats, the impls interleaved in each point; twin: the cell's fast twin (the scan for the modern cells, torch.nn's "
+            "fused kernel for the LSTM); the last column: the scan's time over the LSTM's fused kernel's at the same shape, timed in the same point.\n\n"
+            + source(root, run))
 
 
 @block("benchmark-gates")
