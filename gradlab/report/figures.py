@@ -22,8 +22,9 @@ DPI = 110
 PAGE_IN = PAGE_PX / DPI
 TITLE_CHARS_PER_IN = 12  # characters of a 9 pt title per inch of panel (DejaVu Sans averages about 5.5 pt a character)
 MIN_FONT_PT = 7.0  # 10.7 px at DPI: the smallest text a figure may carry, at the page's own width
-CELL_COLOURS = {"linear": "#7f7f7f", "diagonal": "#3c3c3c", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868",
-                "lru": "#c44e52", "mingru": "#64b5cd", "minlstm": "#a23582"}  # every figure, every study
+# every figure, every study; the modern cells' from outside seaborn's deep and dark palettes, which name everything else
+CELL_COLOURS = {"linear": "#7f7f7f", "diagonal": "#262626", "rnn": "#4c72b0", "gru": "#dd8452", "lstm": "#55a868",
+                "lru": "#e7298a", "mingru": "#1b9e77", "minlstm": "#7570b3"}
 IMPL_COLOURS = {"scratch": "#8172b3", "cudnn": "#937860", "scratch-graph": "#da8bc3", "scratch-compiled": "#8c8c8c", "book": "#ccb974"}
 SHADES = (("forget bias", -0.45), ("reset_before", -0.45), ("cudnn", 0.45), ("scan", 0.45), ("(plain)", 0.5))  # a cell's variants: darker or lighter than the cell
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
@@ -65,7 +66,7 @@ def ordered(values, order: tuple = CELL_ORDER) -> list:
 
 def model_colour(label) -> tuple | None:
     """A model label's colour: its cell's (rnn blue, gru orange, lstm green, linear grey; the diagonal recurrence dark
-    grey, lru red, mingru cyan, minlstm plum), darker for a forget bias or the reset_before GRU, lighter for the fused
+    grey, lru magenta, mingru teal, minlstm violet), darker for a forget bias or the reset_before GRU, lighter for the fused
     impl, the scan or a diagonal recurrence without its normalisation (plain); None for a label that names no cell."""
     text = str(label)
     cell = text.split(" ")[0].rstrip(",")
@@ -98,8 +99,9 @@ def palette(values, ordered_values: bool = False, hue: str | None = None) -> dic
         return seen
     if ordered_values:  # steps, scales, lags: a sequential map, never the colours the cells own
         return dict(zip(values, sns.color_palette("viridis", len(values))))
-    spare = [c for c in sns.color_palette("deep", 10) if matplotlib.colors.to_hex(c) not in {*CELL_COLOURS.values(), *IMPL_COLOURS.values()}]
-    spare += [c for c in sns.color_palette("dark", 10) if c not in spare]
+    owned = {*CELL_COLOURS.values(), *IMPL_COLOURS.values()}  # a cell's or an impl's colour never names anything else
+    spare = [c for c in sns.color_palette("deep", 10) if matplotlib.colors.to_hex(c) not in owned]
+    spare += [c for c in sns.color_palette("dark", 10) if c not in spare and matplotlib.colors.to_hex(c) not in owned]
     return {v: spare[i % len(spare)] for i, v in enumerate(values)}
 
 
