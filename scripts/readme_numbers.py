@@ -189,6 +189,23 @@ def long_range_quick(root: Path) -> str:
             "sequences), or the final held-out loss over that baseline and the steps run.\n\n" + source(root, "long-range-quick", "long-range-critical"))
 
 
+def lag_cells(by_lag: pd.DataFrame, lags: list, best: float | None) -> dict[str, str]:
+    """One setting's row of a lag table: seeds solved / run at each lag with the censored median step (blank: not run),
+    the longest lag solved in bold, and that lag."""
+    row = {}
+    for T in lags:
+        r = by_lag[by_lag["seq_len"] == T]
+        if not len(r):
+            row[f"T {T}"] = ""
+            continue
+        r = r.iloc[0]
+        median = r["steps_to_solve_median"]
+        cell = r["seeds_solved_of"] + (f" ({g(median, 4)})" if np.isfinite(median) else "")
+        row[f"T {T}"] = f"**{cell}**" if best == T else cell
+    row["longest lag"] = f"**{best:g}**" if best else "none"
+    return row
+
+
 @block("long-range-lags")
 def long_range_lags(root: Path) -> str:
     """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
@@ -204,16 +221,7 @@ def long_range_lags(root: Path) -> str:
         row = {"task": task.replace("_", " "), "model": model}
         longest = lag[(lag["task"] == task) & (lag["model"] == model)]["longest_lag_solved"]
         best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
-        for T in lags:
-            r = g_[g_["seq_len"] == T]
-            if not len(r):
-                row[f"T {T}"] = ""
-                continue
-            r = r.iloc[0]
-            median = r["steps_to_solve_median"]
-            cell = r["seeds_solved_of"] + (f" ({g(median, 4)})" if np.isfinite(median) else "")
-            row[f"T {T}"] = f"**{cell}**" if best == T else cell
-        row["longest lag"] = f"**{best:g}**" if best else "none"
+        row |= lag_cells(g_, lags, best)
         rows.append(row)
     return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; in brackets the "
             "median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most "
@@ -239,16 +247,7 @@ def long_range_tuned(root: Path) -> str:
         t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
         best = float(t["longest_lag_solved"]) if pd.notna(t["longest_lag_solved"]) else None
         row = {"task": task.replace("_", " "), "model": model, "lr": f"{t['lr']:g}"}
-        for T in lags:
-            r = g_[g_["seq_len"] == T]
-            if not len(r):
-                row[f"T {T}"] = ""
-                continue
-            r = r.iloc[0]
-            median = r["steps_to_solve_median"]
-            cell = r["seeds_solved_of"] + (f" ({g(median, 4)})" if np.isfinite(median) else "")
-            row[f"T {T}"] = f"**{cell}**" if best == T else cell
-        row["longest lag"] = f"**{best:g}**" if best else "none"
+        row |= lag_cells(g_, lags, best)
         ref = t["longest_lag_at_reference_lr"]
         row["at 3e-3"] = "none" if pd.isna(ref) else f"{ref:g}"
         row["at each rate"] = t["longest_lag_by_lr"]
