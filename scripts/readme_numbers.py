@@ -236,7 +236,8 @@ def long_range_tuned(root: Path) -> str:
     run = "long-range-tuned"
     by = table(root, run, "by_setting")
     tuned = table(root, run, "tuned")
-    by = by[by["lr_selected"].astype(bool)].assign(model=models(by[by["lr_selected"].astype(bool)]))
+    by = by[by["lr_selected"].astype(bool)]
+    by = by.assign(model=models(by))
     tuned = tuned.assign(model=models(tuned))
     lags = sorted(by["seq_len"].unique())
     budget = int(by["steps"].max()) if "steps" in by else None
@@ -557,19 +558,18 @@ def throughput_modern(root: Path) -> str:
     run = "throughput-modern"
     res = table(root, run, "results")
     rows = []
-    for (cell, T), q in res.groupby(["cell", "seq_len"], sort=True):
+    groups = sorted(res.groupby(["cell", "seq_len"]), key=lambda kv: (CELLS_ALL.index(kv[0][0]), kv[0][1]))
+    for (cell, T), q in groups:
+        twin = q["twin"].iloc[0]  # the impl the measure divided by: cudnn, or the modern cells' scan
         q = q.set_index("impl")
-        twin = "scan" if "scan" in q.index else "cudnn"
         row = {"cell": cell, "T": f"{int(T):,}", "loop, ms": g(q.loc["scratch", "ms_median"]) if "scratch" in q.index else "",
                "twin": twin, "twin, ms": g(q.loc[twin, "ms_median"]) if twin in q.index else "",
                "loop / twin": f"{q.loc['scratch', 'ratio_to_fused']:.2f}" if "scratch" in q.index else ""}
         ref = q.loc[twin, "ratio_to_reference"] if twin == "scan" and "ratio_to_reference" in q and twin in q.index else float("nan")
         row["twin / the LSTM's fused kernel"] = f"{ref:.2f}" if pd.notna(ref) else ""
         rows.append(row)
-    out = pd.DataFrame(rows)
-    out = out.iloc[sorted(range(len(out)), key=lambda i: (CELLS_ALL.index(out["cell"].iloc[i]), int(out["T"].iloc[i].replace(",", ""))))]
     shape = res.iloc[0]
-    return (markdown(out) + f"\n\nforward and backward of one layer, B {int(shape['batch_size'])}, H {int(shape['hidden_size'])}, float32, "
+    return (markdown(pd.DataFrame(rows)) + f"\n\nforward and backward of one layer, B {int(shape['batch_size'])}, H {int(shape['hidden_size'])}, float32, "
             "the median of the repeats, the impls interleaved in each point; twin: the cell's fast twin (the scan for the modern cells, torch.nn's "
             "fused kernel for the LSTM); the last column: the scan's time over the LSTM's fused kernel's at the same shape, timed in the same point.\n\n"
             + source(root, run))
@@ -616,7 +616,6 @@ def decay_modern(root: Path) -> str:
         r = rates[rates["cell"] == cell]
         if not len(r):
             continue
-        twin = "scan" if cell in ("lru", "mingru", "minlstm") else "cudnn"
         memory = "forget_bias" if cell in ("lstm", "mingru", "minlstm") else "init_scale"
         for value, q in r.groupby(r[memory].fillna(-1.0), sort=True):
             if cell == "lstm" and q["init_scale"].nunique() > 1:
