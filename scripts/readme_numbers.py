@@ -254,13 +254,23 @@ def long_range_tuned(root: Path) -> str:
         row["at each rate"] = t["longest_lag_by_lr"]
         rows.append(row)
     seeds = int(by["seeds"].max()) if "seeds" in by else 3
+    changed = [f"{r['task']}, {r['model']}: {r['longest lag'].strip('*')} at {r['lr']} against {r['at 3e-3']}" for r in rows
+               if r["longest lag"].strip("*") != r["at 3e-3"]]
+    top = tuned["lr"].astype(float).max()
+    at_top = int((tuned["lr"].astype(float) == top).sum())
+    at_budget = [f"{r['task']}, {r['model']} at T {T}" for r in rows for T in lags
+                 if r.get(f"T {T}", "").startswith("**") and r[f"T {T}"].endswith(f"({budget:,})**")]
+    finding = (f"Against the one rate 3e-3, the chosen rate changes the longest lag in {len(changed)} of {len(rows)} settings"
+               + (": " + "; ".join(changed) if changed else "") + f". {at_top} of the {len(rows)} chosen rates are the largest tried ({top:g}). "
+               + ("Solved at the budget's last evaluation (median steps to solve = the budget), where the budget, not the cell, is the "
+                  "limit: " + "; ".join(at_budget) + "." if at_budget else ""))
     return (markdown(pd.DataFrame(rows)) + f"\n\nlr: the rate chosen on validation for the task and model (over all its lags; the rule: "
             f"the longest lag its seeds solve on validation, then the most seeds solved, then the fewest steps). T columns, at that rate: seeds "
             f"solved / run ({seeds} seeds) within {budget:,} steps, judged once on 10,000 fresh test sequences by the kept checkpoint; in brackets "
             "the median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most solved); "
             "**bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder). at 3e-3 and "
             "at each rate: the longest lag the same test reads at the one rate the lags profile used, and at every rate tried.\n\n"
-            + source(root, run))
+            + finding + "\n\n" + source(root, run))
 
 
 @block("lyrics-full")
@@ -569,10 +579,15 @@ def throughput_modern(root: Path) -> str:
         row["twin / the LSTM's fused kernel"] = f"{ref:.2f}" if pd.notna(ref) else ""
         rows.append(row)
     shape = res.iloc[0]
+    modern = res[res["twin"] == "scan"]
+    loop = modern[modern["impl"] == "scratch"]["ratio_to_fused"]
+    scan = modern[modern["impl"] == "scan"]["ratio_to_reference"]
+    finding = (f"\n\nOn these shapes the scan is {loop.min():.1f} to {loop.max():.1f} times faster than the loop, and takes "
+               f"{scan.min():.2f} to {scan.max():.1f} times the time of a whole LSTM through torch.nn's fused kernel.")
     return (markdown(pd.DataFrame(rows)) + f"\n\nforward and backward of one layer, B {int(shape['batch_size'])}, H {int(shape['hidden_size'])}, float32, "
             "the median of the repeats, the impls interleaved in each point; twin: the cell's fast twin (the scan for the modern cells, torch.nn's "
-            "fused kernel for the LSTM); the last column: the scan's time over the LSTM's fused kernel's at the same shape, timed in the same point.\n\n"
-            + source(root, run))
+            "fused kernel for the LSTM); the last column: the scan's time over the LSTM's fused kernel's at the same shape, timed in the same point."
+            + finding + "\n\n" + source(root, run))
 
 
 @block("benchmark-gates")
@@ -629,6 +644,9 @@ def decay_modern(root: Path) -> str:
                          "closed form": f"{closed:.4f}" if pd.notna(closed) else "",
                          "closed form's largest relative error": f"{q['closed_form_max_rel'].max():.0e}" if pd.notna(closed) else "",
                          "predicted": f"{one['predicted_factor']:.4f}" if pd.notna(one.get("predicted_factor")) else ""})
+    gated = rates[rates["cell"].isin(["mingru", "minlstm"]) & (rates["impl"] == "scan")]
+    fb = gated["forget_bias"].max()
+    kept = gated[gated["forget_bias"] == fb].groupby("cell")["factor_per_step"].first()
     worst = agree.groupby("cell")["max_rel_diff"].max()
     said = "; ".join(f"{c} {worst[c]:.0e}" for c in ("lru", "mingru", "minlstm") if c in worst)
     return (markdown(pd.DataFrame(rows)) + "\n\nfactor per step: the fit of log10 ||dL/dh_t|| against distance over T 200 (H 32, float64; the lstm at "
@@ -637,7 +655,8 @@ def decay_modern(root: Path) -> str:
             "form against the measured gradient at any distance. predicted: mean-field theory for the classic cells; for the min cells "
             "sqrt(E[a^2]) from their gates' law over fresh weights (one draw's norm follows its slowest units, which puts every "
             "measured factor above it here). The scan against the loop, every gradient at every distance: largest "
-            f"relative difference {said}.\n\n" + source(root, run))
+            f"relative difference {said}.\n\nSo a gate's bias is not a memory knob for every cell alike: at forget bias {fb:g} minLSTM "
+            f"keeps {kept['minlstm']:.2f} per step where minGRU keeps {kept['mingru']:.2f}.\n\n" + source(root, run))
 
 
 @block("curse-of-memory")
@@ -672,12 +691,22 @@ def curse_of_memory(root: Path) -> str:
         said = ", ".join(f"{q['memory_setting'].iloc[0].replace('_', ' ')} {m:g}: {g(v, 3)} ({g(steps, 2)} steps)"
                          for m, v, steps in zip(q["memory"], q["sensitivity"], q["memory_steps"]))
         rows.append({"cell": cell, "sensitivity to all its recurrent parameters (memory measured)": said})
+    def at(cell: str, memory: float | None = None) -> pd.Series:
+        q = others[others["cell"] == cell]
+        return q[q["memory"] == (q["memory"].max() if memory is None else memory)].iloc[0]
+
+    mingru = others[others["cell"] == "mingru"]
+    finding = (f"The tanh RNN at init_scale 1 remembers {g(at('rnn', 1.0)['memory_steps'], 2)} steps. The LSTM at forget bias "
+               f"{at('lstm')['memory']:g} remembers {g(at('lstm')['memory_steps'], 2)} steps, its sensitivity {g(at('lstm')['sensitivity'], 2)}. "
+               f"minGRU remembers {g(at('mingru')['memory_steps'], 2)} steps at forget bias {at('mingru')['memory']:g}, its sensitivity "
+               f"{g(mingru['sensitivity'].min(), 2)} to {g(mingru['sensitivity'].max(), 2)} at every forget bias. minLSTM remembers at most "
+               f"{g(others[others['cell'] == 'minlstm']['memory_steps'].max(), 2)} steps at any forget bias.")
     seeds = int(s["seeds"].min())
     T = int(s["seq_len"].max())
     return (first + f"\n\nE ||ds_t/dtheta||^2 per unit at the last step (T {T:,}, white noise, {seeds} seed{'s' if seeds > 1 else ''} pooled): measured (closed form). memory: the "
             "distance at which the state's backward signal has fallen by e (for a radius r, -1 / ln r). k: the slope of log sensitivity "
             "against log memory over radii 0.9 to 0.998; z: the largest gap to the closed form in standard errors, over every radius.\n\n"
-            + markdown(pd.DataFrame(rows)) + "\n\n" + source(root, run))
+            + markdown(pd.DataFrame(rows)) + "\n\n" + finding + "\n\n" + source(root, run))
 
 
 @block("lyrics-recipe-search")
