@@ -102,6 +102,27 @@ def test_the_modern_long_range_profile_trains_the_diagonal_cells_on_the_tuned_pr
     assert len(modern) == 2 * 3 * 6 * 3 * 3
 
 
+def test_the_modern_clipping_profile_puts_every_cell_under_the_same_rates_thresholds_and_seeds():
+    """clipping's modern profile: the six cells on adding at the study's T 20 under plain SGD, each at every rate,
+    threshold and seed of the others (a cell left out of one combination would make its 'clipped share' incomparable);
+    the new cells through their scans at their papers' init, the classic ones as the study's other profiles run them."""
+    from gradlab.measures.train import Config, ensemble_reason
+    from gradlab.study import expand, load_study, resolve
+
+    points = expand(resolve(load_study("clipping"), Config, "modern", []), Config)[0]
+    modern = {"lru", "mingru", "minlstm"}
+    assert {p.cell for p in points} == {"rnn", "gru", "lstm"} | modern
+    assert {p.task for p in points} == {"adding"} and {p.seq_len for p in points} == {20} and {p.optimizer for p in points} == {"sgd"}
+    combos = {cell: {(p.clip, p.lr, p.seed) for p in points if p.cell == cell} for cell in {p.cell for p in points}}
+    first = combos["rnn"]
+    assert {c for c, _, _ in first} == {"none", "norm:1", "value:0.1", "adaptive:90"} and {s for _, _, s in first} == {0, 1, 2}
+    assert len({r for _, r, _ in first}) == 3
+    assert all(c == first for c in combos.values())
+    assert all(p.impl == "scan" and p.init == "paper" for p in points if p.cell in modern)
+    assert all(p.impl == "scratch" and ensemble_reason(p) is None for p in points if p.cell not in modern)
+    assert len(points) == 6 * 4 * 3 * 3
+
+
 def test_a_small_tuned_run_chooses_each_rate_on_validation_and_judges_on_the_test_set(tmp_path):
     """The tuned profile end to end on a small grid: the rates of one setting train as one ensemble, every run has its
     test_* verdict columns, the tables and the page name each model's chosen rate."""
