@@ -116,11 +116,11 @@ def test_the_modern_clipping_profile_puts_every_cell_under_the_same_rates_thresh
     combos = {cell: {(p.clip, p.lr, p.seed) for p in points if p.cell == cell} for cell in {p.cell for p in points}}
     first = combos["rnn"]
     assert {c for c, _, _ in first} == {"none", "norm:1", "value:0.1", "adaptive:90"} and {s for _, _, s in first} == {0, 1, 2}
-    assert len({r for _, r, _ in first}) == 3
+    assert {r for _, r, _ in first} == {0.03, 0.1, 0.3, 1.0, 3.0}  # the study's 0.3 to 3, and below, where the lru trains unclipped
     assert all(c == first for c in combos.values())
     assert all(p.impl == "scan" and p.init == "paper" for p in points if p.cell in modern)
     assert all(p.impl == "scratch" and ensemble_reason(p) is None for p in points if p.cell not in modern)
-    assert len(points) == 6 * 4 * 3 * 3
+    assert len(points) == 6 * 4 * 5 * 3
 
 
 def test_a_small_tuned_run_chooses_each_rate_on_validation_and_judges_on_the_test_set(tmp_path):
