@@ -273,6 +273,61 @@ def long_range_tuned(root: Path) -> str:
             + finding + "\n\n" + source(root, run))
 
 
+@block("long-range-long")
+def long_range_long(root: Path) -> str:
+    """Per task and model at the rate long-range-tuned chose: seeds solved on the fresh test set at each lag within the
+    long budget, the longest lag, beside the longest lag the tuned run's 2,000 steps reached at the same rate."""
+    run = "long-range-long"
+    by = table(root, run, "by_setting")
+    lag = table(root, run, "longest_lag")
+    tuned = table(root, "long-range-tuned", "tuned")
+    by, lag, tuned = (d.assign(model=models(d)) for d in (by, lag, tuned))
+    lags = sorted(by["seq_len"].unique())
+    budget = int(by["steps"].max())
+    short_budget = int(table(root, "long-range-tuned", "by_setting")["steps"].max())
+    order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
+    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS.index(kv[0][1].split(",")[0]), kv[0][1]))
+    rows, further, same, capped = [], [], [], []
+    for (task, model), g_ in groups:
+        longest = lag[(lag["task"] == task) & (lag["model"] == model)]["longest_lag_solved"]
+        best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
+        t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
+        assert float(t["lr"]) == float(g_["lr"].iloc[0]), (task, model)  # the long run trains at the rate the tuned run chose
+        before = float(t["longest_lag_solved"]) if pd.notna(t["longest_lag_solved"]) else None
+        row = {"task": task.replace("_", " "), "model": model, "lr": f"{t['lr']:g}"}
+        row |= lag_cells(g_, lags, best)
+        if best is None:
+            row["longest lag"] = f"under {lags[0]:g}"
+        row[f"at {short_budget:,} steps"] = "none" if before is None else f"{before:g}"
+        now = best or 0.0
+        label = f"{row['task']}, {model}"
+        if now == lags[-1] and before == lags[-1]:
+            capped.append(label)
+        elif now > (before or 0.0):
+            further.append(f"{label} ({'none' if before is None else f'{before:g}'} to {now:g}{' or more' if now == lags[-1] else ''})")
+        elif now == (before or 0.0) or (best is None and (before or 0.0) < lags[0]):
+            same.append(f"{label} ({row['longest lag'].strip('*')})")
+        else:
+            same.append(f"{label} ({row['longest lag'].strip('*')}, where {short_budget:,} steps read {before:g})")
+        rows.append(row)
+    seeds = int(by["seeds"].max())
+    finding = (f"With {budget // short_budget} times the budget, {len(further)} of {len(rows)} settings go further: "
+               + ("; ".join(further) if further else "none") + ". The longest lag stays where it was for "
+               + ("; ".join(same) if same else "none") + f": there the cell or its rate, not the {short_budget:,}-step budget, is the limit."
+               + (f" At the longest lag run with either budget, so how far it goes is not measured: {'; '.join(capped)}." if capped else ""))
+    runs = table(root, run, "runs")
+    blew = runs[runs["diverged"].astype(bool)].sort_values(["task", "seq_len", "seed"])
+    if len(blew):
+        finding += (f" {len(blew)} of {len(runs)} runs diverged: " + "; ".join(
+            f"{r.task.replace('_', ' ')}, {m} at T {r.seq_len:g}, seed {r.seed:g}, step {r.diverged_step:,.0f}"
+            for r, m in zip(blew.itertuples(), models(blew))) + " (the kept checkpoint, the best on validation before it, is what the test set judged).")
+    return (markdown(pd.DataFrame(rows)) + f"\n\nlr: the rate long-range-tuned chose on validation for the task and model. T columns: seeds "
+            f"solved / run ({seeds} seeds) within {budget:,} steps, judged once on 10,000 fresh test sequences by the kept checkpoint; in "
+            "brackets the median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most "
+            "solved); **bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder). "
+            f"at {short_budget:,} steps: the longest lag long-range-tuned's test set read at the same rate.\n\n" + finding + "\n\n" + source(root, run))
+
+
 @block("lyrics-full")
 def lyrics_full(root: Path) -> str:
     run = "lyrics-full"
@@ -548,6 +603,50 @@ def clipping_quick(root: Path) -> str:
             rows.append({"task": task, "lr": f"{lr:g}", "clip": r["clip"], "result": value + share})
     return (markdown(pd.DataFrame(rows)) + "\n\nlyrics: training / held-out perplexity; adding: final held-out loss over the memoryless "
             "loss of the held-out sequences.\n\n" + source(root, run))
+
+
+@block("clipping-modern")
+def clipping_modern(root: Path) -> str:
+    """Per cell and threshold: at each SGD rate, the median over seeds of the test loss over the memoryless loss (a
+    diverged seed counted as beyond every value), how many seeds diverged, and the median share of steps clipped."""
+    run = "clipping-modern"
+    final, clip = table(root, run, "final"), table(root, run, "clipping")
+    final = final.merge(clip[["point", "fraction_clipped"]], on="point", how="left")
+    final["ratio"] = final["test_loss_ratio"].astype(float).where(final["diverged_step"].isna(), np.inf)
+    rates = sorted(final["lr"].unique())
+    clips = list(dict.fromkeys(c for c in ("none", "norm:1", "value:0.1", "adaptive:90") if c in set(final["clip"])))
+    cells = [c for c in CELLS_ALL if c in set(final["cell"])]
+    seeds = int(final.groupby(["cell", "clip", "lr"]).size().max())
+    rows, verdict = [], {}
+    for cell in cells:
+        for c in clips:
+            row = {"cell": cell, "clip": c}
+            for lr in rates:
+                r = final[(final["cell"] == cell) & (final["clip"] == c) & (final["lr"] == lr)]
+                bad = int(r["diverged_step"].notna().sum())
+                median = float(r["ratio"].median())
+                text = "diverged" if not np.isfinite(median) else f"{median:.2f}"
+                if 0 < bad:
+                    text += f", {bad}/{len(r)} diverged"
+                if c != "none":
+                    text += f" ({100 * float(r['fraction_clipped'].median()):.0f}%)"
+                row[f"lr {lr:g}"] = text
+                verdict[cell, c, lr] = (median, bad)
+            rows.append(row)
+    said = []
+    for cell in cells:
+        blows = [lr for lr in rates if verdict[cell, "none", lr][1] > seeds // 2]
+        if not blows:
+            said.append(f"{cell} diverges at no rate without clipping")
+            continue
+        saved = [f"{c} at {lr:g} ({verdict[cell, c, lr][0]:.2f})" for lr in blows for c in clips[1:]
+                 if verdict[cell, c, lr][1] <= seeds // 2 and verdict[cell, c, lr][0] < 1]
+        said.append(f"{cell} diverges without clipping at {', '.join(f'{lr:g}' for lr in blows)}; "
+                    + (("saved under the baseline by " + ", ".join(saved)) if saved else "no threshold saves it under the baseline"))
+    return (markdown(pd.DataFrame(rows)) + f"\n\nthe adding problem at T 20, 64 units, plain SGD, batch 32, 1,500 steps, {seeds} seeds; each entry: "
+            "the median over seeds of the final model's loss on 10,000 fresh test sequences over their memoryless loss (a diverged seed "
+            "counts as beyond every value; 'diverged': most seeds did), how many seeds diverged, and in brackets the median share of steps "
+            "the threshold clipped.\n\n" + "; ".join(said) + ".\n\n" + source(root, run))
 
 
 @block("throughput-quick")

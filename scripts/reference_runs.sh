@@ -19,8 +19,10 @@ run long-range-quick run long-range --workers 2
 run long-range-lags run long-range --profile lags --workers 2
 run long-range-critical run long-range --profile critical --workers 2
 run long-range-tuned run long-range --profile tuned --workers 2
+run long-range-long run long-range --profile long --workers 2
 run clipping-quick run clipping --workers 2
 run clipping-book run clipping --profile book --workers 2
+run clipping-modern run clipping --profile modern --workers 2
 run cliff-quick run cliff
 run throughput-quick run throughput
 run throughput-book run throughput --profile book
