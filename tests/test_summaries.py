@@ -253,3 +253,26 @@ def test_every_table_of_a_sweep_names_the_learning_rate_and_the_chosen_one():
     assert all("lr" in table for _, table in sec.tables)
     assert sec.key_points[0].startswith("Each model at its own learning rate, chosen on validation per task and model (1 settings, rates 0.003 0.01): "
                                         "adding: gru 0.01. Against the one rate 0.003, the longest lag solved on the test set changes in 1 of 1 settings")
+
+
+def test_a_sweep_whose_rows_differ_by_more_than_the_model_names_that_setting_in_every_row_and_sentence():
+    """clipping-modern chooses a rate per cell and clipping strategy: its tuned table has four rows per cell. The page's
+    table and sentence name the strategy in each (without it they read 'rnn 0.1' four times), and say nothing of 3e-3,
+    a rate the SGD grid never tried (it used to say '(0.003, the one rate every cell trained at before, was not tried.)')."""
+    import json
+    from pathlib import Path
+
+    from gradlab.report.page import Section
+    from gradlab.report.train import own_rates
+
+    run = Path(__file__).resolve().parents[1] / "reports" / "clipping-modern"
+    table = pd.read_parquet(run / "tuned.parquet")
+    settings = json.loads((run / "manifest.json").read_text())["columns"]
+    sec = Section()
+    own_rates(sec, table, settings)
+    (title, shown), = sec.summaries
+    assert "clip" in shown and "per task and model and clip" in title
+    assert len(shown) == len(shown[["model", "clip"]].drop_duplicates()) == 24  # every row its own model and strategy
+    assert "0.003" not in title and not any("0.003" in c for c in shown.columns)
+    said = sec.key_points[0]
+    assert "rnn none 0.1, rnn norm:1 0.1" in said and "lru value:0.1 0.03" in said and "not tried" not in said
