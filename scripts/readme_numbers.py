@@ -235,7 +235,28 @@ def long_range_lags(root: Path) -> str:
 def long_range_tuned(root: Path) -> str:
     """Per task and model at the learning rate chosen on validation: the chosen rate, seeds solved on the fresh test set
     at each lag with the censored median step, the longest lag; beside it the longest lag at 3e-3 and at every rate."""
-    run = "long-range-tuned"
+    return _own_rates(root, "long-range-tuned")
+
+
+@block("long-range-modern")
+def long_range_modern(root: Path) -> str:
+    """The lru, minGRU and minLSTM on the tuned profile's settings, as long-range-tuned's block reads the classic cells,
+    and per task each new cell's longest lag against the classic cells' at their own rates."""
+    text = _own_rates(root, "long-range-modern")
+    new, old = table(root, "long-range-modern", "tuned"), table(root, "long-range-tuned", "tuned")
+    new, old = new.assign(model=models(new)), old.assign(model=models(old))
+    say = lambda v: "none" if pd.isna(v) else f"{v:g}"  # noqa: E731
+    lines = []
+    for task, g_ in new.groupby("task", sort=False):
+        classic = old[old["task"] == task]
+        lines.append(f"{task.replace('_', ' ')}: " + ", ".join(f"{r.model} {say(r.longest_lag_solved)}" for r in g_.itertuples())
+                     + " against " + ", ".join(f"{r.model} {say(r.longest_lag_solved)}" for r in classic.itertuples()))
+    cut = text.rindex("\n\n*From")
+    return (text[:cut] + "\n\nLongest lag, each model at its own rate, the new cells against the classic ones (long-range-tuned, the same "
+            "tasks, lags, rates, seeds, width and budget): " + "; ".join(lines) + "." + text[cut:])
+
+
+def _own_rates(root: Path, run: str) -> str:
     by = table(root, run, "by_setting")
     tuned = table(root, run, "tuned")
     by = by[by["lr_selected"].astype(bool)]
@@ -245,7 +266,7 @@ def long_range_tuned(root: Path) -> str:
     budget = int(by["steps"].max()) if "steps" in by else None
     rows = []
     order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
-    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS.index(kv[0][1].split(",")[0]), kv[0][1]))
+    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS_ALL.index(kv[0][1].split(",")[0]), kv[0][1]))
     for (task, model), g_ in groups:
         t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
         best = float(t["longest_lag_solved"]) if pd.notna(t["longest_lag_solved"]) else None
