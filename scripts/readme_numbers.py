@@ -208,6 +208,13 @@ def lag_cells(by_lag: pd.DataFrame, lags: list, best: float | None) -> dict[str,
     return row
 
 
+def task_model_groups(by: pd.DataFrame) -> list:
+    """A long-range table's (task, model) groups in the README's order: the tasks as the study lists them, then the cells."""
+    order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
+    return sorted(by.groupby(["task", "model"], sort=False),
+                  key=lambda kv: (order.get(kv[0][0], 9), CELLS_ALL.index(kv[0][1].split(",")[0]), kv[0][1]))
+
+
 @block("long-range-lags")
 def long_range_lags(root: Path) -> str:
     """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
@@ -265,9 +272,7 @@ def _own_rates(root: Path, run: str) -> str:
     lags = sorted(by["seq_len"].unique())
     budget = int(by["steps"].max()) if "steps" in by else None
     rows = []
-    order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
-    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS_ALL.index(kv[0][1].split(",")[0]), kv[0][1]))
-    for (task, model), g_ in groups:
+    for (task, model), g_ in task_model_groups(by):
         t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
         best = float(t["longest_lag_solved"]) if pd.notna(t["longest_lag_solved"]) else None
         row = {"task": task.replace("_", " "), "model": model, "lr": f"{t['lr']:g}"}
@@ -308,10 +313,8 @@ def long_range_long(root: Path) -> str:
     lags = sorted(by["seq_len"].unique())
     budget = int(by["steps"].max())
     short_budget = int(table(root, "long-range-tuned", "by_setting")["steps"].max())
-    order = {t: i for i, t in enumerate(("adding", "copy", "temporal_order", "recall"))}
-    groups = sorted(by.groupby(["task", "model"], sort=False), key=lambda kv: (order.get(kv[0][0], 9), CELLS.index(kv[0][1].split(",")[0]), kv[0][1]))
     rows, further, same, capped = [], [], [], []
-    for (task, model), g_ in groups:
+    for (task, model), g_ in task_model_groups(by):
         longest = lag[(lag["task"] == task) & (lag["model"] == model)]["longest_lag_solved"]
         best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
         t = tuned[(tuned["task"] == task) & (tuned["model"] == model)].iloc[0]
@@ -647,12 +650,12 @@ def clipping_modern(root: Path) -> str:
             row = {"cell": cell, "clip": c}
             for lr in rates:
                 r = final[(final["cell"] == cell) & (final["clip"] == c) & (final["lr"] == lr)]
-                bad, median = int(r["diverged_step"].notna().sum()), float(r["ratio"].median())
+                bad, median, share = int(r["diverged_step"].notna().sum()), float(r["ratio"].median()), float(r["fraction_clipped"].median())
                 text = f"{bad}/{len(r)} diverged" if not np.isfinite(median) else f"{median:.2f}" + (f", {bad}/{len(r)} diverged" if bad else "")
                 if c != "none":
-                    text += f" ({100 * float(r['fraction_clipped'].median()):.0f}%)"
+                    text += f" ({100 * share:.0f}%)"
                 row[f"lr {lr:g}"] = text
-                at[cell, c, lr] = (median, bad)
+                at[cell, c, lr] = (median, bad, share)
             rows.append(row)
     said = []
     for cell in cells:
@@ -661,7 +664,7 @@ def clipping_modern(root: Path) -> str:
         clipped = {lr: [c for c in clips[1:] if trains(c, lr)] for lr in rates}
         top = max((lr for lr in rates if clipped[lr]), default=None)
         best = min(((at[cell, c, lr][0], c, lr) for c in clips for lr in rates), key=lambda v: v[0])
-        share = float(final[(final["cell"] == cell) & (final["clip"] == "norm:1") & (final["lr"] == rates[0])]["fraction_clipped"].median())
+        share = at[cell, "norm:1", rates[0]][2]
         said.append(f"{cell}: unclipped, every seed trains up to {max(plain):g}" if plain else f"{cell}: unclipped, no rate keeps every seed")
         said[-1] += (f"; clipped, up to {top:g} ({', '.join(clipped[top])})" if top is not None else "; clipped, no rate keeps every seed")
         said[-1] += f"; best {best[0]:.2f} ({best[1]} at {best[2]:g}); norm:1 clips {100 * share:.0f}% of its steps at {rates[0]:g}"
