@@ -102,6 +102,26 @@ def test_the_modern_long_range_profile_trains_the_diagonal_cells_on_the_tuned_pr
     assert len(modern) == 2 * 3 * 6 * 3 * 3
 
 
+def test_the_copy_recall_profile_judges_all_six_cells_on_the_other_two_tasks_by_the_tuned_profiles_rules():
+    """copy-recall: the two tasks tuned and modern leave out, for the classic cells as tuned trains them (scratch, one
+    ensemble per setting, the LSTM with forget bias 1) and the new cells as modern does (their scans, the papers' init),
+    at the lags profile's one rate and lags, under the same verdict rules as tuned (fresh test set, kept checkpoint)."""
+    from gradlab.measures.train import ensemble_reason
+
+    tuned, lags, both = _long_range("tuned"), _long_range("lags"), _long_range("copy-recall")
+    modern = {"lru", "mingru", "minlstm"}
+    assert {p.task for p in both} == {"copy", "recall"}
+    assert {(p.cell, p.forget_bias) for p in both} == {("rnn", 0.0), ("gru", 0.0), ("lstm", 1.0)} | {(c, 0.0) for c in modern}
+    assert {p.lr for p in both} == {p.lr for p in lags} == {0.003}
+    assert {p.seq_len for p in both} == {p.seq_len for p in lags}
+    assert all(p.impl == "scan" and p.init == "paper" for p in both if p.cell in modern)
+    assert all(p.impl == "scratch" and ensemble_reason(p) is None for p in both if p.cell not in modern)
+    for axis in ("seed", "hidden_size", "steps", "batch_size", "optimizer", "clip", "eval_every", "keep_best",
+                 "stop_when_solved", "stop_margin", "test_size", "eval_size", "probe_steps"):
+        assert {repr(getattr(p, axis)) for p in both} == {repr(getattr(p, axis)) for p in tuned}, axis
+    assert len(both) == 2 * 6 * 7 * 3
+
+
 def test_the_modern_clipping_profile_puts_every_cell_under_the_same_rates_thresholds_and_seeds():
     """clipping's modern profile: the six cells on adding at the study's T 20 under plain SGD, each at every rate,
     threshold and seed of the others (a cell left out of one combination would make its 'clipped share' incomparable);
