@@ -215,10 +215,8 @@ def task_model_groups(by: pd.DataFrame) -> list:
                   key=lambda kv: (order.get(kv[0][0], 9), CELLS_ALL.index(kv[0][1].split(",")[0]), kv[0][1]))
 
 
-@block("long-range-lags")
-def long_range_lags(root: Path) -> str:
-    """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
-    run = "long-range-lags"
+def _lag_rows(root: Path, run: str) -> tuple[list[dict], list, int | None]:
+    """A one-rate run's lag table: per task and model, seeds solved / run at each lag and the longest lag."""
     by = table(root, run, "by_setting")
     lag = table(root, run, "longest_lag")
     by = by.assign(model=models(by))
@@ -226,16 +224,50 @@ def long_range_lags(root: Path) -> str:
     lags = sorted(by["seq_len"].unique())
     budget = int(by["steps"].max()) if "steps" in by else None
     rows = []
-    for (task, model), g_ in by.groupby(["task", "model"], sort=False):
+    for (task, model), g_ in task_model_groups(by):
         row = {"task": task.replace("_", " "), "model": model}
         longest = lag[(lag["task"] == task) & (lag["model"] == model)]["longest_lag_solved"]
         best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
         row |= lag_cells(g_, lags, best)
         rows.append(row)
-    return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; in brackets the "
-            "median steps to solve over every seed (one that did not solve counted as beyond the budget: shown only where most "
-            "solved); **bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not run (the ladder).\n\n"
-            + source(root, run))
+    return rows, lags, budget
+
+
+LAG_LEGEND = ("in brackets the median steps to solve over every seed (one that did not solve counted as beyond the budget: shown "
+              "only where most solved); **bold**: the longest lag solved by most seeds with every shorter lag solved too; blank: not "
+              "run (the ladder).")
+
+
+@block("long-range-lags")
+def long_range_lags(root: Path) -> str:
+    """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
+    run = "long-range-lags"
+    rows, _, budget = _lag_rows(root, run)
+    return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; "
+            + LAG_LEGEND + "\n\n" + source(root, run))
+
+
+@block("long-range-copy-recall")
+def long_range_copy_recall(root: Path) -> str:
+    """All six cells on copy and recall under tuned's rules: the lag table, then per task who reaches furthest, with the
+    classic cells' longest lags of long-range-lags (the older rule) beside."""
+    run = "long-range-copy-recall"
+    rows, _, budget = _lag_rows(root, run)
+    by = table(root, run, "by_setting")
+    seeds = int(by["seeds"].max()) if "seeds" in by else 3
+    old = table(root, "long-range-lags", "longest_lag")
+    old = old.assign(model=models(old))
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        these = [r for r in rows if r["task"] == task]
+        said = ", ".join(f"{r['model']} {r['longest lag'].strip('*')}" for r in these)
+        before = old[old["task"] == task.replace(" ", "_")]
+        before = before[before["model"].isin([r["model"] for r in these])]
+        then = ", ".join(f"{r.model} {'none' if pd.isna(r.longest_lag_solved) else f'{r.longest_lag_solved:g}'}" for r in before.itertuples())
+        lines.append(f"{task}: {said}" + (f" (long-range-lags, the older rule: {then})" if then else ""))
+    return (markdown(pd.DataFrame(rows)) + f"\n\nRMSProp at 3e-3 for every cell, {seeds} seeds, 64 units; seeds solved / run within "
+            f"{budget:,} steps, judged once on 10,000 fresh test sequences by the kept checkpoint (the tuned profile's rules); "
+            + LAG_LEGEND + "\n\nLongest lag: " + "; ".join(lines) + ".\n\n" + source(root, run))
 
 
 @block("long-range-tuned")

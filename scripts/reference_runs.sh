@@ -20,6 +20,8 @@ run long-range-lags run long-range --profile lags --workers 2
 run long-range-critical run long-range --profile critical --workers 2
 run long-range-tuned run long-range --profile tuned --workers 2
 run long-range-long run long-range --profile long --workers 2
+run long-range-modern run long-range --profile modern --workers 2
+run long-range-copy-recall run long-range --profile copy-recall --workers 2
 run clipping-quick run clipping --workers 2
 run clipping-book run clipping --profile book --workers 2
 run clipping-modern run clipping --profile modern --workers 2

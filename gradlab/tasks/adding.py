@@ -29,6 +29,11 @@ class Adding(SyntheticTask):
     (1.18 x its mean), so the baseline of N sequences has a relative sampling error of 1.18 / sqrt(N): under 2%
     at 4,000.
 
+    No affine function of the inputs solves it: the values covary with the answer by (2/T)/12 each, the markers not at
+    all, so the best affine answer explains 2/T of its variance (an MSE of 1 - 2/T of the memoryless one: 0.8 at T 10).
+    A model that is affine in its input sequence, such as one lru layer with a linear readout, stops there
+    (tests/test_modern_cells.py); it takes a product of value and marker, which a gate or a nonlinearity forms.
+
     Whose rule: the source papers of this form (Le et al. 2015, Arjovsky et al. 2016) draw no line; 'solved' (an MSE
     under 10% of the memoryless one) is gradlab's. Hochreiter and Schmidhuber 1997's adding problem is a variant
     (values in [-1, 1], a target scaled to [0, 1], the first mark among the first ten steps) judged per sequence:
