@@ -215,8 +215,9 @@ def task_model_groups(by: pd.DataFrame) -> list:
                   key=lambda kv: (order.get(kv[0][0], 9), CELLS_ALL.index(kv[0][1].split(",")[0]), kv[0][1]))
 
 
-def _lag_rows(root: Path, run: str) -> tuple[list[dict], list, int | None]:
-    """A one-rate run's lag table: per task and model, seeds solved / run at each lag and the longest lag."""
+def _lag_rows(root: Path, run: str) -> tuple[list[dict], int | None, int]:
+    """A one-rate run's lag table: per task and model, seeds solved / run at each lag and the longest lag; the budget
+    and the seeds per setting."""
     by = table(root, run, "by_setting")
     lag = table(root, run, "longest_lag")
     by = by.assign(model=models(by))
@@ -230,7 +231,7 @@ def _lag_rows(root: Path, run: str) -> tuple[list[dict], list, int | None]:
         best = float(longest.iloc[0]) if len(longest) and pd.notna(longest.iloc[0]) else None
         row |= lag_cells(g_, lags, best)
         rows.append(row)
-    return rows, lags, budget
+    return rows, budget, int(by["seeds"].max()) if "seeds" in by else 3
 
 
 LAG_LEGEND = ("in brackets the median steps to solve over every seed (one that did not solve counted as beyond the budget: shown "
@@ -242,7 +243,7 @@ LAG_LEGEND = ("in brackets the median steps to solve over every seed (one that d
 def long_range_lags(root: Path) -> str:
     """Per task and model: seeds solved / run at each lag, with the censored median step; the longest lag."""
     run = "long-range-lags"
-    rows, _, budget = _lag_rows(root, run)
+    rows, budget, _ = _lag_rows(root, run)
     return (markdown(pd.DataFrame(rows)) + f"\n\nseeds solved / seeds run within {budget:,} steps, each task by its own rule; "
             + LAG_LEGEND + "\n\n" + source(root, run))
 
@@ -252,9 +253,7 @@ def long_range_copy_recall(root: Path) -> str:
     """All six cells on copy and recall under tuned's rules: the lag table, then per task who reaches furthest, with the
     classic cells' longest lags of long-range-lags (the older rule) beside."""
     run = "long-range-copy-recall"
-    rows, _, budget = _lag_rows(root, run)
-    by = table(root, run, "by_setting")
-    seeds = int(by["seeds"].max()) if "seeds" in by else 3
+    rows, budget, seeds = _lag_rows(root, run)
     old = table(root, "long-range-lags", "longest_lag")
     old = old.assign(model=models(old))
     lines = []
